@@ -1,0 +1,1 @@
+"""Device firmware: the voice kiosk / intercom daemon."""

@@ -1,0 +1,1 @@
+"""Provisioning backend: enrolls devices and mints their LiveKit tokens."""
