@@ -1,0 +1,267 @@
+"""A real LiveKit server on loopback, with fresh keys and free ports, for tests and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from demo.errors import LiveKitServerError, LiveKitServerNotFoundError
+
+logger = logging.getLogger(__name__)
+
+LIVEKIT_SERVER_VERSION = "v1.13.5"
+CACHED_BINARY = Path(f"/root/.cache/kiosk-voice/livekit-server/{LIVEKIT_SERVER_VERSION}/server")
+BINARY_ENV_VAR = "LIVEKIT_SERVER_BIN"
+LOOPBACK = "127.0.0.1"
+
+
+def find_livekit_server(
+    binary: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
+    """Return the server binary: `binary`, $LIVEKIT_SERVER_BIN, the venv's, or the cache's."""
+    env = os.environ if environ is None else environ
+    candidates: list[tuple[str, Path]] = []
+    if binary is not None:
+        candidates.append(("binary argument", Path(binary)))
+    elif env.get(BINARY_ENV_VAR):
+        candidates.append((f"${BINARY_ENV_VAR}", Path(env[BINARY_ENV_VAR])))
+    else:
+        candidates.append(("virtualenv", Path(sys.executable).parent / "livekit-server"))
+        candidates.append(("build cache", CACHED_BINARY))
+    for _origin, path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    looked = ", ".join(f"{origin}: {path}" for origin, path in candidates)
+    raise LiveKitServerNotFoundError(
+        f"no executable LiveKit server found ({looked}); run scripts/setup to build "
+        f"livekit-server {LIVEKIT_SERVER_VERSION}, or set ${BINARY_ENV_VAR}"
+    )
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """Return a port on loopback that is free right now for `kind` (TCP or UDP)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    """Return `count` distinct ports free for both TCP and UDP on loopback."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(socket.SOCK_STREAM)
+        if port in ports:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind((LOOPBACK, port))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+def build_config(
+    *,
+    port: int,
+    rtc_tcp_port: int,
+    rtc_udp_port: int,
+    api_key: str,
+    api_secret: str,
+    webhook_urls: list[str] | None = None,
+    log_level: str = "info",
+) -> dict[str, Any]:
+    """Build a loopback-only single-node server config (keys as in livekit's config.go)."""
+    config: dict[str, Any] = {
+        "port": port,
+        "bind_addresses": [LOOPBACK],
+        "rtc": {
+            "tcp_port": rtc_tcp_port,
+            "udp_port": rtc_udp_port,
+            "node_ip": LOOPBACK,
+            "use_external_ip": False,
+            # Without these the UDP mux binds the machine's other interfaces, not loopback.
+            "enable_loopback_candidate": True,
+            "interfaces": {"includes": ["lo"]},
+            "ips": {"includes": [f"{LOOPBACK}/8"]},
+        },
+        "keys": {api_key: api_secret},
+        "logging": {"level": log_level, "pion_level": "error"},
+    }
+    if webhook_urls:
+        config["webhook"] = {"api_key": api_key, "urls": list(webhook_urls)}
+    return config
+
+
+class LiveKitServer:
+    """A LiveKit server subprocess bound to loopback; use as `async with LiveKitServer() as lk:`."""
+
+    def __init__(
+        self,
+        *,
+        binary: str | os.PathLike[str] | None = None,
+        webhook_urls: list[str] | None = None,
+        startup_timeout: float = 20.0,
+        stop_timeout: float = 5.0,
+        log_level: str = "info",
+    ) -> None:
+        self._binary_arg = binary
+        self._webhook_urls = list(webhook_urls or [])
+        self._startup_timeout = startup_timeout
+        self._stop_timeout = stop_timeout
+        self._log_level = log_level
+        self.api_key = "API" + secrets.token_hex(6)
+        self.api_secret = secrets.token_urlsafe(36)
+        self.port = 0
+        self.rtc_tcp_port = 0
+        self.rtc_udp_port = 0
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The signalling URL clients connect to."""
+        return f"ws://{LOOPBACK}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP URL of the server API (Twirp) and health check."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status if the server has exited, else None."""
+        return None if self._proc is None else self._proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the last `lines` lines of the server log."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def start(self) -> None:
+        """Start the server and wait until its HTTP port answers."""
+        if self._proc is not None:
+            raise LiveKitServerError("LiveKit server already started")
+        binary = find_livekit_server(self._binary_arg)
+        self.port, self.rtc_tcp_port, self.rtc_udp_port = _distinct_free_ports(3)
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="livekit-server-")
+        workdir = Path(self._tmpdir.name)
+        config = build_config(
+            port=self.port,
+            rtc_tcp_port=self.rtc_tcp_port,
+            rtc_udp_port=self.rtc_udp_port,
+            api_key=self.api_key,
+            api_secret=self.api_secret,
+            webhook_urls=self._webhook_urls,
+            log_level=self._log_level,
+        )
+        config_path = workdir / "livekit.yaml"
+        # JSON is valid YAML, and needs no YAML library here.
+        config_path.write_text(json.dumps(config, indent=2))
+        config_path.chmod(0o600)
+        self.log_path = workdir / "livekit-server.log"
+        with self.log_path.open("wb") as log_file:
+            self._proc = await asyncio.create_subprocess_exec(
+                str(binary),
+                "--config",
+                str(config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        logger.info(
+            "LiveKit server starting",
+            extra={"pid": self._proc.pid, "port": self.port, "binary": str(binary)},
+        )
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _wait_ready(self) -> None:
+        assert self._proc is not None
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            try:
+                async with asyncio.timeout(self._startup_timeout):
+                    while True:
+                        if self._proc.returncode is not None:
+                            raise LiveKitServerError(
+                                f"LiveKit server exited with status {self._proc.returncode} "
+                                f"during start-up; log tail:\n{self.log_tail()}"
+                            )
+                        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                            async with http.get(self.http_url + "/") as resp:
+                                if resp.status == 200 and (await resp.text()).strip() == "OK":
+                                    return
+                        await asyncio.sleep(0.1)
+            except TimeoutError as exc:
+                raise LiveKitServerError(
+                    f"LiveKit server did not answer on {self.http_url} within "
+                    f"{self._startup_timeout:.0f} s; log tail:\n{self.log_tail()}"
+                ) from exc
+
+    async def aclose(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its temp dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            # The first SIGTERM starts a graceful drain that lingers for seconds even with
+            # no rooms; a second one makes the server stop at once ("force": true).
+            for grace in (0.5, self._stop_timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await proc.wait()
+                if proc.returncode is not None:
+                    break
+            if proc.returncode is None:
+                logger.warning("LiveKit server ignored SIGTERM; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        elif proc is not None:
+            await proc.wait()
+        if self._tmpdir is not None:
+            tmpdir, self._tmpdir = self._tmpdir, None
+            # Keep the log readable after close for failure reports: copy it aside first.
+            if self.log_path is not None and self.log_path.exists():
+                kept = Path(tempfile.gettempdir()) / f"livekit-server-{self.port}.log"
+                shutil.copyfile(self.log_path, kept)
+                self.log_path = kept
+            tmpdir.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
