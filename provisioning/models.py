@@ -1,0 +1,68 @@
+"""Records the core hands around: devices, enrollment codes, calls and call grants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class DeviceStatus(StrEnum):
+    """Whether a device may still get tokens."""
+
+    APPROVED = "approved"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Device:
+    """An enrolled device; `public_key` is the raw 32-byte Ed25519 key."""
+
+    device_id: str
+    public_key: bytes = field(repr=False)
+    name: str
+    status: DeviceStatus
+    created_at: float
+
+    @property
+    def identity(self) -> str:
+        """The LiveKit participant identity the backend assigns to this device."""
+        return f"device-{self.device_id}"
+
+
+@dataclass(frozen=True)
+class EnrollmentCode:
+    """A stored enrollment code: only the SHA-256 of the code is kept."""
+
+    code_hash: str
+    label: str
+    created_at: float
+    expires_at: float
+    used_at: float | None
+    device_id: str | None
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call a device started, and how it ended if it has."""
+
+    call_id: str
+    device_id: str
+    room: str
+    trigger: str
+    created_at: float
+    token_expires_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class CallGrant:
+    """What a device needs to join its call; the token is a secret."""
+
+    server_url: str
+    token: str = field(repr=False)
+    room: str
+    identity: str
+    call_id: str
+    expires_at: float

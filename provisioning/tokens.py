@@ -1,0 +1,60 @@
+"""Minting of LiveKit access tokens: the only module that builds grants."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import jwt
+from livekit.api import AccessToken, VideoGrants
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.room import RoomConfiguration
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    """A signed JWT and its `exp` claim (Unix seconds)."""
+
+    jwt: str = field(repr=False)
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class TokenMinter:
+    """Mints one-room, microphone-only tokens that dispatch the configured agent."""
+
+    api_key: str
+    api_secret: str = field(repr=False)
+    agent_name: str
+    ttl_s: int
+
+    def mint(
+        self, *, identity: str, name: str, room: str, device_id: str, call_id: str
+    ) -> MintedToken:
+        """A token for `identity` to join `room`; everything else is fixed here."""
+        metadata = json.dumps({"device_id": device_id, "call_id": call_id})
+        grants = VideoGrants(
+            room_join=True,
+            room=room,
+            can_subscribe=True,
+            can_publish=True,
+            can_publish_data=True,
+            can_publish_sources=["microphone"],
+        )
+        room_config = RoomConfiguration(
+            agents=[RoomAgentDispatch(agent_name=self.agent_name, metadata=metadata)]
+        )
+        token = (
+            AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_name(name)
+            .with_ttl(timedelta(seconds=self.ttl_s))
+            .with_metadata(metadata)
+            .with_grants(grants)
+            .with_room_config(room_config)
+            .to_jwt()
+        )
+        # AccessToken stamps `exp` from its own clock; read it back rather than guess.
+        claims = jwt.decode(token, options={"verify_signature": False})
+        return MintedToken(jwt=token, expires_at=int(claims["exp"]))
