@@ -1,0 +1,388 @@
+"""One dispatched conversation of the demo agent: greet, listen, answer, record, leave."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from livekit import rtc
+
+from demo.signal import rms
+from demo.tts import SAMPLE_RATE, SpeechSynthesizer
+
+logger = logging.getLogger(__name__)
+
+AGENT_STATE_ATTRIBUTE = "lk.agent.state"
+TRANSCRIPTION_TOPIC = "lk.transcription"
+FRAME_SAMPLES = SAMPLE_RATE // 100  # 10 ms
+
+Pcm = npt.NDArray[np.int16]
+
+
+class AgentState(StrEnum):
+    """Values of the `lk.agent.state` attribute, as LiveKit agents publish them."""
+
+    INITIALIZING = "initializing"
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What the agent says and how it decides a user turn is over."""
+
+    greeting: str = "Hello, you are through to the demo agent. How can I help you today?"
+    goodbye: str = "Goodbye, and thank you for calling."
+    end_after_turns: int | None = None
+    max_session_s: float = 300.0
+    speech_threshold_rms: float = 500.0
+    min_speech_s: float = 0.2
+    end_of_turn_silence_s: float = 0.8
+    thinking_s: float = 0.3
+    subscriber_wait_s: float = 5.0
+
+    def answer(self, speech_s: float) -> str:
+        """The reply to a user turn of `speech_s` seconds."""
+        return f"I heard you for {round(speech_s)} seconds. Thank you for calling."
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One data packet the agent received; `payload` is the decoded JSON, or None."""
+
+    topic: str
+    sender: str | None
+    payload: Any
+    data: bytes
+    received_at: float  # time.monotonic()
+
+
+class Endpointer:
+    """Energy endpointing on 48 kHz frames: speech, then enough silence, ends a user turn."""
+
+    def __init__(self, *, threshold_rms: float, min_speech_s: float, end_silence_s: float) -> None:
+        self._threshold = threshold_rms
+        self._min_speech_s = min_speech_s
+        self._end_silence_s = end_silence_s
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget any speech heard so far."""
+        self._t = 0.0
+        self._speech_start: float | None = None
+        self._speech_end = 0.0
+
+    def push(self, pcm: Pcm, rate: int = SAMPLE_RATE) -> float | None:
+        """Feed one frame; return the turn's speech duration when the turn just ended."""
+        duration = pcm.size / rate
+        if rms(pcm) >= self._threshold:
+            if self._speech_start is None:
+                self._speech_start = self._t
+            self._speech_end = self._t + duration
+        self._t += duration
+        if self._speech_start is None or self._t - self._speech_end < self._end_silence_s:
+            return None
+        speech_s = self._speech_end - self._speech_start
+        self.reset()
+        return speech_s if speech_s >= self._min_speech_s else None
+
+
+class AgentSession:
+    """The agent's side of one room: owns the rtc.Room, its audio track and its tasks."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        room_name: str,
+        url: str,
+        token: str,
+        options: SessionOptions,
+        synthesizer: SpeechSynthesizer,
+    ) -> None:
+        self.job_id = job_id
+        self.room_name = room_name
+        self.options = options
+        self.messages: list[ReceivedMessage] = []
+        self.states: list[AgentState] = []
+        self.turns: list[float] = []
+        self.greeting_pcm: Pcm = np.zeros(0, dtype=np.int16)
+        self.first_audio_sent_at: float | None = None
+        self.assigned_at = time.monotonic()
+        self.joined_at: float | None = None
+        self.error: BaseException | None = None
+        self.ended = asyncio.Event()
+        self._url = url
+        self._token = token
+        self._synth = synthesizer
+        self._room = rtc.Room()
+        self._source = rtc.AudioSource(SAMPLE_RATE, 1)
+        self._state = AgentState.INITIALIZING
+        self._played: list[Pcm] = []
+        self._received: list[Pcm] = []
+        self._endpointer = Endpointer(
+            threshold_rms=options.speech_threshold_rms,
+            min_speech_s=options.min_speech_s,
+            end_silence_s=options.end_of_turn_silence_s,
+        )
+        self._user_turns: asyncio.Queue[float] = asyncio.Queue()
+        self._subscribed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._waiters: list[tuple[Callable[[ReceivedMessage], bool], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._run_task: asyncio.Task[None] | None = None
+        self._room.on("data_received", self._on_data_received)
+        self._room.on("track_subscribed", self._on_track_subscribed)
+        self._room.on("local_track_subscribed", self._on_local_track_subscribed)
+        self._room.on("participant_disconnected", self._on_participant_disconnected)
+        self._room.on("disconnected", self._on_disconnected)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def room(self) -> rtc.Room:
+        """The agent's rtc.Room."""
+        return self._room
+
+    @property
+    def state(self) -> AgentState:
+        """The current `lk.agent.state`."""
+        return self._state
+
+    @property
+    def played_pcm(self) -> Pcm:
+        """Everything the agent played, 48 kHz mono int16."""
+        return _concat(self._played)
+
+    def received_pcm(self) -> Pcm:
+        """Everything received from the device's microphone so far, 48 kHz mono int16."""
+        return _concat(self._received)
+
+    async def start(self) -> None:
+        """Join the room and start the conversation task."""
+        await self._room.connect(self._url, self._token)
+        self.joined_at = time.monotonic()
+        logger.info("agent joined room", extra={"room": self.room_name, "job_id": self.job_id})
+        self._run_task = asyncio.create_task(self._run(), name=f"agent-session-{self.job_id}")
+
+    def request_stop(self) -> None:
+        """Ask the session to end (it leaves the room); returns at once."""
+        self._stop.set()
+
+    async def leave(self) -> None:
+        """End the call: the agent disconnects from the room; returns when the session ended."""
+        self._stop.set()
+        if self._run_task is None:
+            await self._shutdown()
+            return
+        await self.ended.wait()
+
+    async def aclose(self) -> None:
+        """Leave, and await every task the session owns."""
+        await self.leave()
+        if self._run_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._run_task
+
+    async def wait_for_message(
+        self,
+        predicate: Callable[[ReceivedMessage], bool],
+        timeout: float,  # noqa: ASYNC109 (test API: the brief's signature)
+    ) -> ReceivedMessage:
+        """Return the first received message (past or future) matching `predicate`."""
+        for message in self.messages:
+            if predicate(message):
+                return message
+        fut: asyncio.Future[ReceivedMessage] = asyncio.get_running_loop().create_future()
+        waiter = (predicate, fut)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._waiters.remove(waiter)
+
+    # -- conversation ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            async with asyncio.timeout(self.options.max_session_s):
+                conversation = asyncio.create_task(
+                    self._converse(), name=f"agent-conversation-{self.job_id}"
+                )
+                stop = asyncio.create_task(self._stop.wait(), name=f"agent-stop-{self.job_id}")
+                try:
+                    await asyncio.wait({conversation, stop}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (conversation, stop):
+                        task.cancel()
+                    await asyncio.gather(conversation, stop, return_exceptions=True)
+                failure = None if conversation.cancelled() else conversation.exception()
+                if failure is not None:
+                    raise failure
+        except TimeoutError:
+            logger.info("agent session hit its time cap", extra={"job_id": self.job_id})
+        except Exception as exc:
+            self.error = exc
+            logger.exception("agent session failed", extra={"job_id": self.job_id})
+        finally:
+            await self._shutdown()
+
+    async def _converse(self) -> None:
+        await self._set_state(AgentState.INITIALIZING)
+        track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self._source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        publication = await self._room.local_participant.publish_track(track, options)
+        # Speak only once someone listens, or the greeting goes to nobody.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.options.subscriber_wait_s):
+                await self._subscribed.wait()
+        await self._say(self.options.greeting, publication.sid, greeting=True)
+        await self._set_state(AgentState.LISTENING)
+        while True:
+            speech_s = await self._user_turns.get()
+            self.turns.append(speech_s)
+            await self._set_state(AgentState.THINKING)
+            await asyncio.sleep(self.options.thinking_s)
+            await self._say(self.options.answer(speech_s), publication.sid)
+            limit = self.options.end_after_turns
+            if limit is not None and len(self.turns) >= limit:
+                await self._say(self.options.goodbye, publication.sid)
+                return
+            self._endpointer.reset()
+            await self._set_state(AgentState.LISTENING)
+
+    async def _say(self, text: str, track_sid: str, *, greeting: bool = False) -> None:
+        pcm = await self._synth.synthesize(text)
+        await self._set_state(AgentState.SPEAKING)
+        await self._send_transcript(text, track_sid)
+        if greeting:
+            self.greeting_pcm = pcm
+        self._played.append(pcm)
+        for start in range(0, pcm.size, FRAME_SAMPLES):
+            chunk = pcm[start : start + FRAME_SAMPLES]
+            if chunk.size < FRAME_SAMPLES:
+                chunk = np.concatenate([chunk, np.zeros(FRAME_SAMPLES - chunk.size, np.int16)])
+            frame = rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
+            await self._source.capture_frame(frame)
+            if self.first_audio_sent_at is None:
+                self.first_audio_sent_at = time.monotonic()
+        await self._source.wait_for_playout()
+
+    async def _send_transcript(self, text: str, track_sid: str) -> None:
+        attributes = {
+            "lk.transcription_final": "true",
+            "lk.segment_id": f"SG_{secrets.token_hex(6)}",
+            "lk.transcribed_track_id": track_sid,
+        }
+        try:
+            await self._room.local_participant.send_text(
+                text, topic=TRANSCRIPTION_TOPIC, attributes=attributes
+            )
+        except rtc.StreamError as exc:
+            logger.warning("could not send transcript", extra={"error": str(exc)})
+        logger.debug("agent said", extra={"text": text, "job_id": self.job_id})
+
+    async def _set_state(self, state: AgentState) -> None:
+        self._state = state
+        self.states.append(state)
+        if not self._room.isconnected():
+            return
+        await self._room.local_participant.set_attributes({AGENT_STATE_ATTRIBUTE: state.value})
+
+    async def _read_microphone(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream.from_track(track=track, sample_rate=SAMPLE_RATE, num_channels=1)
+        try:
+            async for event in stream:
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16).copy()
+                self._received.append(pcm)
+                if self._state is not AgentState.LISTENING:
+                    continue
+                speech_s = self._endpointer.push(pcm)
+                if speech_s is not None:
+                    self._user_turns.put_nowait(speech_s)
+        finally:
+            await stream.aclose()
+
+    async def _shutdown(self) -> None:
+        extra = {"room": self.room_name, "job_id": self.job_id}
+        if self.ended.is_set():
+            return
+        try:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
+            try:
+                await self._room.disconnect()
+            except Exception:
+                logger.exception("agent could not disconnect cleanly", extra=extra)
+            await self._source.aclose()
+        finally:
+            for _predicate, fut in self._waiters:
+                if not fut.done():
+                    fut.cancel()
+            logger.info("agent session ended", extra=extra)
+            self.ended.set()
+
+    # -- room events (called on the loop by rtc.Room) ------------------------------------------
+
+    def _on_data_received(self, packet: rtc.DataPacket) -> None:
+        try:
+            payload: Any = json.loads(packet.data)
+        except ValueError:
+            payload = None
+        message = ReceivedMessage(
+            topic=packet.topic or "",
+            sender=packet.participant.identity if packet.participant else None,
+            payload=payload,
+            data=bytes(packet.data),
+            received_at=time.monotonic(),
+        )
+        self.messages.append(message)
+        for predicate, fut in self._waiters:
+            if not fut.done() and predicate(message):
+                fut.set_result(message)
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or self._stop.is_set():
+            return
+        task = asyncio.create_task(
+            self._read_microphone(track), name=f"agent-mic-{self.job_id}-{publication.sid}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_local_track_subscribed(self, track: rtc.Track) -> None:
+        self._subscribed.set()
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if not self._room.remote_participants:
+            logger.info("last caller left; ending session", extra={"job_id": self.job_id})
+            self._stop.set()
+
+    def _on_disconnected(self, reason: Any) -> None:
+        self._stop.set()
+
+
+def _concat(parts: list[Pcm]) -> Pcm:
+    if not parts:
+        return np.zeros(0, dtype=np.int16)
+    return np.concatenate(parts)
