@@ -1,0 +1,415 @@
+"""The HTTP API of docs/api.md over real HTTP and a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from livekit.api import TokenVerifier
+
+from provisioning.config import load_config
+from provisioning.http import BackendServer
+from provisioning.models import DeviceStatus
+
+from .conftest import (
+    AGENT_NAME,
+    API_KEY,
+    API_SECRET,
+    LIVEKIT_URL,
+    MAX_SKEW_S,
+    TIMEOUT_S,
+    TOKEN_TTL_S,
+    Api,
+    FakeClock,
+    TestDevice,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+EXPECTED_VIDEO_GRANTS = {
+    "roomJoin": True,
+    "canPublish": True,
+    "canSubscribe": True,
+    "canPublishData": True,
+    "canPublishSources": ["microphone"],
+}
+
+
+def assert_refused(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert "token" not in body
+
+
+# Enrollment
+
+
+async def test_enroll_returns_device_id_derived_from_key(server: BackendServer, api: Api) -> None:
+    device = TestDevice()
+    code = server.core.create_enrollment_code(label="lobby")
+    response = await api.enroll(device, code, name="Lobby kiosk")
+    assert response.status_code == 201, response.text
+    assert response.json() == {
+        "device_id": device.device_id,
+        "identity": f"device-{device.device_id}",
+    }
+    [stored] = server.core.list_devices()
+    assert stored.device_id == device.device_id
+    assert stored.public_key == device.public_raw
+    assert stored.name == "Lobby kiosk"
+    assert stored.status is DeviceStatus.APPROVED
+
+
+async def test_enroll_code_is_case_and_dash_insensitive(server: BackendServer, api: Api) -> None:
+    code = server.core.create_enrollment_code()
+    response = await api.enroll(TestDevice(), code.replace("-", "").lower())
+    assert response.status_code == 201, response.text
+
+
+async def test_used_enrollment_code_is_refused(server: BackendServer, api: Api) -> None:
+    code = server.core.create_enrollment_code()
+    first = TestDevice()
+    assert (await api.enroll(first, code)).status_code == 201
+    assert_refused(await api.enroll(TestDevice(), code), 403, "invalid_enrollment_code")
+    assert [d.device_id for d in server.core.list_devices()] == [first.device_id]
+
+
+async def test_expired_enrollment_code_is_refused(
+    server: BackendServer, api: Api, clock: FakeClock
+) -> None:
+    code = server.core.create_enrollment_code(ttl_s=120)
+    clock.advance(121)
+    assert_refused(await api.enroll(TestDevice(), code), 403, "invalid_enrollment_code")
+    assert server.core.list_devices() == []
+
+
+async def test_enrollment_code_works_until_it_expires(
+    server: BackendServer, api: Api, clock: FakeClock
+) -> None:
+    code = server.core.create_enrollment_code(ttl_s=120)
+    clock.advance(119)
+    assert (await api.enroll(TestDevice(), code)).status_code == 201
+
+
+async def test_unknown_enrollment_code_is_refused(server: BackendServer, api: Api) -> None:
+    server.core.create_enrollment_code()
+    assert_refused(
+        await api.enroll(TestDevice(), "AAAA-BBBB-CCCC-DDDD"), 403, "invalid_enrollment_code"
+    )
+    assert server.core.list_devices() == []
+
+
+async def test_enroll_signed_by_another_key_is_refused_and_keeps_code(
+    server: BackendServer, api: Api
+) -> None:
+    device = TestDevice()
+    code = server.core.create_enrollment_code()
+    payload = {"code": code, "public_key": device.public_key}
+    response = await api.send(
+        "POST", "/v1/enroll", device, payload, device_id=None, signer=TestDevice().key
+    )
+    assert_refused(response, 401, "bad_signature")
+    assert server.core.list_devices() == []
+    assert (await api.enroll(device, code)).status_code == 201
+
+
+async def test_enroll_same_key_twice_is_already_enrolled(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    code = server.core.create_enrollment_code()
+    assert_refused(await api.enroll(enrolled, code), 409, "already_enrolled")
+    # The code was not spent on the refused attempt.
+    assert (await api.enroll(TestDevice(), code)).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("payload", "raw"),
+    [
+        (None, b"{not json"),
+        (None, b"[1, 2]"),
+        ({"public_key": "x"}, None),
+        ({"code": "AAAA", "public_key": "not-a-key"}, None),
+        ({"code": 1234, "public_key": "x"}, None),
+    ],
+)
+async def test_malformed_enroll_is_bad_request(
+    server: BackendServer, api: Api, payload: object, raw: bytes | None
+) -> None:
+    response = await api.send("POST", "/v1/enroll", TestDevice(), payload, raw=raw, device_id=None)
+    assert_refused(response, 400, "bad_request")
+    assert server.core.list_devices() == []
+
+
+# Authentication of signed requests
+
+
+async def test_check_in(enrolled: TestDevice, api: Api) -> None:
+    response = await api.send("GET", "/v1/device", enrolled)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "device_id": enrolled.device_id,
+        "name": "kiosk",
+        "status": "approved",
+        "agent_name": AGENT_NAME,
+    }
+
+
+async def test_unsigned_request_is_missing_signature(server: BackendServer, api: Api) -> None:
+    assert_refused(
+        await api.send("POST", "/v1/calls", None, {"trigger": "button"}), 401, "missing_signature"
+    )
+    assert server.core.list_calls() == []
+
+
+async def test_unenrolled_device_is_unknown(server: BackendServer, api: Api) -> None:
+    server.core.create_enrollment_code()
+    assert_refused(await api.start_call(TestDevice()), 401, "unknown_device")
+    assert server.core.list_calls() == []
+
+
+async def test_signature_by_another_key_is_refused(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    response = await api.start_call(enrolled, signer=TestDevice().key)
+    assert_refused(response, 401, "bad_signature")
+    assert server.core.list_calls() == []
+
+
+async def test_signature_covers_the_body(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    signed_body = json.dumps({"trigger": "button"}).encode()
+    headers = enrolled.headers("POST", "/v1/calls", signed_body, timestamp=int(api.clock.now))
+    response = await api.client.post(
+        "/v1/calls", content=json.dumps({"trigger": "command"}).encode(), headers=headers
+    )
+    assert_refused(response, 401, "bad_signature")
+    assert server.core.list_calls() == []
+
+
+async def test_signature_covers_the_path(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    body = json.dumps({"trigger": "button"}).encode()
+    headers = enrolled.headers("POST", "/v1/enroll", body, timestamp=int(api.clock.now))
+    response = await api.client.post("/v1/calls", content=body, headers=headers)
+    assert_refused(response, 401, "bad_signature")
+    assert server.core.list_calls() == []
+
+
+async def test_replayed_request_is_refused(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    nonce = "0123456789abcdef0123456789abcdef"
+    assert (await api.start_call(enrolled, nonce=nonce)).status_code == 201
+    assert_refused(await api.start_call(enrolled, nonce=nonce), 401, "replayed_request")
+    assert len(server.core.list_calls()) == 1
+
+
+async def test_replay_of_identical_request_is_refused(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    body = json.dumps({"trigger": "wake_word"}).encode()
+    headers = enrolled.headers("POST", "/v1/calls", body, timestamp=int(api.clock.now))
+    first = await api.client.post("/v1/calls", content=body, headers=headers)
+    assert first.status_code == 201
+    assert_refused(
+        await api.client.post("/v1/calls", content=body, headers=headers), 401, "replayed_request"
+    )
+    assert len(server.core.list_calls()) == 1
+
+
+@pytest.mark.parametrize("offset", [-(MAX_SKEW_S + 1), MAX_SKEW_S + 1, -3600, 3600])
+async def test_stale_timestamp_is_refused(
+    server: BackendServer, api: Api, enrolled: TestDevice, offset: int
+) -> None:
+    response = await api.start_call(enrolled, timestamp=int(api.clock.now) + offset)
+    assert_refused(response, 401, "stale_timestamp")
+    assert server.core.list_calls() == []
+
+
+@pytest.mark.parametrize("offset", [-MAX_SKEW_S, MAX_SKEW_S])
+async def test_timestamp_at_edge_of_window_is_accepted(
+    api: Api, enrolled: TestDevice, offset: int
+) -> None:
+    response = await api.start_call(enrolled, timestamp=int(api.clock.now) + offset)
+    assert response.status_code == 201, response.text
+
+
+async def test_malformed_nonce_is_bad_signature(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    response = await api.start_call(enrolled, nonce="ABCDEF0123456789ABCDEF0123456789")
+    assert_refused(response, 401, "bad_signature")
+    assert server.core.list_calls() == []
+
+
+async def test_revoked_device_is_refused(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    server.core.revoke_device(enrolled.device_id)
+    assert_refused(await api.start_call(enrolled), 403, "device_revoked")
+    assert_refused(await api.send("GET", "/v1/device", enrolled), 403, "device_revoked")
+    assert server.core.list_calls() == []
+
+
+# Calls
+
+
+async def test_call_token_carries_exactly_the_fixed_grants(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    response = await api.start_call(enrolled, {"trigger": "wake_word"})
+    assert response.status_code == 201, response.text
+    now = time.time()
+    body = response.json()
+    assert set(body) == {"server_url", "token", "room", "identity", "call_id", "expires_at"}
+    call_id = body["call_id"]
+    assert re.fullmatch(r"c-[0-9a-f]{16}", call_id)
+    identity = f"device-{enrolled.device_id}"
+    assert body["room"] == f"call-{call_id}"
+    assert body["identity"] == identity
+    assert body["server_url"] == LIVEKIT_URL
+
+    claims = TokenVerifier(API_KEY, API_SECRET).verify(body["token"])
+    assert claims.identity == identity
+    assert claims.video is not None
+    assert claims.video.room == body["room"]
+    assert claims.video.room_join is True
+    assert claims.video.can_subscribe is True
+    assert claims.video.can_publish is True
+    assert claims.video.can_publish_data is True
+    assert claims.video.can_publish_sources == ["microphone"]
+    for power in ("room_admin", "room_create", "room_list", "room_record", "ingress_admin"):
+        assert getattr(claims.video, power) is None, power
+    metadata = {"device_id": enrolled.device_id, "call_id": call_id}
+    assert json.loads(claims.metadata) == metadata
+    assert claims.room_config is not None
+    [agent] = claims.room_config.agents
+    assert agent.agent_name == AGENT_NAME
+    assert json.loads(agent.metadata) == metadata
+
+    # The raw payload has nothing beyond what we grant (no sip, agent, hidden, ...).
+    payload = jwt.decode(body["token"], API_SECRET, algorithms=["HS256"], issuer=API_KEY)
+    assert set(payload) == {"sub", "iss", "nbf", "exp", "name", "metadata", "video", "roomConfig"}
+    assert payload["video"] == {**EXPECTED_VIDEO_GRANTS, "room": body["room"]}
+    assert abs(payload["exp"] - now - TOKEN_TTL_S) <= 1
+    expires_at = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert expires_at.timestamp() == payload["exp"]
+
+    [call] = server.core.list_calls()
+    assert (call.call_id, call.device_id, call.room) == (call_id, enrolled.device_id, body["room"])
+    assert call.trigger == "wake_word"
+    assert call.token_expires_at == payload["exp"]
+    assert call.ended_at is None
+
+
+async def test_device_cannot_choose_room_identity_or_grants(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    response = await api.start_call(
+        enrolled,
+        {
+            "room": "lobby",
+            "identity": "admin",
+            "grants": {"roomAdmin": True, "roomCreate": True, "canPublishSources": ["camera"]},
+            "agent_name": "evil-agent",
+            "ttl": 86400,
+        },
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["room"] == f"call-{body['call_id']}"
+    assert body["identity"] == f"device-{enrolled.device_id}"
+    payload = jwt.decode(body["token"], API_SECRET, algorithms=["HS256"], issuer=API_KEY)
+    assert payload["sub"] == f"device-{enrolled.device_id}"
+    assert payload["video"] == {**EXPECTED_VIDEO_GRANTS, "room": body["room"]}
+    assert payload["roomConfig"]["agents"][0]["agentName"] == AGENT_NAME
+    assert abs(payload["exp"] - time.time() - TOKEN_TTL_S) <= 1
+
+
+async def test_every_call_gets_a_fresh_room(api: Api, enrolled: TestDevice) -> None:
+    rooms = set()
+    for _ in range(3):
+        response = await api.start_call(enrolled)
+        assert response.status_code == 201
+        rooms.add(response.json()["room"])
+    assert len(rooms) == 3
+
+
+@pytest.mark.parametrize("payload", [{}, {"trigger": "doorbell"}, {"trigger": 1}])
+async def test_bad_trigger_is_bad_request(
+    server: BackendServer, api: Api, enrolled: TestDevice, payload: dict[str, object]
+) -> None:
+    response = await api.send("POST", "/v1/calls", enrolled, payload)
+    assert_refused(response, 400, "bad_request")
+    assert server.core.list_calls() == []
+
+
+async def test_end_call(
+    server: BackendServer, api: Api, enrolled: TestDevice, clock: FakeClock
+) -> None:
+    call_id = (await api.start_call(enrolled)).json()["call_id"]
+    clock.advance(42)
+    path = f"/v1/calls/{call_id}/end"
+    response = await api.send(
+        "POST", path, enrolled, {"reason": "user_hangup", "duration_ms": 41500}
+    )
+    assert response.status_code == 200, response.text
+    ended_at = datetime.fromtimestamp(int(clock.now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert response.json() == {"call_id": call_id, "ended_at": ended_at}
+    [call] = server.core.list_calls()
+    assert (call.ended_at, call.end_reason, call.duration_ms) == (clock.now, "user_hangup", 41500)
+
+
+async def test_end_of_another_devices_call_is_unknown(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    call_id = (await api.start_call(enrolled)).json()["call_id"]
+    other = TestDevice()
+    assert (await api.enroll(other, server.core.create_enrollment_code())).status_code == 201
+    for target in (call_id, "c-0000000000000000"):
+        response = await api.send(
+            "POST", f"/v1/calls/{target}/end", other, {"reason": "x", "duration_ms": 1}
+        )
+        assert_refused(response, 404, "unknown_call")
+    [call] = server.core.list_calls()
+    assert call.ended_at is None
+
+
+async def test_calls_are_rate_limited_per_device(tmp_path: Path, clock: FakeClock) -> None:
+    config = load_config(write_config(tmp_path, max_per_minute=2))
+    async with (
+        asyncio.timeout(TIMEOUT_S),
+        BackendServer(config, port=0, clock=clock) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT_S) as client,
+    ):
+        api = Api(client, clock)
+        device = TestDevice()
+        assert (await api.enroll(device, server.core.create_enrollment_code())).status_code == 201
+        for _ in range(2):
+            assert (await api.start_call(device)).status_code == 201
+        clock.advance(10)
+        response = await api.start_call(device)
+        assert_refused(response, 429, "rate_limited")
+        assert response.headers["Retry-After"] == "50"
+        assert len(server.core.list_calls()) == 2
+        clock.advance(51)
+        assert (await api.start_call(device)).status_code == 201
+
+
+async def test_unknown_route_is_json_error(api: Api) -> None:
+    response = await api.send("GET", "/v1/nothing", None)
+    assert_refused(response, 404, "not_found")
+    response = await api.send("DELETE", "/v1/calls", None)
+    assert_refused(response, 405, "method_not_allowed")
