@@ -1,0 +1,54 @@
+"""Opens the board's hardware: the one place that chooses real or simulated parts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from appliance.audio.base import Microphone, Speaker
+from appliance.clock import Clock
+from appliance.errors import AudioDeviceError, SettingsError
+from appliance.settings import Settings
+from appliance.triggers.simulated import SimulatedButton
+
+
+@dataclass
+class Board:
+    """The opened hardware; closed by the exit stack it was opened on."""
+
+    microphone: Microphone
+    speaker: Speaker
+    button: SimulatedButton | None
+
+
+async def open_board(
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    clock: Clock,
+    on_button: Callable[[], None],
+) -> Board:
+    """Open the microphone, speaker and button the board profile names."""
+    profile = settings.board
+    if profile.audio.backend != "simulated":
+        raise AudioDeviceError(
+            f"board {profile.name!r}: audio backend {profile.audio.backend!r} is not available yet"
+        )
+    if profile.buttons.backend != "simulated":
+        raise SettingsError(
+            profile.source or profile.name,
+            "buttons.backend",
+            f"{profile.buttons.backend!r} is not available yet",
+        )
+    from appliance.audio.simulated import WavMicrophone, WavSpeaker
+
+    sim = settings.simulated
+    assert sim.speaker_wav is not None  # checked when the settings were loaded
+    microphone = WavMicrophone(sim.microphone_wav, loop=sim.loop_microphone, clock=clock)
+    stack.push_async_callback(microphone.aclose)
+    speaker = WavSpeaker(sim.speaker_wav)
+    stack.push_async_callback(speaker.aclose)
+    button = SimulatedButton(on_press=on_button, loop=asyncio.get_running_loop())
+    return Board(microphone=microphone, speaker=speaker, button=button)

@@ -1,0 +1,44 @@
+"""What a call tells the supervisor; nothing here knows about LiveKit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.state import EndReason
+
+
+@dataclass(frozen=True)
+class AgentJoined:
+    """The agent participant is in the room."""
+
+    identity: str
+
+
+@dataclass(frozen=True)
+class AgentAudioStarted:
+    """The first audible frame of the agent's voice reached the speaker."""
+
+
+@dataclass(frozen=True)
+class AgentLeft:
+    """The agent participant left the room."""
+
+    identity: str
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """We lost the room: the server closed it or the connection broke for good."""
+
+    room_closed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class EndRequested:
+    """Something on the device asked to end the call."""
+
+    reason: EndReason
+
+
+CallEvent = AgentJoined | AgentAudioStarted | AgentLeft | Disconnected | EndRequested

@@ -1,0 +1,199 @@
+"""The one module that talks to LiveKit: a call in one room, seen by the rest as our events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from livekit import rtc
+
+from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Microphone, Speaker
+from appliance.call.events import (
+    AgentAudioStarted,
+    AgentJoined,
+    AgentLeft,
+    CallEvent,
+    Disconnected,
+)
+from appliance.call.status import encode_status
+from appliance.clock import Clock
+from appliance.errors import CallError
+from appliance.provisioning_client import CallGrant
+from appliance.state import StateChange
+
+logger = logging.getLogger(__name__)
+
+# RMS (of int16 samples) above which an agent frame counts as its first audible audio.
+AUDIBLE_RMS = 100.0
+# How long closing waits for queued status messages to go out.
+STATUS_DRAIN_S = 2.0
+
+
+class LiveKitCall:
+    """Our microphone published to one room, the agent's audio played, call status sent."""
+
+    def __init__(
+        self,
+        grant: CallGrant,
+        *,
+        microphone: Microphone,
+        speaker: Speaker,
+        on_event: Callable[[CallEvent], None],
+        clock: Clock,
+        status_topic: str,
+        connect_timeout_s: float,
+    ) -> None:
+        self.grant = grant
+        self._microphone = microphone
+        self._speaker = speaker
+        self._on_event = on_event
+        self._clock = clock
+        self._status_topic = status_topic
+        self._connect_timeout_s = connect_timeout_s
+        self._room = rtc.Room()
+        self._mic_publication: rtc.LocalTrackPublication | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._status_queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._status_seq = 0
+        self._agent_identity: str | None = None
+        self._heard_agent = False
+        self._closing = False
+
+    async def connect(self) -> None:
+        """Join the room and publish the microphone; raises CallError if that fails."""
+        room = self._room
+        room.on("participant_connected", self._on_participant_connected)
+        room.on("participant_disconnected", self._on_participant_disconnected)
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("disconnected", self._on_disconnected)
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await room.connect(self.grant.server_url, self.grant.token)
+                source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+                track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+                options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+                self._mic_publication = await room.local_participant.publish_track(track, options)
+        except (TimeoutError, rtc.ConnectError, rtc.participant.PublishTrackError) as exc:
+            await self._disconnect_quietly()
+            raise CallError(f"could not join room {self.grant.room}: {exc or 'timed out'}") from exc
+        self._spawn(self._pump_microphone(source), "call-microphone")
+        self._spawn(self._send_status_messages(), "call-status")
+        for participant in room.remote_participants.values():
+            self._on_participant_connected(participant)
+
+    def on_state_change(self, change: StateChange) -> None:
+        """Observer: queue a call-status message for this change, sent in order."""
+        if self._closing and change.state.value not in ("ending",):
+            return
+        self._status_seq += 1
+        self._status_queue.put_nowait(
+            encode_status(change, seq=self._status_seq, ts=self._clock.time())
+        )
+
+    async def aclose(self) -> None:
+        """Send what status is queued, unpublish the microphone, leave the room."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STATUS_DRAIN_S):
+                await self._status_queue.join()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._mic_publication is not None and self._room.isconnected():
+            with contextlib.suppress(Exception):
+                await self._room.local_participant.unpublish_track(self._mic_publication.sid)
+            self._mic_publication = None
+        await self._disconnect_quietly()
+
+    async def _disconnect_quietly(self) -> None:
+        if self._room.isconnected():
+            with contextlib.suppress(Exception):
+                await self._room.disconnect()
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "call task %s failed",
+                task.get_name(),
+                exc_info=task.exception(),
+                extra={"CALL_ID": self.grant.call_id, "ROOM": self.grant.room},
+            )
+
+    async def _pump_microphone(self, source: rtc.AudioSource) -> None:
+        while True:
+            frame = await self._microphone.read()
+            await source.capture_frame(
+                rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
+            )
+
+    async def _send_status_messages(self) -> None:
+        while True:
+            payload = await self._status_queue.get()
+            try:
+                await self._room.local_participant.publish_data(
+                    payload, reliable=True, topic=self._status_topic
+                )
+            except Exception:
+                logger.warning(
+                    "could not send a call-status message",
+                    extra={"CALL_ID": self.grant.call_id, "ROOM": self.grant.room},
+                )
+            finally:
+                self._status_queue.task_done()
+
+    async def _play_agent(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        try:
+            async for event in stream:
+                samples = np.frombuffer(event.frame.data, dtype=np.int16)
+                await self._speaker.write(samples)
+                if not self._heard_agent and _rms(samples) > AUDIBLE_RMS:
+                    self._heard_agent = True
+                    self._on_event(AgentAudioStarted())
+        finally:
+            await stream.aclose()
+
+    def _is_agent(self, participant: rtc.RemoteParticipant) -> bool:
+        return bool(participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._is_agent(participant) and self._agent_identity is None:
+            self._agent_identity = participant.identity
+            self._on_event(AgentJoined(participant.identity))
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.identity == self._agent_identity:
+            self._on_event(AgentLeft(participant.identity))
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and self._is_agent(participant):
+            self._spawn(self._play_agent(track), "call-agent-audio")
+
+    def _on_disconnected(self, reason: int) -> None:
+        if self._closing:
+            return
+        room_closed = reason in (
+            rtc.DisconnectReason.ROOM_DELETED,
+            rtc.DisconnectReason.ROOM_CLOSED,
+            rtc.DisconnectReason.PARTICIPANT_REMOVED,
+        )
+        name = rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
+        self._on_event(Disconnected(room_closed=room_closed, detail=name))
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) if samples.size else 0.0

@@ -1,0 +1,138 @@
+"""`appliance`: run the daemon, enroll, press the button, ask the daemon's state."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from appliance.control import send_command
+from appliance.daemon import CONTROL_SOCKET_NAME, Daemon
+from appliance.errors import ApplianceError, NotEnrolledError, SettingsError
+from appliance.provisioning_client import DeviceKey, Enrollment, ProvisioningClient
+from appliance.settings import Settings, load_settings
+from appliance.status.journal import setup_logging
+
+DEFAULT_CONFIG = Path("/etc/kiosk-voice/appliance.toml")
+
+EXIT_SETTINGS = 2
+EXIT_NOT_ENROLLED = 3
+EXIT_FAILED = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `appliance` command."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        return int(args.func(settings, args))
+    except SettingsError as exc:
+        print(f"appliance: settings error: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    except NotEnrolledError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return EXIT_NOT_ENROLLED
+    except ApplianceError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help=f"settings file ({DEFAULT_CONFIG})"
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument(
+        "--stdin-button", action="store_true", help="each line read from stdin presses the button"
+    )
+    run.set_defaults(func=_run)
+
+    enroll = commands.add_parser("enroll", help="enroll with a one-time code from the admin")
+    enroll.add_argument("--code", required=True)
+    enroll.set_defaults(func=_enroll)
+
+    key = commands.add_parser("key", help="print this device's id and public key")
+    key.set_defaults(func=_key)
+
+    press = commands.add_parser("press", help="press the call button of the running daemon")
+    press.set_defaults(func=_control, command="press")
+
+    status = commands.add_parser("status", help="print the running daemon's state")
+    status.set_defaults(func=_control, command="status")
+    return parser
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    enrollment = Enrollment.load(settings.device.state_dir)
+    setup_logging(settings.logging, device_id=enrollment.device_id)
+    asyncio.run(_serve(settings, stdin_button=args.stdin_button))
+    return 0
+
+
+async def _serve(settings: Settings, *, stdin_button: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Daemon(settings) as daemon:
+        if stdin_button:
+            threading.Thread(
+                target=_read_stdin_presses,
+                args=(daemon, loop, stop),
+                name="stdin-button",
+                daemon=True,
+            ).start()
+        await daemon.run(stop)
+
+
+def _read_stdin_presses(
+    daemon: Daemon, loop: asyncio.AbstractEventLoop, stop: asyncio.Event
+) -> None:
+    for _line in sys.stdin:
+        daemon.press()
+    logging.getLogger(__name__).info("stdin closed: stopping")
+    loop.call_soon_threadsafe(stop.set)
+
+
+def _enroll(settings: Settings, args: argparse.Namespace) -> int:
+    key = DeviceKey.load_or_create(settings.device.state_dir)
+
+    async def enroll() -> tuple[str, str]:
+        async with ProvisioningClient(
+            settings.backend.url, key, timeout_s=settings.backend.timeout_s
+        ) as client:
+            return await client.enroll(args.code, settings.device.name)
+
+    device_id, identity = asyncio.run(enroll())
+    Enrollment(device_id, identity, settings.backend.url).save(settings.device.state_dir)
+    print(f"enrolled as {device_id}")
+    return 0
+
+
+def _key(settings: Settings, args: argparse.Namespace) -> int:
+    key = DeviceKey.load_or_create(settings.device.state_dir)
+    print(f"device id:  {key.fingerprint}")
+    print(f"public key: {key.public_key_b64}")
+    return 0
+
+
+def _control(settings: Settings, args: argparse.Namespace) -> int:
+    path = settings.device.state_dir / CONTROL_SOCKET_NAME
+    try:
+        answer = asyncio.run(send_command(path, args.command))
+    except (OSError, TimeoutError) as exc:
+        print(f"appliance: no daemon answers on {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(answer)
+    return 0 if not answer.startswith("error") else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

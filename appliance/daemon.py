@@ -1,0 +1,143 @@
+"""The daemon: composes settings, hardware, the backend client, the supervisor and its observers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import httpx
+
+from appliance.board import Board, open_board
+from appliance.call.events import CallEvent
+from appliance.call.livekit_call import LiveKitCall
+from appliance.clock import Clock, SystemClock
+from appliance.control import ControlServer
+from appliance.provisioning_client import CallGrant, DeviceKey, Enrollment, ProvisioningClient
+from appliance.settings import Settings
+from appliance.state import CallTimeline
+from appliance.status.systemd import SystemdNotifier, default_notify
+from appliance.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+CONTROL_SOCKET_NAME = "control.sock"
+
+
+class Daemon:
+    """One running device. `async with Daemon(settings) as d: await d.run(stop)`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_timeline: Callable[[CallTimeline], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock or SystemClock()
+        self._transport = transport
+        self._on_timeline = on_timeline
+        self._stack = AsyncExitStack()
+        self._board: Board | None = None
+        self._supervisor: Supervisor | None = None
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """The state machine (after `__aenter__`)."""
+        assert self._supervisor is not None, "the daemon is not open"
+        return self._supervisor
+
+    @property
+    def control_socket(self) -> str:
+        """Where `appliance press` and `appliance status` reach this daemon."""
+        return str(self.settings.device.state_dir / CONTROL_SOCKET_NAME)
+
+    async def __aenter__(self) -> Daemon:
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release everything in reverse order of opening."""
+        await self._stack.aclose()
+
+    async def _open(self) -> None:
+        state_dir = self.settings.device.state_dir
+        key = DeviceKey.load_or_create(state_dir)
+        enrollment = Enrollment.load(state_dir)
+        client = ProvisioningClient(
+            self.settings.backend.url,
+            key,
+            device_id=enrollment.device_id,
+            timeout_s=self.settings.backend.timeout_s,
+            transport=self._transport,
+        )
+        self._stack.push_async_callback(client.aclose)
+        self._board = await open_board(
+            self.settings, self._stack, clock=self._clock, on_button=self._on_button
+        )
+        self._supervisor = Supervisor(
+            backend=client,
+            call_factory=self._make_call,
+            settings=self.settings.call,
+            clock=self._clock,
+        )
+        self._supervisor.add_observer(SystemdNotifier(default_notify()))
+        if self._on_timeline is not None:
+            self._supervisor.add_timeline_observer(self._on_timeline)
+        control = ControlServer(
+            state_dir / CONTROL_SOCKET_NAME,
+            press=self.press,
+            status=lambda: self.supervisor.state.value,
+        )
+        await control.start()
+        self._stack.push_async_callback(control.aclose)
+
+    def press(self) -> None:
+        """Press the call button (the simulated one, or a command trigger on real boards)."""
+        if self._board is not None and self._board.button is not None:
+            self._board.button.press()
+        else:
+            self.supervisor.trigger("command")
+
+    def _on_button(self) -> None:
+        self.supervisor.trigger("button")
+
+    def _make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> LiveKitCall:
+        assert self._board is not None
+        return LiveKitCall(
+            grant,
+            microphone=self._board.microphone,
+            speaker=self._board.speaker,
+            on_event=on_event,
+            clock=self._clock,
+            status_topic=self.settings.call.status_topic,
+            connect_timeout_s=self.settings.call.connect_timeout_s,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then shut down in order."""
+        runner = asyncio.create_task(self.supervisor.run(), name="supervisor")
+        stopper = asyncio.create_task(stop.wait(), name="daemon-stop")
+        try:
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.supervisor.stop()
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
+            await runner

@@ -1,0 +1,63 @@
+"""The device's errors: one base class; subclasses also inherit the matching builtin."""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base class of every error the device raises on purpose."""
+
+
+class SettingsError(ApplianceError, ValueError):
+    """A settings or board-profile file is missing, malformed, or has a bad or unknown key."""
+
+    def __init__(self, path: object, key: str | None, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class DeviceKeyError(ApplianceError, PermissionError):
+    """The device key file cannot be created, read, or is not private to the device."""
+
+
+class NotEnrolledError(ApplianceError, LookupError):
+    """The device has no enrollment yet: run `appliance enroll --code ...` first."""
+
+
+class BackendError(ApplianceError):
+    """The provisioning backend could not give us what we asked for."""
+
+
+class BackendUnreachableError(BackendError, ConnectionError):
+    """The backend is down, slow, or answered with a server error."""
+
+
+class CredentialsRejectedError(BackendError, PermissionError):
+    """The backend refused this device's credentials (HTTP 401/403)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(f"{status} {code}: {message}")
+
+
+class RateLimitedError(BackendError):
+    """The backend asked us to slow down (HTTP 429)."""
+
+    def __init__(self, retry_after_s: float | None, message: str) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class BackendProtocolError(BackendError, ValueError):
+    """The backend answered with something this device does not understand."""
+
+
+class CallError(ApplianceError, ConnectionError):
+    """A LiveKit call could not be joined or broke."""
+
+
+class AudioDeviceError(ApplianceError, OSError):
+    """An audio device is missing, busy, unplugged, or cannot do the requested format."""

@@ -1,0 +1,210 @@
+"""The provisioning client: signed requests over httpx, errors translated at this seam."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from appliance.errors import (
+    BackendProtocolError,
+    BackendUnreachableError,
+    CredentialsRejectedError,
+    RateLimitedError,
+)
+from appliance.provisioning_client.keys import DeviceKey, b64url
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_SCHEME = "kiosk-v1"
+
+
+@dataclass(frozen=True)
+class CallGrant:
+    """What the backend hands out for one call; the token is never logged or shown."""
+
+    server_url: str
+    token: str = field(repr=False)
+    room: str
+    identity: str
+    call_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The backend's view of this device."""
+
+    device_id: str
+    name: str
+    status: str
+    agent_name: str
+
+
+def canonical_message(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    """The bytes a device signs for one request (docs/api.md)."""
+    digest = hashlib.sha256(body).hexdigest()
+    return "\n".join([SIGNATURE_SCHEME, method.upper(), path, timestamp, nonce, digest]).encode()
+
+
+class ProvisioningClient:
+    """Signed requests to the backend. One instance keeps its connection warm across calls."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key: DeviceKey,
+        *,
+        device_id: str | None = None,
+        timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = key
+        self._device_id = device_id
+        self._wall_clock = wall_clock
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
+        )
+
+    async def __aenter__(self) -> ProvisioningClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def enroll(self, code: str, name: str) -> tuple[str, str]:
+        """Enroll with a one-time code; returns (device_id, identity)."""
+        body = {"code": code, "public_key": self._key.public_key_b64, "name": name}
+        data = await self._request("POST", "/v1/enroll", body, signed_as=None)
+        device_id, identity = _get(data, "device_id", str), _get(data, "identity", str)
+        self._device_id = device_id
+        return device_id, identity
+
+    async def check_in(self) -> DeviceInfo:
+        """Ask the backend who we are; proves the key and the enrollment still work."""
+        data = await self._request("GET", "/v1/device", None, signed_as=self._require_id())
+        return DeviceInfo(
+            device_id=_get(data, "device_id", str),
+            name=_get(data, "name", str),
+            status=_get(data, "status", str),
+            agent_name=_get(data, "agent_name", str),
+        )
+
+    async def create_call(self, trigger: str) -> CallGrant:
+        """Get a token for a fresh call room."""
+        data = await self._request(
+            "POST", "/v1/calls", {"trigger": trigger}, signed_as=self._require_id()
+        )
+        expires_raw = _get(data, "expires_at", str)
+        try:
+            expires_at = datetime.fromisoformat(expires_raw.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise BackendProtocolError(f"expires_at is not a timestamp: {expires_raw!r}") from exc
+        return CallGrant(
+            server_url=_get(data, "server_url", str),
+            token=_get(data, "token", str),
+            room=_get(data, "room", str),
+            identity=_get(data, "identity", str),
+            call_id=_get(data, "call_id", str),
+            expires_at=expires_at,
+        )
+
+    async def end_call(self, call_id: str, reason: str, duration_ms: int) -> None:
+        """Record how one of our calls ended."""
+        await self._request(
+            "POST",
+            f"/v1/calls/{call_id}/end",
+            {"reason": reason, "duration_ms": duration_ms},
+            signed_as=self._require_id(),
+        )
+
+    def _require_id(self) -> str:
+        if self._device_id is None:
+            raise BackendProtocolError("this client has no device id: enroll first")
+        return self._device_id
+
+    def signed_headers(
+        self, method: str, path: str, body: bytes, device_id: str | None
+    ) -> dict[str, str]:
+        """The authentication headers for one request."""
+        timestamp = str(int(self._wall_clock()))
+        nonce = secrets.token_hex(16)
+        signature = self._key.sign(canonical_message(method, path, timestamp, nonce, body))
+        headers = {
+            "X-Device-Timestamp": timestamp,
+            "X-Device-Nonce": nonce,
+            "X-Device-Signature": b64url(signature),
+        }
+        if device_id is not None:
+            headers["X-Device-Id"] = device_id
+        return headers
+
+    async def _request(
+        self, method: str, path: str, payload: dict[str, Any] | None, *, signed_as: str | None
+    ) -> dict[str, Any]:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        headers = self.signed_headers(method, path, body, signed_as)
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self._http.request(method, path, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise BackendUnreachableError(f"backend timed out on {method} {path}") from exc
+        except httpx.TransportError as exc:
+            raise BackendUnreachableError(f"backend unreachable on {method} {path}: {exc}") from exc
+        return _decode(method, path, response)
+
+
+def _decode(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
+    status = response.status_code
+    try:
+        data = response.json() if response.content else {}
+    except ValueError:
+        data = None
+    if status >= 500:
+        raise BackendUnreachableError(f"backend error {status} on {method} {path}")
+    if not isinstance(data, dict):
+        raise BackendProtocolError(f"backend answered {status} without a JSON object on {path}")
+    code = str(data.get("error", "unknown"))
+    message = str(data.get("message", ""))
+    if status in (401, 403):
+        raise CredentialsRejectedError(status, code, message)
+    if status == 429:
+        raise RateLimitedError(_retry_after(response), f"rate limited on {path}: {message}")
+    if status >= 400:
+        raise BackendProtocolError(f"backend refused {method} {path}: {status} {code}: {message}")
+    return data
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _get(data: dict[str, Any], key: str, kind: type[str]) -> str:
+    value = data.get(key)
+    if not isinstance(value, kind):
+        raise BackendProtocolError(f"backend answer lacks {key!r}")
+    return value

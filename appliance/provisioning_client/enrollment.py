@@ -1,0 +1,46 @@
+"""The device's record of its enrollment: which backend accepted it, under which id."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from appliance.errors import NotEnrolledError, SettingsError
+
+ENROLLMENT_FILE_NAME = "enrollment.json"
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What the backend said when it enrolled this device."""
+
+    device_id: str
+    identity: str
+    backend_url: str
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Enrollment:
+        """Read the enrollment, or raise NotEnrolledError with what to do."""
+        path = Path(state_dir) / ENROLLMENT_FILE_NAME
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise NotEnrolledError(
+                f"this device is not enrolled ({path} is missing): "
+                "run `appliance enroll --code CODE`"
+            ) from exc
+        except json.JSONDecodeError as exc:
+            raise SettingsError(path, None, f"not valid JSON: {exc}") from exc
+        try:
+            return cls(str(raw["device_id"]), str(raw["identity"]), str(raw["backend_url"]))
+        except KeyError as exc:
+            raise SettingsError(path, str(exc.args[0]), "missing key") from exc
+
+    def save(self, state_dir: Path) -> None:
+        """Write the enrollment atomically."""
+        path = Path(state_dir) / ENROLLMENT_FILE_NAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)

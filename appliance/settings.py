@@ -1,0 +1,259 @@
+"""Device settings: frozen dataclasses built once at start-up from TOML and the board profile."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from appliance.errors import SettingsError
+
+DEFAULT_BOARD_DIR = Path(__file__).resolve().parent.parent / "board"
+INSTALLED_BOARD_DIR = Path("/usr/share/kiosk-voice/board")
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Who this device is and where it keeps its key and enrollment."""
+
+    state_dir: Path
+    name: str = "kiosk"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """How to reach the provisioning backend."""
+
+    url: str
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class BoardSelection:
+    """Which board profile to load: a name in `dir`, or a path to a TOML file."""
+
+    profile: str = "simulated"
+    dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """Call policy the device applies until the backend overrides it."""
+
+    agent_join_timeout_s: float = 20.0
+    max_duration_s: float = 600.0
+    status_topic: str = "kiosk.call_status"
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SimulatedSettings:
+    """Files behind the simulated board's microphone and speaker."""
+
+    microphone_wav: Path | None = None
+    speaker_wav: Path | None = None
+    loop_microphone: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log level and whether to write to the journal ("auto", "on" or "off")."""
+
+    level: str = "info"
+    journal: str = "auto"
+
+
+@dataclass(frozen=True)
+class BoardAudio:
+    """The board's audio hardware."""
+
+    backend: str = "simulated"
+    sample_rate: int = 48000
+
+
+@dataclass(frozen=True)
+class BoardButtons:
+    """The board's call button."""
+
+    backend: str = "simulated"
+    call_pin: str | None = None
+    pull_up: bool = True
+
+
+@dataclass(frozen=True)
+class BoardProfile:
+    """A board: which audio and button hardware it has, from `board/<name>.toml`."""
+
+    name: str
+    description: str = ""
+    audio: BoardAudio = field(default_factory=BoardAudio)
+    buttons: BoardButtons = field(default_factory=BoardButtons)
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon is configured with."""
+
+    device: DeviceSettings
+    backend: BackendSettings
+    board: BoardProfile
+    call: CallSettings = field(default_factory=CallSettings)
+    simulated: SimulatedSettings = field(default_factory=SimulatedSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source: Path | None = None
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_AUDIO_BACKENDS = ("simulated", "alsa")
+_BUTTON_BACKENDS = ("simulated", "gpio")
+
+T = TypeVar("T")
+
+
+def load_settings(path: Path) -> Settings:
+    """Read the device's TOML settings and its board profile; errors name the key and the file."""
+    path = Path(path)
+    raw = _read_toml(path)
+    base = path.parent
+    _reject_unknown(raw, {f.name for f in dataclasses.fields(Settings)} - {"source"}, path, "")
+    if "board" in raw and not isinstance(raw["board"], Mapping):
+        raise SettingsError(path, "board", "must be a table")
+    selection = _build(BoardSelection, raw.get("board", {}), path, "board", base)
+    settings = Settings(
+        device=_build(DeviceSettings, _required(raw, "device", path), path, "device", base),
+        backend=_build(BackendSettings, _required(raw, "backend", path), path, "backend", base),
+        board=load_board_profile(selection, settings_path=path),
+        call=_build(CallSettings, raw.get("call", {}), path, "call", base),
+        simulated=_build(SimulatedSettings, raw.get("simulated", {}), path, "simulated", base),
+        logging=_build(LoggingSettings, raw.get("logging", {}), path, "logging", base),
+        source=path,
+    )
+    _check_values(settings, path)
+    return settings
+
+
+def load_board_profile(selection: BoardSelection, *, settings_path: Path) -> BoardProfile:
+    """Find and read the board profile that `selection` names."""
+    candidate = Path(selection.profile)
+    if candidate.suffix == ".toml":
+        profile_path = candidate if candidate.is_absolute() else settings_path.parent / candidate
+    else:
+        dirs = [selection.dir] if selection.dir else [DEFAULT_BOARD_DIR, INSTALLED_BOARD_DIR]
+        found = [
+            d / f"{selection.profile}.toml"
+            for d in dirs
+            if (d / f"{selection.profile}.toml").exists()
+        ]
+        if not found:
+            looked = ", ".join(str(d) for d in dirs)
+            raise SettingsError(
+                settings_path,
+                "board.profile",
+                f"no board profile {selection.profile!r} in {looked}",
+            )
+        profile_path = found[0]
+    raw = _read_toml(profile_path)
+    profile = _build(BoardProfile, raw, profile_path, "", profile_path.parent)
+    profile = dataclasses.replace(profile, source=profile_path)
+    if profile.audio.backend not in _AUDIO_BACKENDS:
+        raise SettingsError(profile_path, "audio.backend", f"must be one of {_AUDIO_BACKENDS}")
+    if profile.buttons.backend not in _BUTTON_BACKENDS:
+        raise SettingsError(profile_path, "buttons.backend", f"must be one of {_BUTTON_BACKENDS}")
+    return profile
+
+
+def _check_values(settings: Settings, path: Path) -> None:
+    if not settings.backend.url.startswith(("http://", "https://")):
+        raise SettingsError(path, "backend.url", "must start with http:// or https://")
+    for key, value in (
+        ("backend.timeout_s", settings.backend.timeout_s),
+        ("call.agent_join_timeout_s", settings.call.agent_join_timeout_s),
+        ("call.max_duration_s", settings.call.max_duration_s),
+        ("call.connect_timeout_s", settings.call.connect_timeout_s),
+    ):
+        if value <= 0:
+            raise SettingsError(path, key, "must be greater than 0")
+    if settings.logging.level not in _LOG_LEVELS:
+        raise SettingsError(path, "logging.level", f"must be one of {_LOG_LEVELS}")
+    if settings.logging.journal not in ("auto", "on", "off"):
+        raise SettingsError(path, "logging.journal", "must be one of ('auto', 'on', 'off')")
+    if settings.board.audio.backend == "simulated" and settings.simulated.speaker_wav is None:
+        raise SettingsError(path, "simulated.speaker_wav", "is required by the simulated board")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise SettingsError(path, None, "file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(path, None, f"not valid TOML: {exc}") from exc
+
+
+def _required(raw: Mapping[str, Any], key: str, path: Path) -> Any:
+    if key not in raw:
+        raise SettingsError(path, key, "missing section")
+    return raw[key]
+
+
+def _reject_unknown(raw: Mapping[str, Any], known: set[str], path: Path, prefix: str) -> None:
+    for key in raw:
+        if key not in known:
+            raise SettingsError(
+                path, f"{prefix}{key}", f"unknown key (known: {', '.join(sorted(known))})"
+            )
+
+
+def _build(cls: type[T], raw: Any, path: Path, section: str, base: Path) -> T:
+    """Build dataclass `cls` from a TOML table, checking each key's name and type."""
+    prefix = f"{section}." if section else ""
+    if not isinstance(raw, Mapping):
+        raise SettingsError(path, section or None, "must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(raw, set(fields) - {"source"}, path, prefix)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        values[name] = _convert(hints[name], value, path, f"{prefix}{name}", base)
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in values and no_default:
+            raise SettingsError(path, f"{prefix}{name}", "missing required key")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
+    if isinstance(hint, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(options[0], value, path, key, base)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type, hint), value, path, key, base)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise SettingsError(path, key, "must be a non-empty path string")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(path, key, f"must be a number, not {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(path, key, f"must be an integer, not {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(path, key, f"must be true or false, not {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise SettingsError(path, key, f"must be a string, not {value!r}")
+        return value
+    raise SettingsError(path, key, f"unsupported setting type {hint!r}")  # pragma: no cover

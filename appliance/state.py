@@ -1,0 +1,83 @@
+"""The device's states, how calls end, and the records observers receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class State(Enum):
+    """What the device is doing; the supervisor is the only writer."""
+
+    STARTING = "starting"
+    READY = "ready"
+    CONNECTING = "connecting"
+    IN_CALL = "in_call"
+    ENDING = "ending"
+    BACKEND_UNREACHABLE = "backend_unreachable"
+    CREDENTIALS_REJECTED = "credentials_rejected"
+    RATE_LIMITED = "rate_limited"
+    CALL_FAILED = "call_failed"
+    STOPPING = "stopping"
+
+    @property
+    def is_fault(self) -> bool:
+        """A state that shows a failure; triggers still try a call from here."""
+        return self in FAULT_STATES
+
+    @property
+    def accepts_calls(self) -> bool:
+        """Whether a trigger starts a call in this state."""
+        return self is State.READY or self.is_fault
+
+
+FAULT_STATES = frozenset(
+    {State.BACKEND_UNREACHABLE, State.CREDENTIALS_REJECTED, State.RATE_LIMITED, State.CALL_FAILED}
+)
+
+
+class EndReason(Enum):
+    """Why a call ended (or never started)."""
+
+    USER = "user"
+    AGENT_LEFT = "agent_left"
+    ROOM_CLOSED = "room_closed"
+    CONNECTION_LOST = "connection_lost"
+    AGENT_TIMEOUT = "agent_timeout"
+    MAX_DURATION = "max_duration"
+    CONNECT_FAILED = "connect_failed"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One transition, as every observer (log, LEDs, systemd, the call) sees it."""
+
+    previous: State
+    state: State
+    call_id: str | None = None
+    room: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class CallTimeline:
+    """Milliseconds from the trigger to each stage of one call."""
+
+    trigger: str
+    call_id: str | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    end_reason: EndReason | None = None
+
+    STAGES = ("trigger", "token", "connected", "agent_joined", "first_agent_audio", "ended")
+
+    def format(self) -> str:
+        """One line per stage, in order, for people."""
+        lines = [f"call {self.call_id or '-'} (trigger: {self.trigger})"]
+        for stage in self.STAGES:
+            value = self.stages_ms.get(stage)
+            shown = f"{value:8.0f} ms" if value is not None else "        -"
+            lines.append(f"  {stage:<18}{shown}")
+        if self.end_reason is not None:
+            lines.append(f"  end reason: {self.end_reason.value}")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Status outputs: the journal and systemd. They observe state changes and decide nothing."""
