@@ -116,8 +116,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `provisioning` console script; returns the exit status."""
     args = _build_parser().parse_args(argv)
+    # Admin commands print their result on stdout; only `serve` narrates at info level.
+    quiet = logging.INFO if args.command == "serve" else logging.WARNING
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else quiet,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

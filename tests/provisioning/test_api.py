@@ -413,3 +413,21 @@ async def test_unknown_route_is_json_error(api: Api) -> None:
     assert_refused(response, 404, "not_found")
     response = await api.send("DELETE", "/v1/calls", None)
     assert_refused(response, 405, "method_not_allowed")
+
+
+async def test_tokens_secrets_and_signatures_are_not_logged(
+    server: BackendServer, api: Api, enrolled: TestDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    body = json.dumps({"trigger": "button"}).encode()
+    headers = enrolled.headers("POST", "/v1/calls", body, timestamp=int(api.clock.now))
+    response = await api.client.post("/v1/calls", content=body, headers=headers)
+    assert response.status_code == 201
+    refused = await api.start_call(enrolled, signer=TestDevice().key)
+    assert refused.status_code == 401
+    records = [r for r in caplog.records if r.name.startswith("provisioning")]
+    assert any(getattr(r, "call_id", None) == response.json()["call_id"] for r in records)
+    dumped = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for secret in (response.json()["token"], headers["X-Device-Signature"], API_SECRET):
+        assert secret not in dumped
+    assert response.json()["token"] not in repr(server.core.list_calls())

@@ -1,0 +1,153 @@
+"""The `provisioning` command: admin subcommands in-process, `serve` as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from provisioning.cli import main
+from provisioning.config import load_config
+from provisioning.core import CODE_ALPHABET, hash_code
+from provisioning.models import CallRecord, Device, DeviceStatus
+from provisioning.storage import Storage
+
+from .conftest import TIMEOUT_S, TestDevice, write_config
+
+pytestmark = pytest.mark.integration
+
+CODE = re.compile(rf"[{CODE_ALPHABET}]{{4}}(-[{CODE_ALPHABET}]{{4}}){{3}}")
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+def add_device(config_path: Path, name: str = "hall") -> TestDevice:
+    device = TestDevice()
+    with Storage(load_config(config_path).database.path) as storage:
+        storage.add_device(
+            Device(device.device_id, device.public_raw, name, DeviceStatus.APPROVED, 1.0e9)
+        )
+    return device
+
+
+def test_enroll_code_create_prints_only_the_code(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(config_path), "enroll-code", "create", "--label", "lobby"]) == 0
+    out = capsys.readouterr().out
+    assert CODE.fullmatch(out.strip()), out
+    assert out.count("\n") == 1
+    with Storage(load_config(config_path).database.path) as storage:
+        stored = storage.get_enrollment_code(hash_code(out.strip()))
+    assert stored is not None
+    assert stored.label == "lobby"
+    assert stored.expires_at - stored.created_at == 3600
+    assert stored.used_at is None
+
+
+def test_enroll_code_ttl(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config_path), "enroll-code", "create", "--ttl", "90"]) == 0
+    code = capsys.readouterr().out.strip()
+    with Storage(load_config(config_path).database.path) as storage:
+        stored = storage.get_enrollment_code(hash_code(code))
+    assert stored is not None
+    assert stored.expires_at - stored.created_at == 90
+
+
+def test_codes_differ(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    codes = set()
+    for _ in range(5):
+        main(["--config", str(config_path), "enroll-code", "create"])
+        codes.add(capsys.readouterr().out.strip())
+    assert len(codes) == 5
+
+
+def test_devices_list_and_revoke(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    device = add_device(config_path, name="front desk")
+    assert main(["--config", str(config_path), "devices", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert device.device_id in listing and "approved" in listing and "front desk" in listing
+
+    assert main(["--config", str(config_path), "devices", "revoke", device.device_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{device.device_id} revoked"
+    with Storage(load_config(config_path).database.path) as storage:
+        stored = storage.get_device(device.device_id)
+    assert stored is not None and stored.status is DeviceStatus.REVOKED
+
+
+def test_revoke_unknown_device_fails(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config_path), "devices", "revoke", "d-0000000000000000"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "d-0000000000000000" in captured.err
+
+
+def test_calls_list(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    device = add_device(config_path)
+    with Storage(load_config(config_path).database.path) as storage:
+        storage.add_call(
+            CallRecord(
+                "c-00112233aabbccdd",
+                device.device_id,
+                "call-c-00112233aabbccdd",
+                "button",
+                1.0e9,
+                1.0e9 + 600,
+            )
+        )
+        storage.end_call("c-00112233aabbccdd", 1.0e9 + 30, "user_hangup", 29000)
+    assert main(["--config", str(config_path), "calls", "list"]) == 0
+    listing = capsys.readouterr().out
+    row = next(line for line in listing.splitlines() if "c-00112233aabbccdd" in line)
+    assert device.device_id in row and "user_hangup" in row and "29000" in row
+
+
+def test_malformed_config_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, token_ttl_s=10)
+    assert main(["--config", str(path), "devices", "list"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert str(path) in lines[0] and "[calls] token_ttl_s" in lines[0]
+
+
+async def test_serve_answers_and_stops_on_sigterm(config_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provisioning",
+        "--config",
+        str(config_path),
+        "serve",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                line = (await process.stderr.readline()).decode()
+                assert line, "serve exited before listening"
+                if line.startswith("listening on "):
+                    url = line.removeprefix("listening on ").strip()
+                    break
+            async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S) as client:
+                response = await client.get("/v1/device")
+            assert response.status_code == 401
+            assert response.json()["error"] == "missing_signature"
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await asyncio.wait_for(process.wait(), TIMEOUT_S)
