@@ -203,3 +203,11 @@ async def enrolled(server: BackendServer, api: Api) -> TestDevice:
     response = await api.enroll(device, server.core.create_enrollment_code(label="fixture"))
     assert response.status_code == 201, response.text
     return device
+
+
+def assert_refused(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert "token" not in body
