@@ -13,7 +13,8 @@ from pathlib import Path
 from appliance.control import send_command
 from appliance.daemon import CONTROL_SOCKET_NAME, Daemon
 from appliance.errors import ApplianceError, NotEnrolledError, SettingsError
-from appliance.provisioning_client import DeviceKey, Enrollment, ProvisioningClient
+from appliance.provisioning_client import DeviceKey, Enrollment
+from appliance.provisioning_client.enrollment import enroll_device
 from appliance.settings import Settings, load_settings
 from appliance.status.journal import setup_logging
 
@@ -102,17 +103,16 @@ def _read_stdin_presses(
 
 
 def _enroll(settings: Settings, args: argparse.Namespace) -> int:
-    key = DeviceKey.load_or_create(settings.device.state_dir)
-
-    async def enroll() -> tuple[str, str]:
-        async with ProvisioningClient(
-            settings.backend.url, key, timeout_s=settings.backend.timeout_s
-        ) as client:
-            return await client.enroll(args.code, settings.device.name)
-
-    device_id, identity = asyncio.run(enroll())
-    Enrollment(device_id, identity, settings.backend.url).save(settings.device.state_dir)
-    print(f"enrolled as {device_id}")
+    enrollment = asyncio.run(
+        enroll_device(
+            settings.device.state_dir,
+            settings.backend.url,
+            settings.device.name,
+            args.code,
+            timeout_s=settings.backend.timeout_s,
+        )
+    )
+    print(f"enrolled as {enrollment.device_id}")
     return 0
 
 

@@ -126,6 +126,9 @@ class Supervisor:
         extra = self._log_fields()
         if self._state.accepts_calls and self._call_task is None:
             logger.info("trigger %s: starting a call", source, extra=extra)
+            # CONNECTING at once, so a second trigger before the task runs ends this call.
+            self._drain_call_events()
+            self._set_state(State.CONNECTING)
             self._call_task = asyncio.create_task(self._run_call(source), name="supervisor-call")
         elif self._state in (State.CONNECTING, State.IN_CALL):
             logger.info("trigger %s: ending the call", source, extra=extra)
@@ -151,8 +154,6 @@ class Supervisor:
             timeline.stages_ms[stage] = (self._clock.monotonic() - t0) * 1000
 
         mark("trigger")
-        self._drain_call_events()
-        self._set_state(State.CONNECTING)
         try:
             try:
                 grant = await self._backend.create_call(source)

@@ -44,3 +44,18 @@ class Enrollment:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
+
+
+async def enroll_device(
+    state_dir: Path, backend_url: str, name: str, code: str, *, timeout_s: float = 5.0
+) -> Enrollment:
+    """Make the device key if needed, enroll with a one-time code, and save the enrollment."""
+    from appliance.provisioning_client.client import ProvisioningClient
+    from appliance.provisioning_client.keys import DeviceKey
+
+    key = DeviceKey.load_or_create(state_dir)
+    async with ProvisioningClient(backend_url, key, timeout_s=timeout_s) as client:
+        device_id, identity = await client.enroll(code, name)
+    enrollment = Enrollment(device_id, identity, backend_url)
+    enrollment.save(state_dir)
+    return enrollment

@@ -1,0 +1,156 @@
+"""The whole local stack on loopback: LiveKit server, backend on SQLite, demo agent, and devices."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import wave
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.provisioning_client.enrollment import enroll_device
+from appliance.settings import Settings, load_settings
+from demo.agent import DemoAgent
+from demo.agent_session import SessionOptions
+from demo.livekit_server import LiveKitServer
+from provisioning.config import load_config
+from provisioning.http import BackendServer
+
+AGENT_NAME = "demo-agent"
+USER_SENTENCE = "Hello, I would like to know when the library opens tomorrow morning."
+
+
+@dataclass(frozen=True)
+class DeviceFiles:
+    """Where one simulated device keeps its settings, state and audio."""
+
+    config: Path
+    state_dir: Path
+    microphone_wav: Path
+    speaker_wav: Path
+
+
+class LocalStack:
+    """`async with LocalStack() as stack:` starts everything; leaving stops it in reverse order."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path | None = None,
+        token_ttl_s: int = 600,
+        end_after_turns: int | None = None,
+        agent_greeting: str | None = None,
+    ) -> None:
+        self._stack = AsyncExitStack()
+        self._workdir_arg = workdir
+        self._token_ttl_s = token_ttl_s
+        self._end_after_turns = end_after_turns
+        self._agent_greeting = agent_greeting
+        self.workdir = Path()
+        self.livekit: LiveKitServer
+        self.backend: BackendServer
+        self.agent: DemoAgent
+        self.backend_config = Path()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        if self._workdir_arg is None:
+            tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="kiosk-stack-"))
+            self.workdir = Path(tmp)
+        else:
+            self.workdir = self._workdir_arg
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self.livekit = await self._stack.enter_async_context(LiveKitServer())
+        self.backend_config = self._write_backend_config()
+        self.backend = await self._stack.enter_async_context(
+            BackendServer(load_config(self.backend_config), port=0)
+        )
+        self.agent = await self._stack.enter_async_context(
+            DemoAgent(
+                url=self.livekit.url,
+                api_key=self.livekit.api_key,
+                api_secret=self.livekit.api_secret,
+                agent_name=AGENT_NAME,
+                end_after_turns=self._end_after_turns,
+                greeting=self._agent_greeting or SessionOptions.greeting,
+            )
+        )
+        await self.agent.wait_registered(timeout=20)
+
+    def _write_backend_config(self) -> Path:
+        secret_file = self.workdir / "livekit-api-secret"
+        secret_file.write_text(self.livekit.api_secret)
+        secret_file.chmod(0o600)
+        path = self.workdir / "provisioning.toml"
+        path.write_text(
+            '[server]\nhost = "127.0.0.1"\nport = 0\n\n'
+            '[database]\npath = "provisioning.sqlite3"\n\n'
+            f"[livekit]\nurl = {json.dumps(self.livekit.url)}\n"
+            f"api_key = {json.dumps(self.livekit.api_key)}\n"
+            'api_secret_file = "livekit-api-secret"\n\n'
+            f'[calls]\nagent_name = "{AGENT_NAME}"\ntoken_ttl_s = {self._token_ttl_s}\n'
+        )
+        return path
+
+    def write_device(
+        self, name: str, microphone_pcm: npt.NDArray[np.int16] | None, **call: float
+    ) -> DeviceFiles:
+        """Write settings for a simulated device whose microphone plays `microphone_pcm`."""
+        base = self.workdir / name
+        base.mkdir(parents=True, exist_ok=True)
+        files = DeviceFiles(
+            config=base / "appliance.toml",
+            state_dir=base / "state",
+            microphone_wav=base / "microphone.wav",
+            speaker_wav=base / "speaker.wav",
+        )
+        pcm = microphone_pcm if microphone_pcm is not None else np.zeros(4800, dtype=np.int16)
+        write_wav(files.microphone_wav, pcm)
+        call_lines = "".join(f"{k} = {float(v)}\n" for k, v in call.items())
+        files.config.write_text(
+            f'[device]\nname = {json.dumps(name)}\nstate_dir = "state"\n\n'
+            f"[backend]\nurl = {json.dumps(self.backend.url)}\n\n"
+            '[board]\nprofile = "simulated"\n\n'
+            f"[call]\n{call_lines}\n"
+            '[simulated]\nmicrophone_wav = "microphone.wav"\nspeaker_wav = "speaker.wav"\n'
+        )
+        return files
+
+    async def enroll(self, files: DeviceFiles) -> Settings:
+        """Issue a one-time code as the admin would, and enroll the device with it."""
+        settings = load_settings(files.config)
+        code = self.backend.core.create_enrollment_code(ttl_s=600, label=settings.device.name)
+        await enroll_device(
+            settings.device.state_dir, settings.backend.url, settings.device.name, code
+        )
+        return settings
+
+
+def write_wav(path: Path, pcm: npt.NDArray[np.int16], rate: int = 48000) -> None:
+    """Write mono 16-bit PCM to a WAV file."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm.astype(np.int16).tobytes())

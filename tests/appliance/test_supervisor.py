@@ -1,0 +1,287 @@
+"""The supervisor's state machine, on fakes of the backend and the call, with a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from appliance.backoff import Backoff
+from appliance.call.events import AgentAudioStarted, AgentJoined, AgentLeft, CallEvent, Disconnected
+from appliance.clock import ManualClock
+from appliance.errors import (
+    BackendError,
+    BackendUnreachableError,
+    CallError,
+    CredentialsRejectedError,
+    RateLimitedError,
+)
+from appliance.provisioning_client import CallGrant, DeviceInfo
+from appliance.settings import CallSettings
+from appliance.state import CallTimeline, State, StateChange
+from appliance.supervisor import Supervisor
+
+pytestmark = pytest.mark.unit
+
+
+class FakeBackend:
+    """Answers from scripted queues; an exception in a queue is raised instead."""
+
+    def __init__(self) -> None:
+        self.check_ins: list[BackendError | None] = []
+        self.calls: list[BackendError | None] = []
+        self.check_in_times: list[float] = []
+        self.ended: list[tuple[str, str]] = []
+        self.created = 0
+        self.clock: ManualClock | None = None
+
+    async def check_in(self) -> DeviceInfo:
+        if self.clock is not None:
+            self.check_in_times.append(self.clock.monotonic())
+        if self.check_ins and (error := self.check_ins.pop(0)) is not None:
+            raise error
+        return DeviceInfo("d-1", "kiosk", "approved", "demo-agent")
+
+    async def create_call(self, trigger: str) -> CallGrant:
+        if self.calls and (error := self.calls.pop(0)) is not None:
+            raise error
+        self.created += 1
+        return CallGrant(
+            server_url="ws://127.0.0.1:1",
+            token="t",
+            room=f"call-c-{self.created}",
+            identity="device-d-1",
+            call_id=f"c-{self.created}",
+            expires_at=datetime.now(UTC),
+        )
+
+    async def end_call(self, call_id: str, reason: str, duration_ms: int) -> None:
+        self.ended.append((call_id, reason))
+
+
+class FakeCall:
+    """A call whose events the test emits."""
+
+    def __init__(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> None:
+        self.grant = grant
+        self.emit = on_event
+        self.connect_error: CallError | None = None
+        self.connected = asyncio.Event()
+        self.changes: list[StateChange] = []
+        self.closed = False
+
+    async def connect(self) -> None:
+        if self.connect_error is not None:
+            raise self.connect_error
+        self.connected.set()
+
+    def on_state_change(self, change: StateChange) -> None:
+        self.changes.append(change)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class Harness:
+    def __init__(self, clock: ManualClock, backend: FakeBackend, supervisor: Supervisor) -> None:
+        self.clock = clock
+        self.backend = backend
+        self.supervisor = supervisor
+        self.calls: list[FakeCall] = []
+        self.states: list[State] = []
+        self.timelines: list[CallTimeline] = []
+        self.connect_error: CallError | None = None
+
+    def make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> FakeCall:
+        call = FakeCall(grant, on_event)
+        call.connect_error = self.connect_error
+        self.calls.append(call)
+        return call
+
+    async def settle(self) -> None:
+        await self.clock.advance(0)
+
+    async def press(self) -> None:
+        self.supervisor.trigger("button")
+        await self.settle()
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    clock = ManualClock()
+    backend = FakeBackend()
+    backend.clock = clock
+    settings = CallSettings(agent_join_timeout_s=10, max_duration_s=300)
+    h: Harness
+    supervisor = Supervisor(
+        backend=backend,
+        call_factory=lambda g, e: h.make_call(g, e),
+        settings=settings,
+        clock=clock,
+        backoff=Backoff(initial_s=1.0, max_s=8.0, jitter=0.0),
+    )
+    h = Harness(clock, backend, supervisor)
+    supervisor.add_observer(lambda change: h.states.append(change.state))
+    supervisor.add_timeline_observer(h.timelines.append)
+    runner = asyncio.create_task(supervisor.run())
+    await h.settle()
+    yield h
+    supervisor.stop()
+    await h.settle()
+    async with asyncio.timeout(5):
+        await runner
+
+
+async def test_checks_in_then_is_ready(harness: Harness) -> None:
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.check_in_times == [harness.clock.monotonic()]
+
+
+async def test_press_connects_agent_joins_second_press_ends(harness: Harness) -> None:
+    await harness.press()
+    assert harness.supervisor.state is State.CONNECTING
+    call = harness.calls[0]
+    assert call.connected.is_set()
+    call.emit(AgentJoined("agent-1"))
+    await harness.settle()
+    assert harness.supervisor.state is State.IN_CALL
+    await harness.clock.advance(1.5)
+    call.emit(AgentAudioStarted())
+    await harness.press()
+    assert harness.supervisor.state is State.READY
+    assert harness.states == [
+        State.READY,
+        State.CONNECTING,
+        State.IN_CALL,
+        State.ENDING,
+        State.READY,
+    ]
+    assert call.closed
+    assert harness.backend.ended == [("c-1", "user")]
+    # The call observed the state changes made while it was connected, in order.
+    assert [c.state for c in call.changes] == [State.IN_CALL, State.ENDING]
+    assert call.changes[-1].reason == "user"
+    timeline = harness.timelines[0]
+    assert timeline.stages_ms["first_agent_audio"] == pytest.approx(1500)
+    assert list(timeline.stages_ms) == [
+        "trigger",
+        "token",
+        "connected",
+        "agent_joined",
+        "first_agent_audio",
+        "ended",
+    ]
+
+
+async def test_agent_leaving_ends_the_call(harness: Harness) -> None:
+    await harness.press()
+    harness.calls[0].emit(AgentJoined("agent-1"))
+    harness.calls[0].emit(AgentLeft("agent-1"))
+    await harness.settle()
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.ended == [("c-1", "agent_left")]
+
+
+async def test_room_closed_by_server_ends_the_call(harness: Harness) -> None:
+    await harness.press()
+    harness.calls[0].emit(AgentJoined("agent-1"))
+    harness.calls[0].emit(Disconnected(room_closed=True, detail="ROOM_DELETED"))
+    await harness.settle()
+    assert harness.backend.ended == [("c-1", "room_closed")]
+    assert harness.supervisor.state is State.READY
+
+
+async def test_press_while_connecting_ends_once_and_starts_nothing(harness: Harness) -> None:
+    harness.supervisor.trigger("button")
+    harness.supervisor.trigger("button")  # before the token even arrived
+    await harness.settle()
+    assert harness.supervisor.state is State.READY
+    assert len(harness.calls) == 1
+    assert harness.backend.ended == [("c-1", "user")]
+
+
+async def test_agent_that_never_joins_fails_the_call_then_ready(harness: Harness) -> None:
+    await harness.press()
+    await harness.clock.advance(10.1)
+    assert harness.supervisor.state is State.CALL_FAILED
+    await harness.clock.advance(2.0)
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.ended == [("c-1", "agent_timeout")]
+
+
+async def test_connect_failure_returns_to_ready(harness: Harness) -> None:
+    harness.connect_error = CallError("refused")
+    await harness.press()
+    assert harness.supervisor.state is State.CALL_FAILED
+    await harness.clock.advance(2.0)
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.ended == [("c-1", "connect_failed")]
+
+
+async def test_max_duration_ends_the_call(harness: Harness) -> None:
+    await harness.press()
+    harness.calls[0].emit(AgentJoined("agent-1"))
+    await harness.clock.advance(299)
+    assert harness.supervisor.state is State.IN_CALL
+    await harness.clock.advance(2)
+    assert harness.backend.ended == [("c-1", "max_duration")]
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (BackendUnreachableError("down"), State.BACKEND_UNREACHABLE),
+        (CredentialsRejectedError(401, "unknown_device", "no"), State.CREDENTIALS_REJECTED),
+        (CredentialsRejectedError(403, "device_revoked", "no"), State.CREDENTIALS_REJECTED),
+    ],
+)
+async def test_backend_fault_shows_and_recovers_with_backoff(
+    harness: Harness, error: BackendError, fault: State
+) -> None:
+    harness.backend.calls = [error]
+    harness.backend.check_ins = [error, error, None]
+    await harness.press()
+    assert harness.supervisor.state is fault
+    assert harness.calls == []
+    start = harness.clock.monotonic()
+    await harness.clock.advance(30)
+    assert harness.supervisor.state is State.READY
+    # Three check-ins after the failure: 1 s, then 2 s, then 4 s apart.
+    assert [t - start for t in harness.backend.check_in_times[1:]] == [1.0, 3.0, 7.0]
+
+
+async def test_rate_limit_waits_at_least_retry_after(harness: Harness) -> None:
+    harness.backend.calls = [RateLimitedError(30.0, "slow down")]
+    await harness.press()
+    assert harness.supervisor.state is State.RATE_LIMITED
+    start = harness.clock.monotonic()
+    await harness.clock.advance(29)
+    assert harness.supervisor.state is State.RATE_LIMITED
+    await harness.clock.advance(2)
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.check_in_times[-1] - start == pytest.approx(30.0)
+
+
+async def test_press_in_fault_state_still_tries_a_call(harness: Harness) -> None:
+    harness.backend.calls = [BackendUnreachableError("down")]
+    harness.backend.check_ins = [BackendUnreachableError("down")] * 5
+    await harness.press()
+    assert harness.supervisor.state is State.BACKEND_UNREACHABLE
+    await harness.press()
+    assert harness.supervisor.state is State.CONNECTING
+    harness.calls[0].emit(AgentJoined("agent-1"))
+    await harness.settle()
+    assert harness.supervisor.state is State.IN_CALL
+
+
+async def test_stop_during_a_call_ends_it_politely(harness: Harness) -> None:
+    await harness.press()
+    harness.calls[0].emit(AgentJoined("agent-1"))
+    await harness.settle()
+    harness.supervisor.stop()
+    await harness.settle()
+    assert harness.backend.ended == [("c-1", "shutdown")]
+    assert harness.calls[0].closed
+    assert harness.supervisor.state is State.STOPPING

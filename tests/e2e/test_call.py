@@ -1,0 +1,166 @@
+"""A full call on the real stack: LiveKit server, backend on SQLite, demo agent, device daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.audio.simulated import read_wav_mono
+from appliance.daemon import Daemon
+from appliance.state import CallTimeline, State, StateChange
+from demo.agent_session import AgentSession
+from demo.signal import best_normalized_xcorr
+from demo.stack import USER_SENTENCE, LocalStack
+from demo.tts import synthesize
+
+pytestmark = pytest.mark.e2e
+
+RATE = 48000
+OTHER_SENTENCE = "The weather on the coast will be windy with some rain in the afternoon."
+
+
+class StateWatcher:
+    """Records the daemon's state changes and waits for one."""
+
+    def __init__(self) -> None:
+        self.changes: list[StateChange] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, change: StateChange) -> None:
+        self.changes.append(change)
+        self._changed.set()
+
+    async def wait_for(self, state: State, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        async with asyncio.timeout(timeout):
+            while not self.changes or self.changes[-1].state is not state:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class RunningDevice:
+    def __init__(self, daemon: Daemon, watcher: StateWatcher) -> None:
+        self.daemon = daemon
+        self.watcher = watcher
+        self.timelines: list[CallTimeline] = []
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
+    async with asyncio.timeout(60), LocalStack(workdir=tmp_path / "stack") as s:
+        yield s
+
+
+@pytest.fixture
+async def user_pcm() -> np.ndarray:
+    speech = await asyncio.wait_for(synthesize(USER_SENTENCE), 30)
+    # A pause after the sentence so the agent hears the end of the turn before it repeats.
+    return np.concatenate([speech, np.zeros(RATE * 3 // 2, dtype=np.int16)])
+
+
+@pytest.fixture
+async def device(stack: LocalStack, user_pcm: np.ndarray) -> AsyncIterator[RunningDevice]:
+    files = stack.write_device("kiosk-1", user_pcm, agent_join_timeout_s=20)
+    settings = await asyncio.wait_for(stack.enroll(files), 10)
+    watcher = StateWatcher()
+    async with Daemon(settings) as daemon:
+        running = RunningDevice(daemon, watcher)
+        daemon.supervisor.add_observer(watcher)
+        daemon.supervisor.add_timeline_observer(running.timelines.append)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        await watcher.wait_for(State.READY, 15)
+        try:
+            yield running
+        finally:
+            stop.set()
+            async with asyncio.timeout(15):
+                await task
+
+
+async def _wait_for_audio(session: AgentSession, seconds: float, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while len(session.received_pcm()) < seconds * RATE:
+            await asyncio.sleep(0.1)
+
+
+def _status_messages(session: AgentSession) -> list[dict[str, object]]:
+    return [m.payload for m in session.messages if m.topic == "kiosk.call_status"]
+
+
+async def test_button_call_carries_audio_both_ways_and_ends_on_second_press(
+    stack: LocalStack, device: RunningDevice, user_pcm: np.ndarray
+) -> None:
+    device.daemon.press()
+    session = await stack.agent.next_session(timeout=20)
+    await device.watcher.wait_for(State.IN_CALL, 20)
+    # Two loops of the sentence, so a whole copy is in what the agent received.
+    await _wait_for_audio(session, 2.2 * len(user_pcm) / RATE, 40)
+    device.daemon.press()
+    await device.watcher.wait_for(State.READY, 15)
+
+    # The agent got the device's microphone, and it is the WAV that was played in.
+    received = session.received_pcm()
+    peak, _ = best_normalized_xcorr(received, user_pcm[:-RATE], RATE)
+    other = await asyncio.wait_for(synthesize(OTHER_SENTENCE), 30)
+    control, _ = best_normalized_xcorr(received, other, RATE)
+    assert peak > 0.6, f"agent's received audio does not match the microphone WAV ({peak:.2f})"
+    assert control < peak / 2
+
+    # The device's speaker played the agent's greeting.
+    speaker = read_wav_mono(device.daemon.settings.simulated.speaker_wav)  # type: ignore[arg-type]
+    greeting_peak, _ = best_normalized_xcorr(speaker, session.greeting_pcm, RATE)
+    greeting_control, _ = best_normalized_xcorr(speaker, other, RATE)
+    assert greeting_peak > 0.5, f"speaker output lacks the agent's greeting ({greeting_peak:.2f})"
+    assert greeting_control < greeting_peak / 2
+
+    # The agent received the call-status messages, in order.
+    await session.wait_for_message(
+        lambda m: m.topic == "kiosk.call_status" and m.payload.get("state") == "ending", 10
+    )
+    messages = _status_messages(session)
+    call_id = device.timelines[0].call_id
+    assert [m["state"] for m in messages] == ["in_call", "ending"]
+    assert [m["seq"] for m in messages] == sorted(m["seq"] for m in messages)  # type: ignore[type-var]
+    assert all(m["v"] == 1 and m["type"] == "call_status" for m in messages)
+    assert all(m["call_id"] == call_id for m in messages)
+    assert messages[-1]["reason"] == "user"
+
+    # The timeline has every stage, in order, and the backend recorded the end.
+    stages = device.timelines[0].stages_ms
+    assert list(stages) == [
+        "trigger",
+        "token",
+        "connected",
+        "agent_joined",
+        "first_agent_audio",
+        "ended",
+    ]
+    assert list(stages.values()) == sorted(stages.values())
+    record = next(c for c in stack.backend.core.list_calls() if c.call_id == call_id)
+    assert record.end_reason == "user"
+    assert device.daemon.supervisor.state is State.READY
+
+
+async def test_agent_leaving_ends_the_call(stack: LocalStack, device: RunningDevice) -> None:
+    device.daemon.press()
+    session = await stack.agent.next_session(timeout=20)
+    await device.watcher.wait_for(State.IN_CALL, 20)
+    await session.leave()
+    await device.watcher.wait_for(State.READY, 15)
+    ending = [c for c in device.watcher.changes if c.state is State.ENDING]
+    assert [c.reason for c in ending] == ["agent_left"]
+    call_id = device.timelines[-1].call_id
+    record = next(c for c in stack.backend.core.list_calls() if c.call_id == call_id)
+    assert record.end_reason == "agent_left"
+
+    # And the device can call again straight away.
+    device.daemon.press()
+    second = await stack.agent.next_session(timeout=20)
+    await device.watcher.wait_for(State.IN_CALL, 20)
+    assert second.room_name != session.room_name
+    device.daemon.press()
+    await device.watcher.wait_for(State.READY, 15)
