@@ -34,7 +34,7 @@ class StateWatcher:
         self.changes.append(change)
         self._changed.set()
 
-    async def wait_for(self, state: State, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, state: State, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):
             while not self.changes or self.changes[-1].state is not state:
                 self._changed.clear()
