@@ -7,7 +7,8 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from appliance.audio.base import Microphone, Speaker
+from appliance.audio.base import Speaker
+from appliance.audio.fanout import CaptureFanout
 from appliance.clock import Clock
 from appliance.errors import AudioDeviceError, SettingsError
 from appliance.settings import Settings
@@ -18,7 +19,7 @@ from appliance.triggers.simulated import SimulatedButton
 class Board:
     """The opened hardware; closed by the exit stack it was opened on."""
 
-    microphone: Microphone
+    capture: CaptureFanout
     speaker: Speaker
     button: SimulatedButton | None
 
@@ -51,4 +52,7 @@ async def open_board(
     speaker = WavSpeaker(sim.speaker_wav)
     stack.push_async_callback(speaker.aclose)
     button = SimulatedButton(on_press=on_button, loop=asyncio.get_running_loop())
-    return Board(microphone=microphone, speaker=speaker, button=button)
+    capture = CaptureFanout(microphone)
+    capture.start()
+    stack.push_async_callback(capture.aclose)
+    return Board(capture=capture, speaker=speaker, button=button)

@@ -122,7 +122,7 @@ class Daemon:
         assert self._board is not None
         return LiveKitCall(
             grant,
-            microphone=self._board.microphone,
+            capture=self._board.capture,
             speaker=self._board.speaker,
             on_event=on_event,
             clock=self._clock,

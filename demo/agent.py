@@ -85,7 +85,7 @@ class DemoAgent:
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
-        self._registered = asyncio.Event()
+        self._registration_changed = asyncio.Condition()
         self._new_sessions: asyncio.Queue[AgentSession] = asyncio.Queue()
         self._worker_task: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -100,10 +100,10 @@ class DemoAgent:
         self._http = aiohttp.ClientSession()
         self._worker_task = asyncio.create_task(self._worker_loop(), name="demo-agent-worker")
 
-    async def wait_registered(self, timeout: float) -> None:  # noqa: ASYNC109 (test API)
-        """Wait until the server has accepted the worker's registration."""
-        async with asyncio.timeout(timeout):
-            await self._registered.wait()
+    async def wait_registered(self, timeout: float, *, after: int = 0) -> None:  # noqa: ASYNC109
+        """Wait until the server has accepted more than `after` registrations of this worker."""
+        async with asyncio.timeout(timeout), self._registration_changed:
+            await self._registration_changed.wait_for(lambda: self.registrations > after)
 
     async def next_session(self, timeout: float) -> AgentSession:  # noqa: ASYNC109 (test API)
         """Return the next dispatched session (in dispatch order) once it has joined its room."""
@@ -160,6 +160,9 @@ class DemoAgent:
                     "agent worker connection failed",
                     extra={"error": repr(exc), "retry_in_s": delay},
                 )
+            except Exception:
+                # Task boundary: a bug in one connection must not end the worker for good.
+                logger.exception("agent worker connection crashed", extra={"retry_in_s": delay})
             if self.registrations > registrations:
                 delay = self._backoff_initial_s
             await asyncio.sleep(delay)
@@ -188,7 +191,8 @@ class DemoAgent:
             self.worker_id = reply.register.worker_id
             self.registrations += 1
             self._ws = ws
-            self._registered.set()
+            async with self._registration_changed:
+                self._registration_changed.notify_all()
             logger.info(
                 "agent worker registered",
                 extra={"worker_id": self.worker_id, "agent_name": self.agent_name},

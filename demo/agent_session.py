@@ -8,7 +8,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 AGENT_STATE_ATTRIBUTE = "lk.agent.state"
 TRANSCRIPTION_TOPIC = "lk.transcription"
 FRAME_SAMPLES = SAMPLE_RATE // 100  # 10 ms
+OUTPUT_QUEUE_MS = 100
 
 Pcm = npt.NDArray[np.int16]
 
@@ -52,6 +53,7 @@ class SessionOptions:
     end_of_turn_silence_s: float = 0.8
     thinking_s: float = 0.3
     subscriber_wait_s: float = 5.0
+    lead_in_s: float = 0.5
 
     def answer(self, speech_s: float) -> str:
         """The reply to a user turn of `speech_s` seconds."""
@@ -72,31 +74,39 @@ class ReceivedMessage:
 class Endpointer:
     """Energy endpointing on 48 kHz frames: speech, then enough silence, ends a user turn."""
 
-    def __init__(self, *, threshold_rms: float, min_speech_s: float, end_silence_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        threshold_rms: float,
+        min_speech_s: float,
+        end_silence_s: float,
+        rate: int = SAMPLE_RATE,
+    ) -> None:
         self._threshold = threshold_rms
-        self._min_speech_s = min_speech_s
-        self._end_silence_s = end_silence_s
+        # Counted in samples, not float seconds, so 80 frames of 10 ms are exactly 0.8 s.
+        self._rate = rate
+        self._min_speech = round(min_speech_s * rate)
+        self._end_silence = round(end_silence_s * rate)
         self.reset()
 
     def reset(self) -> None:
         """Forget any speech heard so far."""
-        self._t = 0.0
-        self._speech_start: float | None = None
-        self._speech_end = 0.0
+        self._t = 0
+        self._speech_start: int | None = None
+        self._speech_end = 0
 
-    def push(self, pcm: Pcm, rate: int = SAMPLE_RATE) -> float | None:
-        """Feed one frame; return the turn's speech duration when the turn just ended."""
-        duration = pcm.size / rate
+    def push(self, pcm: Pcm) -> float | None:
+        """Feed one frame; return the turn's speech duration (s) when the turn just ended."""
         if rms(pcm) >= self._threshold:
             if self._speech_start is None:
                 self._speech_start = self._t
-            self._speech_end = self._t + duration
-        self._t += duration
-        if self._speech_start is None or self._t - self._speech_end < self._end_silence_s:
+            self._speech_end = self._t + pcm.size
+        self._t += pcm.size
+        if self._speech_start is None or self._t - self._speech_end < self._end_silence:
             return None
-        speech_s = self._speech_end - self._speech_start
+        speech = self._speech_end - self._speech_start
         self.reset()
-        return speech_s if speech_s >= self._min_speech_s else None
+        return speech / self._rate if speech >= self._min_speech else None
 
 
 class AgentSession:
@@ -128,7 +138,10 @@ class AgentSession:
         self._token = token
         self._synth = synthesizer
         self._room = rtc.Room()
-        self._source = rtc.AudioSource(SAMPLE_RATE, 1)
+        # A short native queue: the speaker loop feeds it without pause, so its length is
+        # the output latency.
+        self._source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=OUTPUT_QUEUE_MS)
+        self._utterances: asyncio.Queue[tuple[Pcm, asyncio.Future[None]]] = asyncio.Queue()
         self._state = AgentState.INITIALIZING
         self._played: list[Pcm] = []
         self._received: list[Pcm] = []
@@ -245,10 +258,14 @@ class AgentSession:
         track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self._source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         publication = await self._room.local_participant.publish_track(track, options)
+        self._spawn(self._speaker_loop(), f"agent-speaker-{self.job_id}")
         # Speak only once someone listens, or the greeting goes to nobody.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.options.subscriber_wait_s):
                 await self._subscribed.wait()
+        # Let the listener's jitter buffer settle on silence: while it adapts to a new
+        # stream it time-stretches, which would smear the first words.
+        await asyncio.sleep(self.options.lead_in_s)
         await self._say(self.options.greeting, publication.sid, greeting=True)
         await self._set_state(AgentState.LISTENING)
         while True:
@@ -271,15 +288,37 @@ class AgentSession:
         if greeting:
             self.greeting_pcm = pcm
         self._played.append(pcm)
-        for start in range(0, pcm.size, FRAME_SAMPLES):
-            chunk = pcm[start : start + FRAME_SAMPLES]
-            if chunk.size < FRAME_SAMPLES:
-                chunk = np.concatenate([chunk, np.zeros(FRAME_SAMPLES - chunk.size, np.int16)])
-            frame = rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
-            await self._source.capture_frame(frame)
-            if self.first_audio_sent_at is None:
-                self.first_audio_sent_at = time.monotonic()
-        await self._source.wait_for_playout()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._utterances.put_nowait((pcm, done))
+        await done
+
+    async def _speaker_loop(self) -> None:
+        """Feed the track without pause: queued speech, else silence, in 10 ms frames."""
+        silence = np.zeros(FRAME_SAMPLES, np.int16)
+        while True:
+            if self._utterances.empty():
+                await self._capture(silence)
+                continue
+            pcm, done = self._utterances.get_nowait()
+            try:
+                for start in range(0, pcm.size, FRAME_SAMPLES):
+                    chunk = pcm[start : start + FRAME_SAMPLES]
+                    if chunk.size < FRAME_SAMPLES:
+                        chunk = np.concatenate([chunk, silence[chunk.size :]])
+                    await self._capture(chunk)
+                    if self.first_audio_sent_at is None:
+                        self.first_audio_sent_at = time.monotonic()
+                # What is still queued natively plays out while silence follows it.
+                delay = self._source.queued_duration
+                asyncio.get_running_loop().call_later(delay, _resolve, done)
+            except BaseException:
+                if not done.done():
+                    done.cancel()
+                raise
+
+    async def _capture(self, chunk: Pcm) -> None:
+        frame = rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
+        await self._source.capture_frame(frame)
 
     async def _send_transcript(self, text: str, track_sid: str) -> None:
         attributes = {
@@ -364,11 +403,23 @@ class AgentSession:
     ) -> None:
         if track.kind != rtc.TrackKind.KIND_AUDIO or self._stop.is_set():
             return
-        task = asyncio.create_task(
-            self._read_microphone(track), name=f"agent-mic-{self.job_id}-{publication.sid}"
-        )
+        self._spawn(self._read_microphone(track), f"agent-mic-{self.job_id}-{publication.sid}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "agent session task failed; ending session",
+                exc_info=task.exception(),
+                extra={"job_id": self.job_id, "task": task.get_name()},
+            )
+            self.error = task.exception()
+            self._stop.set()
 
     def _on_local_track_subscribed(self, track: rtc.Track) -> None:
         self._subscribed.set()
@@ -380,6 +431,11 @@ class AgentSession:
 
     def _on_disconnected(self, reason: Any) -> None:
         self._stop.set()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _concat(parts: list[Pcm]) -> Pcm:

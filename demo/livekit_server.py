@@ -122,8 +122,10 @@ class LiveKitServer:
         startup_timeout: float = 20.0,
         stop_timeout: float = 5.0,
         log_level: str = "info",
+        keep_log: bool = False,
     ) -> None:
         self._binary_arg = binary
+        self._keep_log = keep_log
         self._webhook_urls = list(webhook_urls or [])
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
@@ -247,11 +249,12 @@ class LiveKitServer:
             await proc.wait()
         if self._tmpdir is not None:
             tmpdir, self._tmpdir = self._tmpdir, None
-            # Keep the log readable after close for failure reports: copy it aside first.
-            if self.log_path is not None and self.log_path.exists():
+            if self._keep_log and self.log_path is not None and self.log_path.exists():
                 kept = Path(tempfile.gettempdir()) / f"livekit-server-{self.port}.log"
                 shutil.copyfile(self.log_path, kept)
                 self.log_path = kept
+            else:
+                self.log_path = None
             tmpdir.cleanup()
 
     async def __aenter__(self) -> Self:

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import numpy as np
 from livekit import rtc
 
-from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Microphone, Speaker
+from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Speaker
+from appliance.audio.fanout import CaptureFanout
 from appliance.call.events import (
     AgentAudioStarted,
     AgentJoined,
@@ -39,7 +40,7 @@ class LiveKitCall:
         self,
         grant: CallGrant,
         *,
-        microphone: Microphone,
+        capture: CaptureFanout,
         speaker: Speaker,
         on_event: Callable[[CallEvent], None],
         clock: Clock,
@@ -47,7 +48,7 @@ class LiveKitCall:
         connect_timeout_s: float,
     ) -> None:
         self.grant = grant
-        self._microphone = microphone
+        self._capture = capture
         self._speaker = speaker
         self._on_event = on_event
         self._clock = clock
@@ -129,11 +130,16 @@ class LiveKitCall:
             )
 
     async def _pump_microphone(self, source: rtc.AudioSource) -> None:
-        while True:
-            frame = await self._microphone.read()
-            await source.capture_frame(
-                rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
-            )
+        # Subscribed only now: no audio is taken for the call before it is connected.
+        subscription = self._capture.subscribe("call", max_frames=10)
+        try:
+            while True:
+                frame = await subscription.read()
+                await source.capture_frame(
+                    rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
+                )
+        finally:
+            await subscription.aclose()
 
     async def _send_status_messages(self) -> None:
         while True:
