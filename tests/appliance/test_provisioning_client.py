@@ -1,0 +1,182 @@
+"""The device's provisioning client against the real backend, over real HTTP and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import stat
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from livekit import api
+
+from appliance.errors import (
+    BackendUnreachableError,
+    CredentialsRejectedError,
+    DeviceKeyError,
+)
+from appliance.provisioning_client import DeviceKey, ProvisioningClient
+from appliance.provisioning_client.keys import KEY_FILE_NAME
+from provisioning.config import load_config
+from provisioning.http import BackendServer
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "APIdevicetest"
+API_SECRET = "device-test-secret-0123456789abcdefghijkl"
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[BackendServer]:
+    config = tmp_path / "provisioning.toml"
+    config.write_text(
+        '[server]\nhost = "127.0.0.1"\nport = 0\n[database]\npath = "db.sqlite3"\n'
+        f'[livekit]\nurl = "ws://127.0.0.1:7880"\napi_key = "{API_KEY}"\n'
+        f'api_secret = "{API_SECRET}"\n[calls]\nagent_name = "agent-x"\ntoken_ttl_s = 300\n'
+    )
+    async with asyncio.timeout(10), BackendServer(load_config(config), port=0) as server:
+        yield server
+
+
+async def _enrolled_client(backend: BackendServer, state_dir: Path) -> ProvisioningClient:
+    key = DeviceKey.load_or_create(state_dir)
+    client = ProvisioningClient(backend.url, key)
+    code = backend.core.create_enrollment_code(ttl_s=60)
+    async with asyncio.timeout(5):
+        await client.enroll(code, "lobby")
+    return client
+
+
+def test_key_is_made_on_the_device_private_and_stable(tmp_path: Path) -> None:
+    key = DeviceKey.load_or_create(tmp_path / "state")
+    path = tmp_path / "state" / KEY_FILE_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    again = DeviceKey.load_or_create(tmp_path / "state")
+    assert again.public_key_b64 == key.public_key_b64
+    assert "PRIVATE" not in repr(key)
+
+
+def test_a_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    DeviceKey.load_or_create(tmp_path)
+    (tmp_path / KEY_FILE_NAME).chmod(0o644)
+    with pytest.raises(DeviceKeyError, match="0600"):
+        DeviceKey.load_or_create(tmp_path)
+
+
+async def test_enroll_check_in_and_call_token(backend: BackendServer, tmp_path: Path) -> None:
+    sent: list[bytes] = []
+
+    async def spy(request: httpx.Request) -> None:
+        sent.append(request.content)
+
+    key = DeviceKey.load_or_create(tmp_path)
+    client = ProvisioningClient(backend.url, key)
+    client._http.event_hooks["request"] = [spy]
+    code = backend.core.create_enrollment_code(ttl_s=60)
+    async with asyncio.timeout(10), client:
+        device_id, identity = await client.enroll(code, "lobby")
+        info = await client.check_in()
+        grant = await client.create_call("button")
+        await client.end_call(grant.call_id, "user", 1234)
+
+    assert device_id == key.fingerprint
+    assert info.device_id == device_id and info.agent_name == "agent-x"
+    assert grant.identity == identity == f"device-{device_id}"
+    claims = api.TokenVerifier(API_KEY, API_SECRET).verify(grant.token)
+    assert claims.identity == identity
+    assert claims.video is not None and claims.video.room == grant.room
+    assert abs(grant.expires_at.timestamp() - (time.time() + 300)) < 5
+    record = next(c for c in backend.core.list_calls() if c.call_id == grant.call_id)
+    assert (record.end_reason, record.duration_ms) == ("user", 1234)
+    # The private key never left the device: only the public half went over the wire.
+    private_pem = (tmp_path / KEY_FILE_NAME).read_bytes()
+    body = b"".join(sent)
+    assert key.public_key_b64.encode() in body
+    assert b"PRIVATE" not in body and private_pem not in body
+
+
+async def test_unenrolled_device_is_refused_without_a_token(
+    backend: BackendServer, tmp_path: Path
+) -> None:
+    key = DeviceKey.load_or_create(tmp_path)
+    async with ProvisioningClient(backend.url, key, device_id=key.fingerprint) as client:
+        with pytest.raises(CredentialsRejectedError) as refused:
+            await asyncio.wait_for(client.create_call("button"), 5)
+    assert (refused.value.status, refused.value.code) == (401, "unknown_device")
+    assert backend.core.list_calls() == []
+
+
+async def test_wrong_key_is_refused_without_a_token(backend: BackendServer, tmp_path: Path) -> None:
+    enrolled = await _enrolled_client(backend, tmp_path / "a")
+    await enrolled.aclose()
+    impostor = DeviceKey.load_or_create(tmp_path / "b")
+    device_id = DeviceKey.load_or_create(tmp_path / "a").fingerprint
+    async with ProvisioningClient(backend.url, impostor, device_id=device_id) as client:
+        with pytest.raises(CredentialsRejectedError) as refused:
+            await asyncio.wait_for(client.create_call("button"), 5)
+    assert (refused.value.status, refused.value.code) == (401, "bad_signature")
+    assert backend.core.list_calls() == []
+
+
+async def test_replayed_request_is_refused(backend: BackendServer, tmp_path: Path) -> None:
+    client = await _enrolled_client(backend, tmp_path)
+    body = json.dumps({"trigger": "button"}).encode()
+    headers = client.signed_headers("POST", "/v1/calls", body, client._require_id())
+    headers["Content-Type"] = "application/json"
+    async with asyncio.timeout(10), client, httpx.AsyncClient(base_url=backend.url) as raw:
+        first = await raw.post("/v1/calls", content=body, headers=headers)
+        second = await raw.post("/v1/calls", content=body, headers=headers)
+    assert first.status_code == 201
+    assert second.status_code == 401
+    assert second.json()["error"] == "replayed_request"
+    assert "token" not in second.json()
+    assert len(backend.core.list_calls()) == 1
+
+
+@pytest.mark.parametrize("skew_s", [-600, 600])
+async def test_stale_timestamp_is_refused(
+    backend: BackendServer, tmp_path: Path, skew_s: int
+) -> None:
+    enrolled = await _enrolled_client(backend, tmp_path)
+    device_id = enrolled._require_id()
+    await enrolled.aclose()
+    key = DeviceKey.load_or_create(tmp_path)
+    async with ProvisioningClient(
+        backend.url, key, device_id=device_id, wall_clock=lambda: time.time() + skew_s
+    ) as client:
+        with pytest.raises(CredentialsRejectedError) as refused:
+            await asyncio.wait_for(client.create_call("button"), 5)
+    assert (refused.value.status, refused.value.code) == (401, "stale_timestamp")
+    assert backend.core.list_calls() == []
+
+
+async def test_backend_down_is_unreachable_not_rejected(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    key = DeviceKey.load_or_create(tmp_path)
+    async with ProvisioningClient(f"http://127.0.0.1:{port}", key, device_id="d-x") as client:
+        with pytest.raises(BackendUnreachableError):
+            await asyncio.wait_for(client.check_in(), 5)
+
+
+async def test_slow_backend_times_out_as_unreachable(tmp_path: Path) -> None:
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    key = DeviceKey.load_or_create(tmp_path)
+    try:
+        async with ProvisioningClient(
+            f"http://127.0.0.1:{port}", key, device_id="d-x", timeout_s=0.3
+        ) as client:
+            with pytest.raises(BackendUnreachableError, match="timed out"):
+                await asyncio.wait_for(client.check_in(), 5)
+    finally:
+        server.close()

@@ -1,0 +1,94 @@
+"""Settings and board profiles: good files load; bad ones name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import SettingsError
+from appliance.settings import load_settings
+
+pytestmark = pytest.mark.unit
+
+GOOD = """
+[device]
+name = "lobby"
+state_dir = "state"
+
+[backend]
+url = "https://backend.example"
+timeout_s = 3
+
+[board]
+profile = "simulated"
+
+[call]
+max_duration_s = 120
+
+[simulated]
+microphone_wav = "mic.wav"
+speaker_wav = "/tmp/out.wav"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_settings_load_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, GOOD))
+    assert settings.device.state_dir == tmp_path / "state"
+    assert settings.backend.timeout_s == 3.0
+    assert settings.call.max_duration_s == 120.0
+    assert settings.call.agent_join_timeout_s == 20.0
+    assert settings.simulated.microphone_wav == tmp_path / "mic.wav"
+    assert settings.simulated.speaker_wav == Path("/tmp/out.wav")
+    assert settings.board.name == "simulated"
+    assert settings.board.audio.backend == "simulated"
+    assert settings.board.source is not None and settings.board.source.name == "simulated.toml"
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        (("timeout_s = 3", 'timeout_s = "fast"'), "backend.timeout_s", "must be a number"),
+        (("timeout_s = 3", "timeout_s = 3\ncolour = 1"), "backend.colour", "unknown key"),
+        (("max_duration_s = 120", "max_duration_s = -1"), "call.max_duration_s", "greater than 0"),
+        (('url = "https://backend.example"', 'url = "ftp://x"'), "backend.url", "http"),
+        (('profile = "simulated"', 'profile = "toaster"'), "board.profile", "toaster"),
+        (('name = "lobby"\n', "name = 7\n"), "device.name", "must be a string"),
+        (("[call]", "[calls]"), "calls", "unknown key"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(
+    tmp_path: Path, change: tuple[str, str], key: str, problem: str
+) -> None:
+    path = _write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(SettingsError) as error:
+        load_settings(path)
+    assert error.value.key == key
+    assert str(path) in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_missing_section_and_bad_toml(tmp_path: Path) -> None:
+    no_backend = GOOD.replace('[backend]\nurl = "https://backend.example"\ntimeout_s = 3\n', "")
+    path = _write(tmp_path, no_backend)
+    with pytest.raises(SettingsError, match="backend: missing section"):
+        load_settings(path)
+    path.write_text("[device\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(path)
+
+
+def test_a_bad_board_profile_names_its_own_file(tmp_path: Path) -> None:
+    profile = tmp_path / "myboard.toml"
+    profile.write_text('name = "mine"\n[audio]\nbackend = "cassette"\n')
+    path = _write(tmp_path, GOOD.replace('profile = "simulated"', 'profile = "myboard.toml"'))
+    with pytest.raises(SettingsError) as error:
+        load_settings(path)
+    assert error.value.key == "audio.backend"
+    assert error.value.path == str(profile)
