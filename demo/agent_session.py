@@ -141,6 +141,8 @@ class AgentSession:
         # A short native queue: the speaker loop feeds it without pause, so its length is
         # the output latency.
         self._source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=OUTPUT_QUEUE_MS)
+        self.output_underruns = 0
+        self._last_capture = 0.0
         self._utterances: asyncio.Queue[tuple[Pcm, asyncio.Future[None]]] = asyncio.Queue()
         self._state = AgentState.INITIALIZING
         self._played: list[Pcm] = []
@@ -318,7 +320,11 @@ class AgentSession:
 
     async def _capture(self, chunk: Pcm) -> None:
         frame = rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
+        now = time.monotonic()
+        if self._last_capture and now - self._last_capture > OUTPUT_QUEUE_MS / 1000:
+            self.output_underruns += 1
         await self._source.capture_frame(frame)
+        self._last_capture = time.monotonic()
 
     async def _send_transcript(self, text: str, track_sid: str) -> None:
         attributes = {
