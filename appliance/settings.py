@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -49,6 +50,53 @@ class CallSettings:
     max_duration_s: float = 600.0
     status_topic: str = "kiosk.call_status"
     connect_timeout_s: float = 10.0
+    # Hang up when neither side has spoken for this long (0 turns it off).
+    idle_timeout_s: float = 60.0
+    # Data topic on which the agent (and only the agent) may send {"v":1,"type":"end_call"}.
+    control_topic: str = "kiosk.control"
+    # After a call, triggers are ignored for this long.
+    cooldown_s: float = 2.0
+    # What a trigger does while a call is ending: "ignore", or "redial" once it has ended.
+    trigger_while_ending: str = "ignore"
+
+
+@dataclass(frozen=True)
+class ButtonSettings:
+    """How presses of the call button are read."""
+
+    long_press_s: float = 1.5
+
+
+@dataclass(frozen=True)
+class MicroWakeSettings:
+    """microWakeWord: a built-in model name or a model's JSON file; cutoff 0 keeps its own."""
+
+    model: str = "okay_nabu"
+    probability_cutoff: float = 0.0
+
+
+@dataclass(frozen=True)
+class PorcupineWakeSettings:
+    """Porcupine: AccessKey (or $PICOVOICE_ACCESS_KEY), keywords or .ppn files, sensitivities."""
+
+    access_key: str = ""
+    keywords: tuple[str, ...] = ("porcupine",)
+    keyword_paths: tuple[Path, ...] = ()
+    sensitivities: tuple[float, ...] = ()
+    model_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class WakeSettings:
+    """The wake word: engine "auto" is Porcupine when an AccessKey is set, else microWakeWord."""
+
+    engine: str = "auto"
+    refractory_s: float = 2.0
+    # Whether saying the wake word during a call hangs up.
+    hangup_word: bool = False
+    earcon: bool = True
+    micro: MicroWakeSettings = field(default_factory=MicroWakeSettings)
+    porcupine: PorcupineWakeSettings = field(default_factory=PorcupineWakeSettings)
 
 
 @dataclass(frozen=True)
@@ -83,6 +131,10 @@ class BoardButtons:
     backend: str = "simulated"
     call_pin: str | None = None
     pull_up: bool = True
+    # An optional mute input: a "switch" (closed = muted) or a "button" (each press toggles).
+    mute_pin: str | None = None
+    mute_kind: str = "switch"
+    debounce_s: float = 0.03
 
 
 @dataclass(frozen=True)
@@ -104,6 +156,8 @@ class Settings:
     backend: BackendSettings
     board: BoardProfile
     call: CallSettings = field(default_factory=CallSettings)
+    button: ButtonSettings = field(default_factory=ButtonSettings)
+    wake: WakeSettings = field(default_factory=WakeSettings)
     simulated: SimulatedSettings = field(default_factory=SimulatedSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: Path | None = None
@@ -112,12 +166,16 @@ class Settings:
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _AUDIO_BACKENDS = ("simulated", "alsa")
 _BUTTON_BACKENDS = ("simulated", "gpio")
+_WAKE_ENGINES = ("auto", "micro", "porcupine", "off")
+_WHILE_ENDING = ("ignore", "redial")
+PICOVOICE_ACCESS_KEY_ENV = "PICOVOICE_ACCESS_KEY"
 
 T = TypeVar("T")
 
 
-def load_settings(path: Path) -> Settings:
+def load_settings(path: Path, *, env: Mapping[str, str] | None = None) -> Settings:
     """Read the device's TOML settings and its board profile; errors name the key and the file."""
+    env = os.environ if env is None else env
     path = Path(path)
     raw = _read_toml(path)
     base = path.parent
@@ -130,12 +188,23 @@ def load_settings(path: Path) -> Settings:
         backend=_build(BackendSettings, _required(raw, "backend", path), path, "backend", base),
         board=load_board_profile(selection, settings_path=path),
         call=_build(CallSettings, raw.get("call", {}), path, "call", base),
+        button=_build(ButtonSettings, raw.get("button", {}), path, "button", base),
+        wake=_with_env_access_key(
+            _build(WakeSettings, raw.get("wake", {}), path, "wake", base), env
+        ),
         simulated=_build(SimulatedSettings, raw.get("simulated", {}), path, "simulated", base),
         logging=_build(LoggingSettings, raw.get("logging", {}), path, "logging", base),
         source=path,
     )
     _check_values(settings, path)
     return settings
+
+
+def _with_env_access_key(wake: WakeSettings, env: Mapping[str, str]) -> WakeSettings:
+    key = env.get(PICOVOICE_ACCESS_KEY_ENV, "")
+    if wake.porcupine.access_key or not key:
+        return wake
+    return dataclasses.replace(wake, porcupine=dataclasses.replace(wake.porcupine, access_key=key))
 
 
 def load_board_profile(selection: BoardSelection, *, settings_path: Path) -> BoardProfile:
@@ -165,6 +234,12 @@ def load_board_profile(selection: BoardSelection, *, settings_path: Path) -> Boa
         raise SettingsError(profile_path, "audio.backend", f"must be one of {_AUDIO_BACKENDS}")
     if profile.buttons.backend not in _BUTTON_BACKENDS:
         raise SettingsError(profile_path, "buttons.backend", f"must be one of {_BUTTON_BACKENDS}")
+    if profile.buttons.mute_kind not in ("switch", "button"):
+        raise SettingsError(
+            profile_path, "buttons.mute_kind", "must be one of ('switch', 'button')"
+        )
+    if profile.buttons.backend == "gpio" and not profile.buttons.call_pin:
+        raise SettingsError(profile_path, "buttons.call_pin", "is required by the gpio backend")
     return profile
 
 
@@ -176,9 +251,32 @@ def _check_values(settings: Settings, path: Path) -> None:
         ("call.agent_join_timeout_s", settings.call.agent_join_timeout_s),
         ("call.max_duration_s", settings.call.max_duration_s),
         ("call.connect_timeout_s", settings.call.connect_timeout_s),
+        ("button.long_press_s", settings.button.long_press_s),
     ):
         if value <= 0:
             raise SettingsError(path, key, "must be greater than 0")
+    for key, value in (
+        ("call.idle_timeout_s", settings.call.idle_timeout_s),
+        ("call.cooldown_s", settings.call.cooldown_s),
+        ("wake.refractory_s", settings.wake.refractory_s),
+    ):
+        if value < 0:
+            raise SettingsError(path, key, "must not be negative")
+    if settings.call.trigger_while_ending not in _WHILE_ENDING:
+        raise SettingsError(path, "call.trigger_while_ending", f"must be one of {_WHILE_ENDING}")
+    if settings.wake.engine not in _WAKE_ENGINES:
+        raise SettingsError(path, "wake.engine", f"must be one of {_WAKE_ENGINES}")
+    if not 0 <= settings.wake.micro.probability_cutoff < 1:
+        raise SettingsError(path, "wake.micro.probability_cutoff", "must be from 0 up to 1")
+    porcupine = settings.wake.porcupine
+    if porcupine.sensitivities and len(porcupine.sensitivities) != len(
+        porcupine.keyword_paths or porcupine.keywords
+    ):
+        raise SettingsError(
+            path, "wake.porcupine.sensitivities", "needs one value per keyword (or none)"
+        )
+    if any(not 0 <= s <= 1 for s in porcupine.sensitivities):
+        raise SettingsError(path, "wake.porcupine.sensitivities", "must each be from 0 to 1")
     if settings.logging.level not in _LOG_LEVELS:
         raise SettingsError(path, "logging.level", f"must be one of {_LOG_LEVELS}")
     if settings.logging.journal not in ("auto", "on", "off"):
@@ -230,6 +328,11 @@ def _build(cls: type[T], raw: Any, path: Path, section: str, base: Path) -> T:
 
 
 def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list):
+            raise SettingsError(path, key, f"must be a list, not {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, path, f"{key}[{i}]", base) for i, v in enumerate(value))
     if isinstance(hint, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         return _convert(options[0], value, path, key, base)
