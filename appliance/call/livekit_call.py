@@ -87,8 +87,6 @@ class LiveKitCall:
 
     def on_state_change(self, change: StateChange) -> None:
         """Observer: queue a call-status message for this change, sent in order."""
-        if self._closing and change.state.value not in ("ending",):
-            return
         self._status_seq += 1
         self._status_queue.put_nowait(
             encode_status(change, seq=self._status_seq, ts=self._clock.time())
