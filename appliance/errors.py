@@ -61,3 +61,19 @@ class CallError(ApplianceError, ConnectionError):
 
 class AudioDeviceError(ApplianceError, OSError):
     """An audio device is missing, busy, unplugged, or cannot do the requested format."""
+
+
+class AudioDeviceMissingError(AudioDeviceError, FileNotFoundError):
+    """The named ALSA device does not exist (not plugged in, or a wrong name in the profile)."""
+
+
+class AudioDeviceBusyError(AudioDeviceError):
+    """Another process holds the ALSA device ("Device or resource busy")."""
+
+
+class AudioFormatError(AudioDeviceError, ValueError):
+    """The device cannot do the rate, channel count or format the board profile asks for."""
+
+
+class AudioDeviceLostError(AudioDeviceError):
+    """A device that was open failed mid-stream (unplugged, or an I/O error)."""

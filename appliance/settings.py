@@ -118,10 +118,30 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class BoardAudio:
-    """The board's audio hardware."""
+    """The board's audio hardware: ALSA device names, format, buffering and processing."""
 
     backend: str = "simulated"
     sample_rate: int = 48000
+    capture_device: str = "default"
+    playback_device: str = "default"
+    capture_channels: int = 1
+    capture_channel: int = 0
+    playback_channels: int = 1
+    # ALSA period in frames at sample_rate (0: 10 ms) and the buffer length in periods.
+    period_frames: int = 0
+    buffer_periods: int = 4
+    # "device": blocking ALSA I/O paces the threads; "clock": they pace themselves (file devices).
+    pacing: str = "device"
+    # "software" (WebRTC AEC in the firmware), "board" (XMOS array, speakerphone DSP) or "off".
+    echo_cancellation: str = "software"
+    noise_suppression: bool = True
+    high_pass_filter: bool = True
+    auto_gain_control: bool = True
+    # Acoustic and converter delay beyond what ALSA reports, added to the AEC's stream delay.
+    echo_delay_ms: float = 0.0
+    volume: float = 1.0
+    jitter_prefill_ms: int = 20
+    jitter_max_ms: int = 40
 
 
 @dataclass(frozen=True)
@@ -232,6 +252,7 @@ def load_board_profile(selection: BoardSelection, *, settings_path: Path) -> Boa
     profile = dataclasses.replace(profile, source=profile_path)
     if profile.audio.backend not in _AUDIO_BACKENDS:
         raise SettingsError(profile_path, "audio.backend", f"must be one of {_AUDIO_BACKENDS}")
+    _check_audio(profile.audio, profile_path)
     if profile.buttons.backend not in _BUTTON_BACKENDS:
         raise SettingsError(profile_path, "buttons.backend", f"must be one of {_BUTTON_BACKENDS}")
     if profile.buttons.mute_kind not in ("switch", "button"):
@@ -283,6 +304,32 @@ def _check_values(settings: Settings, path: Path) -> None:
         raise SettingsError(path, "logging.journal", "must be one of ('auto', 'on', 'off')")
     if settings.board.audio.backend == "simulated" and settings.simulated.speaker_wav is None:
         raise SettingsError(path, "simulated.speaker_wav", "is required by the simulated board")
+
+
+def _check_audio(audio: BoardAudio, path: Path) -> None:
+    choices = {
+        "pacing": ("device", "clock"),
+        "echo_cancellation": ("software", "board", "off"),
+    }
+    for key, allowed in choices.items():
+        if getattr(audio, key) not in allowed:
+            raise SettingsError(path, f"audio.{key}", f"must be one of {allowed}")
+    if not 8000 <= audio.sample_rate <= 192000:
+        raise SettingsError(path, "audio.sample_rate", "must be between 8000 and 192000")
+    for key in ("capture_channels", "playback_channels", "buffer_periods"):
+        if getattr(audio, key) < 1:
+            raise SettingsError(path, f"audio.{key}", "must be at least 1")
+    if not 0 <= audio.capture_channel < audio.capture_channels:
+        raise SettingsError(path, "audio.capture_channel", "must be below capture_channels")
+    for key in ("period_frames", "echo_delay_ms"):
+        if getattr(audio, key) < 0:
+            raise SettingsError(path, f"audio.{key}", "must not be negative")
+    if not 0.0 <= audio.volume <= 1.0:
+        raise SettingsError(path, "audio.volume", "must be between 0.0 and 1.0")
+    if not 10 <= audio.jitter_prefill_ms <= audio.jitter_max_ms <= 200:
+        raise SettingsError(
+            path, "audio.jitter_max_ms", "need 10 <= jitter_prefill_ms <= jitter_max_ms <= 200"
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

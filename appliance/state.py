@@ -18,6 +18,7 @@ class State(Enum):
     CREDENTIALS_REJECTED = "credentials_rejected"
     RATE_LIMITED = "rate_limited"
     CALL_FAILED = "call_failed"
+    AUDIO_FAULT = "audio_fault"
     STOPPING = "stopping"
 
     @property
@@ -28,11 +29,18 @@ class State(Enum):
     @property
     def accepts_calls(self) -> bool:
         """Whether a trigger starts a call in this state."""
-        return self is State.READY or self.is_fault
+        # No call without a microphone and speaker: AUDIO_FAULT waits for the devices.
+        return self is State.READY or (self.is_fault and self is not State.AUDIO_FAULT)
 
 
 FAULT_STATES = frozenset(
-    {State.BACKEND_UNREACHABLE, State.CREDENTIALS_REJECTED, State.RATE_LIMITED, State.CALL_FAILED}
+    {
+        State.BACKEND_UNREACHABLE,
+        State.CREDENTIALS_REJECTED,
+        State.RATE_LIMITED,
+        State.CALL_FAILED,
+        State.AUDIO_FAULT,
+    }
 )
 
 
@@ -46,6 +54,7 @@ class EndReason(Enum):
     AGENT_TIMEOUT = "agent_timeout"
     MAX_DURATION = "max_duration"
     CONNECT_FAILED = "connect_failed"
+    AUDIO_FAULT = "audio_fault"
     SHUTDOWN = "shutdown"
 
 

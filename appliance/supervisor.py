@@ -19,6 +19,7 @@ from appliance.call.events import (
 )
 from appliance.clock import Clock
 from appliance.errors import (
+    AudioDeviceError,
     BackendError,
     CallError,
     CredentialsRejectedError,
@@ -86,6 +87,7 @@ class Supervisor:
         self._recovery_task: asyncio.Task[None] | None = None
         self._call_id: str | None = None
         self._room: str | None = None
+        self._audio_fault: AudioDeviceError | None = None
 
     @property
     def state(self) -> State:
@@ -104,6 +106,24 @@ class Supervisor:
     def add_timeline_observer(self, observer: Callable[[CallTimeline], None]) -> None:
         """Call `observer` with each finished call's timeline."""
         self._timeline_observers.append(observer)
+
+    def audio_fault(self, exc: AudioDeviceError) -> None:
+        """The audio devices failed: end any call and show AUDIO_FAULT until they recover."""
+        self._audio_fault = exc
+        if self._call_task is not None:
+            self._call_events.put_nowait(EndRequested(EndReason.AUDIO_FAULT))
+        elif self._state is not State.STOPPING:
+            logger.error("audio: %s", exc, extra=self._log_fields(State.AUDIO_FAULT))
+            self._set_state(State.AUDIO_FAULT, reason=type(exc).__name__)
+
+    def audio_recovered(self) -> None:
+        """The audio devices work again: leave AUDIO_FAULT."""
+        self._audio_fault = None
+        if self._state is State.AUDIO_FAULT:
+            self._set_state(State.READY)
+
+    def _idle_state(self) -> State:
+        return State.READY if self._audio_fault is None else State.AUDIO_FAULT
 
     def trigger(self, source: str) -> None:
         """A button press, wake word or command; call on the event loop thread."""
@@ -173,7 +193,7 @@ class Supervisor:
                 self._set_state(State.CALL_FAILED, reason=reason.value)
                 await self._clock.sleep(CALL_FAILED_HOLD_S)
             self._call_id = self._room = None
-            self._set_state(State.READY)
+            self._set_state(self._idle_state())
         finally:
             self._call_task = None
 
@@ -319,7 +339,7 @@ class Supervisor:
                     info.agent_name,
                     extra=self._log_fields(),
                 )
-                self._set_state(State.READY)
+                self._set_state(self._idle_state())
             return
 
     # -- state ---------------------------------------------------------------------------------

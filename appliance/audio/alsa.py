@@ -1,0 +1,329 @@
+"""ALSA capture and playback through pyalsaaudio: two PCMs, each with its own real-time thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from appliance.audio.base import FRAME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
+from appliance.audio.jitter import JitterBuffer
+from appliance.audio.pipeline import AudioPipeline, SessionHooks
+from appliance.audio.processing import AudioProcessor, ProcessingOptions
+from appliance.audio.resample import Reframer, StreamResampler
+from appliance.clock import Clock
+from appliance.errors import (
+    AudioDeviceBusyError,
+    AudioDeviceError,
+    AudioDeviceLostError,
+    AudioDeviceMissingError,
+    AudioFormatError,
+)
+from appliance.settings import BoardAudio
+
+logger = logging.getLogger(__name__)
+
+PcmFactory = Callable[..., Any]
+"""Makes an `alsaaudio.PCM`-like object; tests wrap the real one to inject faults."""
+
+Deliver = Callable[[Frame, float], None]
+"""Called on the capture thread with each processed frame and when it was read (monotonic)."""
+
+
+@dataclass(frozen=True)
+class AlsaConfig:
+    """What the two PCMs are opened with, from the board profile."""
+
+    capture_device: str = "default"
+    playback_device: str = "default"
+    rate: int = SAMPLE_RATE
+    capture_channels: int = 1
+    capture_channel: int = 0
+    playback_channels: int = 1
+    period_frames: int = 0
+    buffer_periods: int = 4
+    pacing: str = "device"
+    echo_delay_ms: float = 0.0
+
+    @classmethod
+    def from_board(cls, audio: BoardAudio) -> AlsaConfig:
+        """The configuration a board profile's [audio] table describes."""
+        return cls(
+            capture_device=audio.capture_device,
+            playback_device=audio.playback_device,
+            rate=audio.sample_rate,
+            capture_channels=audio.capture_channels,
+            capture_channel=audio.capture_channel,
+            playback_channels=audio.playback_channels,
+            period_frames=audio.period_frames,
+            buffer_periods=audio.buffer_periods,
+            pacing=audio.pacing,
+            echo_delay_ms=audio.echo_delay_ms,
+        )
+
+    @property
+    def period(self) -> int:
+        """Frames per ALSA period at the device rate."""
+        return self.period_frames or self.rate * FRAME_MS // 1000
+
+
+def translate_error(exc: Exception, device: str, *, opening: bool) -> AudioDeviceError:
+    """Our error for a pyalsaaudio error: missing, busy, lost mid-stream, or another failure."""
+    message = str(exc)
+    lowered = message.lower()
+    if "busy" in lowered:
+        return AudioDeviceBusyError(f"ALSA device {device!r} is busy: {message}")
+    if opening and ("no such file" in lowered or "no such device" in lowered):
+        return AudioDeviceMissingError(f"ALSA device {device!r} does not exist: {message}")
+    if not opening:
+        return AudioDeviceLostError(f"ALSA device {device!r} failed mid-stream: {message}")
+    return AudioDeviceError(f"ALSA device {device!r} could not be opened: {message}")
+
+
+def default_pcm_factory() -> PcmFactory:
+    """`alsaaudio.PCM`, imported only when a real ALSA board is opened."""
+    import alsaaudio
+
+    return alsaaudio.PCM  # type: ignore[no-any-return]
+
+
+def open_pcm(
+    factory: PcmFactory, config: AlsaConfig, *, capture: bool, channels: int
+) -> tuple[Any, int]:
+    """Open one PCM as `config` asks; returns it and its buffer size in frames."""
+    import alsaaudio
+
+    device = config.capture_device if capture else config.playback_device
+    try:
+        pcm = factory(
+            type=alsaaudio.PCM_CAPTURE if capture else alsaaudio.PCM_PLAYBACK,
+            mode=alsaaudio.PCM_NORMAL,
+            rate=config.rate,
+            channels=channels,
+            format=alsaaudio.PCM_FORMAT_S16_LE,
+            periodsize=config.period,
+            periods=config.buffer_periods,
+            device=device,
+        )
+        info = pcm.info()
+    except alsaaudio.ALSAAudioError as exc:
+        raise translate_error(exc, device, opening=True) from exc
+    if info["rate"] != config.rate or info["channels"] != channels:
+        pcm.close()
+        raise AudioFormatError(
+            f"ALSA device {device!r} cannot do {config.rate} Hz, {channels} channel(s); "
+            f"it offered {info['rate']} Hz, {info['channels']} channel(s)"
+        )
+    return pcm, int(info["buffer_size"])
+
+
+class Pacer:
+    """Keeps a loop at one period per `period_s` by its own clock, for devices that don't block."""
+
+    def __init__(self, period_s: float, stop: threading.Event) -> None:
+        self._period_s = period_s
+        self._stop = stop
+        self._next = time.monotonic()
+
+    def wait(self) -> None:
+        """Sleep until the next period is due; skip ahead (not burst) after a stall."""
+        self._next += self._period_s
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            self._stop.wait(delay)
+        elif delay < -10 * self._period_s:
+            self._next = time.monotonic()
+
+
+@dataclass
+class StreamStats:
+    """Counters the threads update; read by diagnostics and tests."""
+
+    capture_xruns: int = 0
+    playback_xruns: int = 0
+    frames_captured: int = 0
+    frames_played: int = 0
+    playback_delay_ms: float = 0.0
+    capture_delay_ms: float = 0.0
+
+
+class AlsaSession:
+    """Both PCMs open and their threads running, until a fault or `close`."""
+
+    def __init__(
+        self,
+        config: AlsaConfig,
+        *,
+        processor: AudioProcessor,
+        jitter: JitterBuffer,
+        volume: float,
+        deliver: Deliver,
+        on_fault: Callable[[AudioDeviceError], None],
+        pcm_factory: PcmFactory | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = StreamStats()
+        self._processor = processor
+        self._jitter = jitter
+        self._volume = volume
+        self._deliver = deliver
+        self._on_fault = on_fault
+        self._factory = pcm_factory
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._capture: Any = None
+        self._playback: Any = None
+        self._playback_buffer = 0
+
+    def open(self) -> None:
+        """Open both PCMs (blocking); raises a typed AudioDeviceError."""
+        factory = self._factory or default_pcm_factory()
+        cfg = self.config
+        self._capture, _ = open_pcm(factory, cfg, capture=True, channels=cfg.capture_channels)
+        try:
+            self._playback, self._playback_buffer = open_pcm(
+                factory, cfg, capture=False, channels=cfg.playback_channels
+            )
+        except AudioDeviceError:
+            self._capture.close()
+            raise
+
+    def start(self) -> None:
+        """Start the capture and playback threads."""
+        loops = (("alsa-capture", self._capture_loop), ("alsa-playback", self._play_loop))
+        for name, target in loops:
+            thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def close(self) -> None:
+        """Stop the threads and release both devices (blocking)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        for pcm in (self._capture, self._playback):
+            if pcm is not None:
+                try:
+                    pcm.close()
+                except Exception as exc:  # a device already gone cannot be closed cleanly
+                    logger.debug("closing a PCM failed: %s", exc)
+        self._capture = self._playback = None
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except AudioDeviceError as exc:
+            if not self._stop.is_set():
+                self._stop.set()
+                self._on_fault(exc)
+
+    def _capture_loop(self) -> None:
+        import alsaaudio
+
+        cfg = self.config
+        pcm = self._capture
+        resampler = StreamResampler(cfg.rate, SAMPLE_RATE) if cfg.rate != SAMPLE_RATE else None
+        reframer = Reframer(SAMPLES_PER_FRAME)
+        pacer = Pacer(cfg.period / cfg.rate, self._stop) if cfg.pacing == "clock" else None
+        while not self._stop.is_set():
+            try:
+                n, data = pcm.read()
+                avail = pcm.avail() if pacer is None else 0
+            except alsaaudio.ALSAAudioError as exc:
+                raise translate_error(exc, cfg.capture_device, opening=False) from exc
+            read_at = time.monotonic()
+            if n < 0:  # -EPIPE: an overrun; pyalsaaudio prepares the PCM on the next read
+                self.stats.capture_xruns += 1
+                xruns = self.stats.capture_xruns
+                logger.warning("capture overrun recovered", extra={"XRUNS": xruns})
+                continue
+            if n > 0:
+                samples = np.frombuffer(data, dtype=np.int16)
+                if cfg.capture_channels > 1:
+                    samples = samples[cfg.capture_channel :: cfg.capture_channels]
+                if resampler is not None:
+                    samples = resampler.push(samples)
+                self.stats.capture_delay_ms = (avail + n) * 1000 / cfg.rate
+                for frame in reframer.push(samples):
+                    self.stats.frames_captured += 1
+                    self._deliver(self._processor.process_capture(frame), read_at)
+            if pacer is not None:
+                pacer.wait()
+
+    def _play_loop(self) -> None:
+        import alsaaudio
+
+        cfg = self.config
+        pcm = self._playback
+        resampler = StreamResampler(SAMPLE_RATE, cfg.rate) if cfg.rate != SAMPLE_RATE else None
+        pacer = Pacer(FRAME_MS / 1000, self._stop) if cfg.pacing == "clock" else None
+        while not self._stop.is_set():
+            frame = self._jitter.get()
+            if self._volume != 1.0:
+                frame = (frame * self._volume).astype(np.int16)
+            # The echo canceller's reverse stream is exactly what goes to the device.
+            self._processor.process_render(frame)
+            out = resampler.push(frame) if resampler is not None else frame
+            if cfg.playback_channels > 1:
+                out = np.repeat(out, cfg.playback_channels)
+            try:
+                written = pcm.write(out.tobytes()) if len(out) else 0
+                avail = pcm.avail() if pacer is None else self._playback_buffer
+            except alsaaudio.ALSAAudioError as exc:
+                if "broken pipe" in str(exc).lower():  # an underrun pyalsaaudio did not recover
+                    self._count_playback_xrun()
+                    continue
+                raise translate_error(exc, cfg.playback_device, opening=False) from exc
+            if written < 0:
+                self._count_playback_xrun()
+            self.stats.frames_played += 1
+            self.stats.playback_delay_ms = (self._playback_buffer - avail) * 1000 / cfg.rate
+            self._processor.set_stream_delay_ms(
+                self.stats.playback_delay_ms + self.stats.capture_delay_ms + cfg.echo_delay_ms
+            )
+            if pacer is not None:
+                pacer.wait()
+
+    def _count_playback_xrun(self) -> None:
+        self.stats.playback_xruns += 1
+        logger.warning("playback underrun recovered", extra={"XRUNS": self.stats.playback_xruns})
+
+
+def processing_options(audio: BoardAudio) -> ProcessingOptions:
+    """The APM stages a board profile asks for (no software AEC when the board cancels echo)."""
+    return ProcessingOptions(
+        echo_cancellation=audio.echo_cancellation == "software",
+        noise_suppression=audio.noise_suppression,
+        high_pass_filter=audio.high_pass_filter,
+        auto_gain_control=audio.auto_gain_control,
+    )
+
+
+def alsa_pipeline(
+    audio: BoardAudio, *, clock: Clock, pcm_factory: PcmFactory | None = None
+) -> AudioPipeline:
+    """The pipeline for a board with ALSA devices (not started)."""
+    config = AlsaConfig.from_board(audio)
+    processor = AudioProcessor(processing_options(audio))
+    jitter = JitterBuffer(
+        prefill_frames=max(1, audio.jitter_prefill_ms // FRAME_MS),
+        max_frames=max(1, audio.jitter_max_ms // FRAME_MS),
+    )
+
+    def open_session(hooks: SessionHooks) -> AlsaSession:
+        return AlsaSession(
+            config,
+            processor=processor,
+            jitter=jitter,
+            volume=audio.volume,
+            deliver=hooks.deliver,
+            on_fault=hooks.fault,
+            pcm_factory=pcm_factory,
+        )
+
+    return AudioPipeline(open_session, processor=processor, jitter=jitter, clock=clock)

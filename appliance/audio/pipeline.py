@@ -1,0 +1,212 @@
+"""The audio pipeline: devices kept open for the daemon's life, faults retried with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from appliance.audio.base import Frame
+from appliance.audio.jitter import JitterBuffer
+from appliance.audio.processing import AudioProcessor
+from appliance.backoff import Backoff
+from appliance.clock import Clock
+from appliance.errors import AudioDeviceError
+
+logger = logging.getLogger(__name__)
+
+# Captured frames waiting for the loop; a stalled loop loses the oldest, it never grows.
+CAPTURE_QUEUE_FRAMES = 10
+
+
+class Session(Protocol):
+    """Open devices and their threads: opened and started once, closed once."""
+
+    def open(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SessionHooks(Protocol):
+    """What a session calls from its threads (both are safe to call from any thread)."""
+
+    def deliver(self, frame: Frame, read_at: float) -> None: ...
+
+    def fault(self, exc: AudioDeviceError) -> None: ...
+
+
+SessionFactory = Callable[[SessionHooks], Session]
+
+
+class FaultListener(Protocol):
+    """Told on the event loop when the audio devices fail and when they work again."""
+
+    def audio_fault(self, exc: AudioDeviceError) -> None: ...
+
+    def audio_recovered(self) -> None: ...
+
+
+class AudioPipeline:
+    """Owns the capture and playback devices; hands out a microphone and a speaker."""
+
+    def __init__(
+        self,
+        open_session: SessionFactory,
+        *,
+        processor: AudioProcessor,
+        jitter: JitterBuffer,
+        clock: Clock,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.processor = processor
+        self.jitter = jitter
+        self.microphone = PipelineMicrophone()
+        self.speaker = PipelineSpeaker(jitter)
+        self.fault: AudioDeviceError | None = None
+        self.session: Session | None = None
+        self.opened = 0
+        self._open_session = open_session
+        self._clock = clock
+        self._backoff = backoff or Backoff(initial_s=0.5, max_s=30.0)
+        self._listeners: list[FaultListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._faults: asyncio.Queue[AudioDeviceError] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._opened_event = asyncio.Event()
+
+    def add_listener(self, listener: FaultListener) -> None:
+        """Tell `listener` about faults and recoveries, starting with the current fault, if any."""
+        self._listeners.append(listener)
+        if self.fault is not None:
+            listener.audio_fault(self.fault)
+
+    async def start(self) -> None:
+        """Try to open the devices once, then keep them open (or retrying) in the background."""
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="audio-pipeline")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await self._first_attempt()
+
+    async def wait_open(self) -> None:
+        """Wait until the devices are open (tests and the self-test)."""
+        while self.session is None:
+            self._opened_event.clear()
+            await self._opened_event.wait()
+
+    async def aclose(self) -> None:
+        """Stop retrying, stop the threads and release the devices."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close_session()
+
+    async def _first_attempt(self) -> None:
+        while self.session is None and self.fault is None:
+            self._opened_event.clear()
+            await self._opened_event.wait()
+
+    async def _run(self) -> None:
+        while True:
+            session = self._open_session(_Hooks(self))
+            try:
+                await asyncio.to_thread(session.open)
+            except AudioDeviceError as exc:
+                self._report_fault(exc)
+                delay = self._backoff.next_delay()
+                logger.info("opening the audio devices again in %.1f s", delay)
+                await self._clock.sleep(delay)
+                continue
+            session.start()
+            self.session = session
+            self.opened += 1
+            self._backoff.reset()
+            self._opened_event.set()
+            if self.fault is not None:
+                self.fault = None
+                logger.info("audio devices work again")
+                for listener in list(self._listeners):
+                    listener.audio_recovered()
+            lost = await self._faults.get()
+            await self._close_session()
+            self._report_fault(lost)
+
+    async def _close_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await asyncio.to_thread(session.close)
+        self.jitter.clear()
+
+    def _report_fault(self, exc: AudioDeviceError) -> None:
+        first = self.fault is None or type(self.fault) is not type(exc)
+        self.fault = exc
+        self._opened_event.set()
+        if first:
+            logger.error("audio device fault: %s", exc, extra={"AUDIO_ERROR": type(exc).__name__})
+            for listener in list(self._listeners):
+                listener.audio_fault(exc)
+
+    def _deliver(self, frame: Frame, read_at: float) -> None:
+        self.microphone.offer(frame, read_at)
+
+
+class _Hooks:
+    """Thread-side entry points: each hands its work to the loop with `call_soon_threadsafe`."""
+
+    def __init__(self, pipeline: AudioPipeline) -> None:
+        self._pipeline = pipeline
+        assert pipeline._loop is not None
+        self._loop = pipeline._loop
+
+    def deliver(self, frame: Frame, read_at: float) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            self._loop.call_soon_threadsafe(self._pipeline._deliver, frame, read_at)
+
+    def fault(self, exc: AudioDeviceError) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._pipeline._faults.put_nowait, exc)
+
+
+class PipelineMicrophone:
+    """The processed capture stream as a `Microphone`; frames wait in a small bounded queue."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.last_handoff_s = 0.0
+        self._queue: asyncio.Queue[tuple[Frame, float]] = asyncio.Queue(CAPTURE_QUEUE_FRAMES)
+        self.on_handoff: Callable[[float], None] | None = None
+
+    def offer(self, frame: Frame, read_at: float) -> None:
+        """Queue one frame (on the loop); drops the oldest when the reader has fallen behind."""
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait((frame, read_at))
+
+    async def read(self) -> Frame:
+        frame, read_at = await self._queue.get()
+        if self.on_handoff is not None:
+            self.on_handoff(read_at)
+        return frame
+
+    async def aclose(self) -> None:
+        return None
+
+
+class PipelineSpeaker:
+    """The playback stream as a `Speaker`: frames go to the jitter buffer, never block the loop."""
+
+    def __init__(self, jitter: JitterBuffer) -> None:
+        self._jitter = jitter
+
+    async def write(self, frame: Frame) -> None:
+        self._jitter.put(frame)
+
+    async def aclose(self) -> None:
+        self._jitter.clear()

@@ -1,0 +1,100 @@
+"""WebRTC audio processing (echo cancellation, noise suppression, high-pass, AGC), 10 ms frames."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from livekit import rtc
+
+from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
+
+
+@dataclass(frozen=True)
+class ProcessingOptions:
+    """Which stages run; `echo_cancellation` is off when the board cancels echo itself."""
+
+    echo_cancellation: bool = True
+    noise_suppression: bool = True
+    high_pass_filter: bool = True
+    auto_gain_control: bool = True
+
+    @property
+    def any(self) -> bool:
+        """Whether any stage is on (if none is, frames pass through untouched)."""
+        return (
+            self.echo_cancellation
+            or self.noise_suppression
+            or self.high_pass_filter
+            or self.auto_gain_control
+        )
+
+
+class _FrameSlot:
+    """One preallocated 10 ms frame the APM processes in place, reused for every call."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(SAMPLES_PER_FRAME * 2)
+        self.samples = np.frombuffer(self.buffer, dtype=np.int16)
+        self.frame = rtc.AudioFrame(self.buffer, SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
+
+
+class AudioProcessor:
+    """The capture side calls `process_capture`, the playback side `process_render`.
+
+    The two sides run on different threads (WebRTC's APM is built for that); each side has its
+    own preallocated frame, so a call copies the samples in once and (capture only) out once.
+    """
+
+    def __init__(self, options: ProcessingOptions) -> None:
+        self.options = options
+        self._apm = (
+            rtc.AudioProcessingModule(
+                echo_cancellation=options.echo_cancellation,
+                noise_suppression=options.noise_suppression,
+                high_pass_filter=options.high_pass_filter,
+                auto_gain_control=options.auto_gain_control,
+            )
+            if options.any
+            else None
+        )
+        self._capture = _FrameSlot()
+        self._render = _FrameSlot()
+        self._delay_lock = threading.Lock()
+        self._delay_ms = 0
+        self._delay_dirty = options.echo_cancellation
+
+    @property
+    def stream_delay_ms(self) -> int:
+        """The playout-to-capture delay the echo canceller is told."""
+        return self._delay_ms
+
+    def set_stream_delay_ms(self, delay_ms: float) -> None:
+        """Set the playout-to-capture delay; applied before the next capture frame."""
+        value = max(0, min(500, round(delay_ms)))
+        with self._delay_lock:
+            if value != self._delay_ms:
+                self._delay_ms = value
+                self._delay_dirty = self.options.echo_cancellation
+
+    def process_render(self, frame: Frame) -> None:
+        """Tell the echo canceller what is being sent to the speaker (the frame is not changed)."""
+        if self._apm is None or not self.options.echo_cancellation:
+            return
+        np.copyto(self._render.samples, frame)
+        self._apm.process_reverse_stream(self._render.frame)
+
+    def process_capture(self, frame: Frame) -> Frame:
+        """The processed copy of one captured 10 ms frame."""
+        if self._apm is None:
+            return frame
+        if self._delay_dirty:
+            # WebRTC wants the delay before every capture frame when AEC is on; an unchanged
+            # value is kept by the APM, so it is sent again only after it changed.
+            with self._delay_lock:
+                self._apm.set_stream_delay_ms(self._delay_ms)
+                self._delay_dirty = False
+        np.copyto(self._capture.samples, frame)
+        self._apm.process_stream(self._capture.frame)
+        return self._capture.samples.copy()
