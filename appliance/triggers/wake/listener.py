@@ -1,0 +1,95 @@
+"""Listens for the wake word on the shared capture stream, only while it is switched on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from livekit import rtc
+
+from appliance.audio.base import SAMPLE_RATE
+from appliance.audio.fanout import CaptureFanout
+from appliance.clock import Clock
+from appliance.triggers.wake.base import ENGINE_RATE, Detection, WakeDetector
+
+logger = logging.getLogger(__name__)
+
+# Frames queued for the engine before the oldest is dropped (0.5 s).
+QUEUE_FRAMES = 50
+
+
+class WakeListener:
+    """Feeds capture frames, resampled to 16 kHz, to a detector while active; off otherwise."""
+
+    def __init__(
+        self,
+        detector: WakeDetector,
+        *,
+        capture: CaptureFanout,
+        on_wake: Callable[[Detection], None],
+        clock: Clock,
+    ) -> None:
+        self._detector = detector
+        self._capture = capture
+        self._on_wake = on_wake
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        self.detections: list[Detection] = []
+        self.last_frame_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the microphone is being listened to now."""
+        return self._task is not None
+
+    def set_active(self, active: bool) -> None:
+        """Start or stop listening; nothing is taken from the microphone while stopped."""
+        if active and self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="wake-listener")
+            logger.debug("wake word listening")
+        elif not active and self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+            logger.debug("wake word off")
+
+    async def aclose(self) -> None:
+        """Stop listening and release the engine."""
+        self.set_active(False)
+        await asyncio.gather(*self._stopping, return_exceptions=True)
+        self._detector.engine.close()
+
+    async def _listen(self) -> None:
+        # A fresh subscription and engine state each time: audio heard before a call (or
+        # during one) never counts towards a detection after it.
+        self._detector.reset()
+        resampler = rtc.AudioResampler(SAMPLE_RATE, ENGINE_RATE, num_channels=1)
+        subscription = self._capture.subscribe("wake", max_frames=QUEUE_FRAMES)
+        try:
+            while True:
+                frame = await subscription.read()
+                self.last_frame_at = self._clock.monotonic()
+                for out in resampler.push(bytearray(frame.tobytes())):
+                    pcm = np.frombuffer(out.data, dtype=np.int16)
+                    for detection in self._detector.process(pcm):
+                        self._detected(detection)
+        except Exception:
+            logger.exception("wake word listener failed")
+            raise
+        finally:
+            await subscription.aclose()
+
+    def _detected(self, detection: Detection) -> None:
+        self.detections.append(detection)
+        score = "-" if detection.score is None else f"{detection.score:.3f}"
+        logger.info(
+            "wake word %s heard (score %s)",
+            detection.keyword,
+            score,
+            extra={"WAKE_WORD": detection.keyword, "WAKE_SCORE": score},
+        )
+        self._on_wake(detection)
