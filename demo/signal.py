@@ -41,6 +41,45 @@ def best_normalized_xcorr(
     return float(scores[best]), best / rate
 
 
+def slip_tolerant_xcorr(
+    haystack: npt.ArrayLike,
+    needle: npt.ArrayLike,
+    rate: int,
+    *,
+    segment_s: float = 0.5,
+    max_slip_s: float = 0.1,
+) -> tuple[float, float]:
+    """Return (score, lag_s): normalized cross-correlation that tolerates jitter-buffer slips.
+
+    A receiver's jitter buffer stretches or shrinks audio by some milliseconds now and then,
+    which lowers one global correlation although every word is intact. Here the needle is
+    aligned once (best_normalized_xcorr), then each voiced `segment_s` piece is re-aligned
+    within `max_slip_s` of that; the score is the energy-weighted mean of the pieces' peaks.
+    """
+    h = _as_float(haystack)
+    n = _as_float(needle)
+    _peak, lag_s = best_normalized_xcorr(h, n, rate)
+    lag = round(lag_s * rate)
+    seg = max(1, round(segment_s * rate))
+    slip = round(max_slip_s * rate)
+    level = rms(n)
+    weighted = 0.0
+    total = 0.0
+    for start in range(0, n.size, seg):
+        piece = n[start : start + seg]
+        energy = float(np.dot(piece, piece))
+        if piece.size < seg // 2 or rms(piece) < 0.1 * level:
+            continue  # silence and stubs carry no evidence either way
+        lo = max(0, lag + start - slip)
+        window = h[lo : lag + start + piece.size + slip]
+        piece_peak, _ = best_normalized_xcorr(window, piece, rate)
+        weighted += energy * piece_peak
+        total += energy
+    if total == 0.0:
+        return 0.0, lag_s
+    return weighted / total, lag_s
+
+
 def rms(pcm: npt.ArrayLike) -> float:
     """Return the root-mean-square level of `pcm` (in sample units)."""
     x = _as_float(pcm)

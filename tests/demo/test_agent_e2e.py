@@ -13,7 +13,7 @@ import pytest
 from demo.agent import DemoAgent
 from demo.agent_session import AgentSession
 from demo.livekit_server import LiveKitServer
-from demo.signal import best_normalized_xcorr
+from demo.signal import best_normalized_xcorr, slip_tolerant_xcorr
 from demo.tts import SAMPLE_RATE, synthesize
 from tests.demo.conftest import AGENT_NAME
 from tests.demo.device import DeviceParticipant, mint_device_token
@@ -57,17 +57,22 @@ async def test_agent_greets_hears_records_and_leaves(
         assert greeting.attributes["lk.transcription_final"] == "true"
         assert greeting.attributes["lk.segment_id"]
         assert session.first_audio_sent_at is not None
-        print(f"join-to-first-audio: {session.first_audio_sent_at - session.assigned_at:.3f} s")
+        print(
+            f"assignment-to-first-audio: {session.first_audio_sent_at - session.assigned_at:.3f} s"
+        )
 
         heard = device.agent_pcm()
         async with asyncio.timeout(10):
             control = await synthesize(CONTROL_SENTENCE)
             user_speech = await synthesize(USER_SENTENCE)
-        peak, lag_s = best_normalized_xcorr(heard, session.greeting_pcm, SAMPLE_RATE)
-        control_peak, _ = best_normalized_xcorr(heard, control, SAMPLE_RATE)
+        # Slip-tolerant: under CPU load the device's jitter buffer stretches a few ms now and
+        # then, which lowers one global correlation although the greeting is intact.
+        peak, lag_s = slip_tolerant_xcorr(heard, session.greeting_pcm, SAMPLE_RATE)
+        global_peak, _ = best_normalized_xcorr(heard, session.greeting_pcm, SAMPLE_RATE)
+        control_peak, _ = slip_tolerant_xcorr(heard, control, SAMPLE_RATE)
         print(
-            f"greeting xcorr {peak:.2f} at {lag_s:.2f} s; control {control_peak:.2f}; "
-            f"agent output underruns {session.output_underruns}; "
+            f"greeting xcorr {peak:.2f} (global {global_peak:.2f}) at {lag_s:.2f} s; "
+            f"control {control_peak:.2f}; agent output underruns {session.output_underruns}; "
             f"chunks {_chunk_peaks(heard, session.greeting_pcm)}"
         )
         assert peak > 0.5
@@ -92,10 +97,15 @@ async def test_agent_greets_hears_records_and_leaves(
             await device.speak(_padded(user_speech, before_s=1.0, after_s=1.5))
             await device.wait_until(lambda: len(device.transcripts) >= 2)
         received = session.received_pcm()
-        mic_peak, _ = best_normalized_xcorr(received, user_speech, SAMPLE_RATE)
-        mic_control, _ = best_normalized_xcorr(received, control, SAMPLE_RATE)
-        print(f"mic xcorr {mic_peak:.2f}; control {mic_control:.2f}; turn {session.turns}")
+        mic_peak, _ = slip_tolerant_xcorr(received, user_speech, SAMPLE_RATE)
+        mic_global, _ = best_normalized_xcorr(received, user_speech, SAMPLE_RATE)
+        mic_control, _ = slip_tolerant_xcorr(received, control, SAMPLE_RATE)
+        print(
+            f"mic xcorr {mic_peak:.2f} (global {mic_global:.2f}); control {mic_control:.2f}; "
+            f"turn {session.turns}"
+        )
         assert mic_peak > 0.5
+        assert mic_control < 0.3
         assert mic_control < mic_peak / 2
         assert session.turns[0] == pytest.approx(user_speech.size / SAMPLE_RATE, abs=0.6)
         assert device.transcripts[1].text == session.options.answer(session.turns[0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from demo.agent_session import Endpointer
-from demo.signal import best_normalized_xcorr
+from demo.signal import best_normalized_xcorr, slip_tolerant_xcorr
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +64,21 @@ def test_endpointer_ignores_clicks_shorter_than_min_speech() -> None:
     results = [endpointer.push(loud) for _ in range(5)]
     results += [endpointer.push(quiet) for _ in range(200)]
     assert all(r is None for r in results)
+
+
+def test_slip_tolerant_xcorr_survives_a_jitter_buffer_slip() -> None:
+    needle = _chirp(2.0, 200, 3000)
+    rng = np.random.default_rng(2)
+    # 20 ms of audio dropped in the middle, as a jitter buffer's accelerate would.
+    slipped = np.concatenate([needle[:RATE], needle[RATE + 960 :]]).astype(np.float64)
+    haystack = np.concatenate([np.zeros(5000), slipped, np.zeros(5000)])
+    haystack += rng.normal(0, 200, haystack.size)
+
+    global_peak, _ = best_normalized_xcorr(haystack, needle, RATE)
+    score, lag_s = slip_tolerant_xcorr(haystack, needle, RATE)
+    control, _ = slip_tolerant_xcorr(haystack, _chirp(2.0, 3000, 200), RATE)
+
+    assert global_peak < 0.8
+    assert score > 0.9
+    assert lag_s == pytest.approx(5000 / RATE, abs=0.03)
+    assert control < 0.3
