@@ -308,7 +308,8 @@ class DemoAgent:
             if not session.ended.is_set():
                 await asyncio.shield(session.aclose())
         status = agent_pb.JS_FAILED if session.error else agent_pb.JS_SUCCESS
-        await self._update_job(session.job_id, status, error=repr(session.error or ""))
+        error = repr(session.error) if session.error else ""
+        await self._update_job(session.job_id, status, error=error)
 
     async def _update_job(self, job_id: str, status: agent_pb.JobStatus, error: str = "") -> None:
         await self._send(

@@ -50,6 +50,10 @@ async def test_worker_registers_again_after_its_connection_drops(
     finally:
         async with asyncio.timeout(10):
             await device.aclose()
+    # The caller hanging up ends the agent's session too.
+    async with asyncio.timeout(10):
+        await session.ended.wait()
+    assert session.error is None
 
 
 @pytest.mark.e2e

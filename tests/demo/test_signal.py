@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from demo.agent_session import Endpointer
+from demo.conversation import Endpointer
 from demo.signal import best_normalized_xcorr, slip_tolerant_xcorr
 
 pytestmark = pytest.mark.unit
