@@ -55,7 +55,7 @@ class CallSettings:
     # Data topic on which the agent (and only the agent) may send {"v":1,"type":"end_call"}.
     control_topic: str = "kiosk.control"
     # After a call, triggers are ignored for this long.
-    cooldown_s: float = 2.0
+    cooldown_s: float = 1.0
     # What a trigger does while a call is ending: "ignore", or "redial" once it has ended.
     trigger_while_ending: str = "ignore"
 

@@ -56,6 +56,9 @@ class EndReason(Enum):
     CONNECT_FAILED = "connect_failed"
     AUDIO_FAULT = "audio_fault"
     SHUTDOWN = "shutdown"
+    IDLE = "idle"  # nobody spoke for call.idle_timeout_s
+    AGENT_ENDED = "agent_ended"  # the agent sent an end-call message
+    CANCELLED = "cancelled"  # a long press
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class StateChange:
     call_id: str | None = None
     room: str | None = None
     reason: str | None = None
+    muted: bool = False
 
 
 @dataclass

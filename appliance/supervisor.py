@@ -16,7 +16,9 @@ from appliance.call.events import (
     CallEvent,
     Disconnected,
     EndRequested,
+    SpeechActivity,
 )
+from appliance.call.policy import CallDeadlines
 from appliance.clock import Clock
 from appliance.errors import (
     AudioDeviceError,
@@ -88,6 +90,9 @@ class Supervisor:
         self._call_id: str | None = None
         self._room: str | None = None
         self._audio_fault: AudioDeviceError | None = None
+        self._muted = False
+        self._quiet_until = 0.0  # the cool-down after a call
+        self._redial: str | None = None
 
     @property
     def state(self) -> State:
@@ -129,6 +134,24 @@ class Supervisor:
         """A button press, wake word or command; call on the event loop thread."""
         self._triggers.put_nowait(source)
 
+    def cancel(self, source: str) -> None:
+        """A long press: end the call or attempt, drop a queued redial; never starts a call."""
+        self._redial = None
+        if self._state in (State.CONNECTING, State.IN_CALL):
+            logger.info("cancel %s: ending the call", source, extra=self._log_fields())
+            self._call_events.put_nowait(EndRequested(EndReason.CANCELLED))
+
+    @property
+    def muted(self) -> bool:
+        """Whether the microphone is muted."""
+        return self._muted
+
+    def set_muted(self, muted: bool) -> None:
+        """Mute or unmute the microphone; observers (the call, the wake word) are told."""
+        if muted is not self._muted:
+            self._muted = muted
+            self._set_state(self._state, reason="muted" if muted else "unmuted")
+
     def stop(self) -> None:
         """Ask `run` to end the call politely and return."""
         self._triggers.put_nowait(None)
@@ -145,18 +168,28 @@ class Supervisor:
     def _on_trigger(self, source: str) -> None:
         extra = self._log_fields()
         if self._state.accepts_calls and self._call_task is None:
-            logger.info("trigger %s: starting a call", source, extra=extra)
-            # CONNECTING at once, so a second trigger before the task runs ends this call.
-            self._drain_call_events()
-            self._set_state(State.CONNECTING)
-            self._call_task = asyncio.create_task(self._run_call(source), name="supervisor-call")
+            if self._clock.monotonic() < self._quiet_until:
+                logger.info("trigger %s ignored during the cool-down", source, extra=extra)
+                return
+            self._start_call(source)
         elif self._state in (State.CONNECTING, State.IN_CALL):
             logger.info("trigger %s: ending the call", source, extra=extra)
             self._call_events.put_nowait(EndRequested(EndReason.USER))
+        elif self._state is State.ENDING and self._settings.trigger_while_ending == "redial":
+            logger.info("trigger %s: calling again once this call has ended", source, extra=extra)
+            self._redial = source
         else:
             logger.info("trigger %s ignored in state %s", source, self._state.value, extra=extra)
 
+    def _start_call(self, source: str) -> None:
+        logger.info("trigger %s: starting a call", source, extra=self._log_fields())
+        # CONNECTING at once, so a second trigger before the task runs ends this call.
+        self._drain_call_events()
+        self._set_state(State.CONNECTING)
+        self._call_task = asyncio.create_task(self._run_call(source), name="supervisor-call")
+
     async def _shutdown(self) -> None:
+        self._redial = None
         if self._call_task is not None:
             self._call_events.put_nowait(EndRequested(EndReason.SHUTDOWN))
             with contextlib.suppress(Exception):
@@ -193,9 +226,13 @@ class Supervisor:
                 self._set_state(State.CALL_FAILED, reason=reason.value)
                 await self._clock.sleep(CALL_FAILED_HOLD_S)
             self._call_id = self._room = None
+            self._quiet_until = self._clock.monotonic() + self._settings.cooldown_s
             self._set_state(self._idle_state())
         finally:
             self._call_task = None
+        redial, self._redial = self._redial, None
+        if redial is not None and self._state.accepts_calls:
+            self._start_call(redial)
 
     async def _connected_call(
         self, grant: CallGrant, timeline: CallTimeline, mark: Callable[[str], None]
@@ -220,22 +257,21 @@ class Supervisor:
         return reason
 
     async def _wait_for_end(self, mark: Callable[[str], None]) -> EndReason:
-        join_deadline = self._clock.monotonic() + self._settings.agent_join_timeout_s
-        end_deadline: float | None = None
+        deadlines = CallDeadlines(self._settings, self._clock.monotonic())
         while True:
-            deadline = join_deadline if end_deadline is None else end_deadline
+            deadline, expiry = deadlines.next()
             event = await self._next_call_event(deadline - self._clock.monotonic())
             match event:
                 case None:
-                    return (
-                        EndReason.AGENT_TIMEOUT if end_deadline is None else EndReason.MAX_DURATION
-                    )
+                    return expiry
                 case EndRequested(reason=reason):
                     return reason
-                case AgentJoined() if end_deadline is None:
+                case AgentJoined() if not deadlines.agent_joined:
                     mark("agent_joined")
-                    end_deadline = self._clock.monotonic() + self._settings.max_duration_s
+                    deadlines.joined(self._clock.monotonic())
                     self._set_state(State.IN_CALL)
+                case SpeechActivity():
+                    deadlines.speech(self._clock.monotonic())
                 case AgentAudioStarted():
                     mark("first_agent_audio")
                 case AgentLeft():
@@ -347,7 +383,7 @@ class Supervisor:
     def _set_state(self, state: State, *, reason: str | None = None) -> None:
         if state is self._state and reason is None:
             return
-        change = StateChange(self._state, state, self._call_id, self._room, reason)
+        change = StateChange(self._state, state, self._call_id, self._room, reason, self._muted)
         self._state = state
         logger.info(
             "state %s -> %s%s",

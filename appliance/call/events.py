@@ -35,10 +35,19 @@ class Disconnected:
 
 
 @dataclass(frozen=True)
+class SpeechActivity:
+    """Someone spoke in the last moment: "device" (the person) or "agent"."""
+
+    side: str
+
+
+@dataclass(frozen=True)
 class EndRequested:
     """Something on the device asked to end the call."""
 
     reason: EndReason
 
 
-CallEvent = AgentJoined | AgentAudioStarted | AgentLeft | Disconnected | EndRequested
+CallEvent = (
+    AgentJoined | AgentAudioStarted | AgentLeft | Disconnected | EndRequested | SpeechActivity
+)

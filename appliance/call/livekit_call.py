@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 
@@ -18,12 +19,15 @@ from appliance.call.events import (
     AgentLeft,
     CallEvent,
     Disconnected,
+    EndRequested,
+    SpeechActivity,
 )
+from appliance.call.policy import ActivityMeter
 from appliance.call.status import encode_status
 from appliance.clock import Clock
 from appliance.errors import CallError
 from appliance.provisioning_client import CallGrant
-from appliance.state import StateChange
+from appliance.state import EndReason, StateChange
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ logger = logging.getLogger(__name__)
 AUDIBLE_RMS = 100.0
 # How long closing waits for queued status messages to go out.
 STATUS_DRAIN_S = 2.0
+# The control messages this device accepts from the agent: {"v": 1, "type": "end_call"}.
+CONTROL_VERSION = 1
 
 
 class LiveKitCall:
@@ -46,6 +52,8 @@ class LiveKitCall:
         clock: Clock,
         status_topic: str,
         connect_timeout_s: float,
+        control_topic: str = "kiosk.control",
+        muted: bool = False,
     ) -> None:
         self.grant = grant
         self._capture = capture
@@ -54,6 +62,11 @@ class LiveKitCall:
         self._clock = clock
         self._status_topic = status_topic
         self._connect_timeout_s = connect_timeout_s
+        self._control_topic = control_topic
+        self._muted = muted
+        self._mic_track: rtc.LocalAudioTrack | None = None
+        self._device_speech = ActivityMeter()
+        self._agent_speech = ActivityMeter()
         self._room = rtc.Room()
         self._mic_publication: rtc.LocalTrackPublication | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -70,11 +83,15 @@ class LiveKitCall:
         room.on("participant_disconnected", self._on_participant_disconnected)
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("disconnected", self._on_disconnected)
+        room.on("data_received", self._on_data_received)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 await room.connect(self.grant.server_url, self.grant.token)
                 source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
                 track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+                self._mic_track = track
+                if self._muted:
+                    track.mute()
                 options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
                 self._mic_publication = await room.local_participant.publish_track(track, options)
         except (TimeoutError, rtc.ConnectError, rtc.participant.PublishTrackError) as exc:
@@ -87,6 +104,8 @@ class LiveKitCall:
 
     def on_state_change(self, change: StateChange) -> None:
         """Observer: queue a call-status message for this change, sent in order."""
+        if change.muted is not self._muted:
+            self._set_muted(change.muted)
         self._status_seq += 1
         self._status_queue.put_nowait(
             encode_status(change, seq=self._status_seq, ts=self._clock.time())
@@ -133,6 +152,10 @@ class LiveKitCall:
         try:
             while True:
                 frame = await subscription.read()
+                if self._muted:
+                    continue  # muted: not a sample leaves the device
+                if self._device_speech.push(_rms(frame), self._clock.monotonic()):
+                    self._on_event(SpeechActivity("device"))
                 await source.capture_frame(
                     rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
                 )
@@ -160,11 +183,47 @@ class LiveKitCall:
             async for event in stream:
                 samples = np.frombuffer(event.frame.data, dtype=np.int16)
                 await self._speaker.write(samples)
-                if not self._heard_agent and _rms(samples) > AUDIBLE_RMS:
+                level = _rms(samples)
+                if not self._heard_agent and level > AUDIBLE_RMS:
                     self._heard_agent = True
                     self._on_event(AgentAudioStarted())
+                if self._agent_speech.push(level, self._clock.monotonic()):
+                    self._on_event(SpeechActivity("agent"))
         finally:
             await stream.aclose()
+
+    def _set_muted(self, muted: bool) -> None:
+        self._muted = muted
+        if self._mic_track is not None:
+            if muted:
+                self._mic_track.mute()
+            else:
+                self._mic_track.unmute()
+        logger.info(
+            "microphone %s", "muted" if muted else "unmuted", extra={"CALL_ID": self.grant.call_id}
+        )
+
+    def _on_data_received(self, packet: rtc.DataPacket) -> None:
+        if packet.topic != self._control_topic:
+            return
+        sender = packet.participant
+        extra = {"CALL_ID": self.grant.call_id, "SENDER": sender.identity if sender else "server"}
+        if sender is None or not self._is_agent(sender) or sender.identity != self._agent_identity:
+            logger.warning("control message ignored: not from the call's agent", extra=extra)
+            return
+        try:
+            message = json.loads(packet.data)
+        except ValueError:
+            message = None
+        if (
+            isinstance(message, dict)
+            and message.get("v") == CONTROL_VERSION
+            and message.get("type") == "end_call"
+        ):
+            logger.info("the agent ended the call", extra=extra)
+            self._on_event(EndRequested(EndReason.AGENT_ENDED))
+        else:
+            logger.warning("control message ignored: not understood", extra=extra)
 
     def _is_agent(self, participant: rtc.RemoteParticipant) -> bool:
         return bool(participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)

@@ -17,6 +17,7 @@ def encode_status(change: StateChange, *, seq: int, ts: float) -> bytes:
         "seq": seq,
         "state": change.state.value,
         "call_id": change.call_id,
+        "muted": change.muted,
         "ts": round(ts, 3),
     }
     if change.reason is not None:

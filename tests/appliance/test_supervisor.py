@@ -113,7 +113,10 @@ async def harness() -> AsyncIterator[Harness]:
     clock = ManualClock()
     backend = FakeBackend()
     backend.clock = clock
-    settings = CallSettings(agent_join_timeout_s=10, max_duration_s=300)
+    # No idle hang-up or cool-down here: tests/appliance/test_call_policy.py covers them.
+    settings = CallSettings(
+        agent_join_timeout_s=10, max_duration_s=300, idle_timeout_s=0, cooldown_s=0
+    )
     h: Harness
     supervisor = Supervisor(
         backend=backend,

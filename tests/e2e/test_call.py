@@ -63,7 +63,8 @@ async def user_pcm() -> np.ndarray:
 
 @pytest.fixture
 async def device(stack: LocalStack, user_pcm: np.ndarray) -> AsyncIterator[RunningDevice]:
-    files = stack.write_device("kiosk-1", user_pcm, agent_join_timeout_s=20)
+    # No cool-down: the test calls again straight after a call.
+    files = stack.write_device("kiosk-1", user_pcm, agent_join_timeout_s=20, cooldown_s=0)
     settings = await asyncio.wait_for(stack.enroll(files), 10)
     watcher = StateWatcher()
     async with Daemon(settings) as daemon:
