@@ -7,10 +7,11 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from appliance.audio.base import Speaker
+from appliance.audio.base import Microphone, Speaker
 from appliance.audio.fanout import CaptureFanout
+from appliance.audio.pipeline import AudioPipeline
 from appliance.clock import Clock
-from appliance.errors import AudioDeviceError, SettingsError
+from appliance.errors import SettingsError
 from appliance.settings import Settings
 from appliance.triggers.simulated import SimulatedButton
 
@@ -22,6 +23,7 @@ class Board:
     capture: CaptureFanout
     speaker: Speaker
     button: SimulatedButton | None
+    audio: AudioPipeline | None = None
 
 
 async def open_board(
@@ -33,26 +35,34 @@ async def open_board(
 ) -> Board:
     """Open the microphone, speaker and button the board profile names."""
     profile = settings.board
-    if profile.audio.backend != "simulated":
-        raise AudioDeviceError(
-            f"board {profile.name!r}: audio backend {profile.audio.backend!r} is not available yet"
-        )
     if profile.buttons.backend != "simulated":
         raise SettingsError(
             profile.source or profile.name,
             "buttons.backend",
             f"{profile.buttons.backend!r} is not available yet",
         )
-    from appliance.audio.simulated import WavMicrophone, WavSpeaker
+    pipeline: AudioPipeline | None = None
+    microphone: Microphone
+    speaker: Speaker
+    if profile.audio.backend == "alsa":
+        from appliance.audio.alsa import alsa_pipeline
 
-    sim = settings.simulated
-    assert sim.speaker_wav is not None  # checked when the settings were loaded
-    microphone = WavMicrophone(sim.microphone_wav, loop=sim.loop_microphone, clock=clock)
-    stack.push_async_callback(microphone.aclose)
-    speaker = WavSpeaker(sim.speaker_wav)
-    stack.push_async_callback(speaker.aclose)
+        # A device fault here is not fatal: the pipeline reports it and keeps retrying.
+        pipeline = alsa_pipeline(profile.audio, clock=clock)
+        await pipeline.start()
+        stack.push_async_callback(pipeline.aclose)
+        microphone, speaker = pipeline.microphone, pipeline.speaker
+    else:
+        from appliance.audio.simulated import WavMicrophone, WavSpeaker
+
+        sim = settings.simulated
+        assert sim.speaker_wav is not None  # checked when the settings were loaded
+        microphone = WavMicrophone(sim.microphone_wav, loop=sim.loop_microphone, clock=clock)
+        stack.push_async_callback(microphone.aclose)
+        speaker = WavSpeaker(sim.speaker_wav)
+        stack.push_async_callback(speaker.aclose)
     button = SimulatedButton(on_press=on_button, loop=asyncio.get_running_loop())
     capture = CaptureFanout(microphone)
     capture.start()
     stack.push_async_callback(capture.aclose)
-    return Board(capture=capture, speaker=speaker, button=button)
+    return Board(capture=capture, speaker=speaker, button=button, audio=pipeline)

@@ -98,6 +98,8 @@ class Daemon:
             clock=self._clock,
         )
         self._supervisor.add_observer(SystemdNotifier(default_notify()))
+        if self._board.audio is not None:
+            self._board.audio.add_listener(self._supervisor)
         if self._on_timeline is not None:
             self._supervisor.add_timeline_observer(self._on_timeline)
         control = ControlServer(

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 # Captured frames waiting for the loop; a stalled loop loses the oldest, it never grows.
 CAPTURE_QUEUE_FRAMES = 10
+# A session that ran this long before failing starts the backoff from its first step again.
+STABLE_S = 10.0
 
 
 class Session(Protocol):
@@ -126,7 +128,7 @@ class AudioPipeline:
             session.start()
             self.session = session
             self.opened += 1
-            self._backoff.reset()
+            opened_at = self._clock.monotonic()
             self._opened_event.set()
             if self.fault is not None:
                 self.fault = None
@@ -136,6 +138,10 @@ class AudioPipeline:
             lost = await self._faults.get()
             await self._close_session()
             self._report_fault(lost)
+            # A device that opens and fails at once must not spin: back off unless it ran a while.
+            if self._clock.monotonic() - opened_at >= STABLE_S:
+                self._backoff.reset()
+            await self._clock.sleep(self._backoff.next_delay())
 
     async def _close_session(self) -> None:
         session, self.session = self.session, None

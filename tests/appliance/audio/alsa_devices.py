@@ -1,4 +1,4 @@
-"""ALSA file-plugin devices for tests: capture reads a raw file, playback writes one (real libasound)."""
+"""ALSA file-plugin devices for tests: capture reads a raw file, playback writes one."""
 
 from __future__ import annotations
 

@@ -1,0 +1,241 @@
+"""The ALSA backend on real libasound (file-plugin devices): streams, pacing, faults, xruns."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import alsaaudio
+import numpy as np
+import pytest
+
+from appliance.audio.alsa import AlsaSession, alsa_pipeline
+from appliance.audio.pipeline import AudioPipeline
+from appliance.clock import SystemClock
+from appliance.errors import (
+    AudioDeviceBusyError,
+    AudioDeviceError,
+    AudioDeviceLostError,
+    AudioDeviceMissingError,
+    AudioFormatError,
+)
+from appliance.settings import BoardAudio
+from tests.appliance.audio.alsa_devices import FileDevices, use_config, write_file_devices
+
+pytestmark = pytest.mark.integration
+
+PLAIN = BoardAudio(
+    backend="alsa",
+    pacing="clock",
+    echo_cancellation="off",
+    noise_suppression=False,
+    high_pass_filter=False,
+    auto_gain_control=False,
+)
+
+
+class Listener:
+    """Records what the pipeline tells the supervisor."""
+
+    def __init__(self) -> None:
+        self.events: list[str | AudioDeviceError] = []
+
+    def audio_fault(self, exc: AudioDeviceError) -> None:
+        self.events.append(exc)
+
+    def audio_recovered(self) -> None:
+        self.events.append("recovered")
+
+
+def ramp(seconds: float, channels: int = 1) -> np.ndarray:
+    n = int(seconds * 48000)
+    mono = (np.arange(n) % 20000 - 10000).astype(np.int16)
+    if channels == 1:
+        return mono
+    return np.stack([mono if c == 1 else -mono for c in range(channels)], axis=1).reshape(-1)
+
+
+def pipeline_on(devices: FileDevices, factory: Any = None, **audio: Any) -> AudioPipeline:
+    use_config(devices.config)
+    settings = dataclasses.replace(
+        PLAIN, capture_device=devices.capture, playback_device=devices.playback, **audio
+    )
+    return alsa_pipeline(settings, clock=SystemClock(), pcm_factory=factory)
+
+
+def replug(devices: FileDevices, old: str, new: str) -> None:
+    """A new ALSA configuration in which `old` became `new` (libasound caches the old file)."""
+    config = devices.config.with_name("asound-replugged.conf")
+    config.write_text(devices.config.read_text().replace(old, new))
+    use_config(config)
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_capture_and_playback_run_in_real_time_through_libasound(tmp_path: Path) -> None:
+    devices = write_file_devices(tmp_path, ramp(2.0))
+    pipeline = pipeline_on(devices, volume=0.5)
+    await pipeline.start()
+    try:
+        t0 = time.monotonic()
+        got = []
+        for _ in range(50):
+            async with asyncio.timeout(1):
+                got.append(await pipeline.microphone.read())
+            await pipeline.speaker.write(np.full(480, 2000, dtype=np.int16))
+        elapsed = time.monotonic() - t0
+    finally:
+        await pipeline.aclose()
+    # Paced by the backend's own clock: the file device alone would return all of it at once.
+    assert 0.4 <= elapsed <= 0.8
+    assert np.array_equal(np.concatenate(got), ramp(2.0)[: 50 * 480])
+    played = devices.played()
+    assert np.count_nonzero(played == 1000) >= 40 * 480, "volume 0.5 applied to what is played"
+
+
+async def test_one_channel_of_a_two_mic_array_at_16_khz_is_resampled(tmp_path: Path) -> None:
+    rate = 16000
+    t = np.arange(rate * 2) / rate
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    stereo = np.stack([np.zeros_like(tone), tone], axis=1).reshape(-1)
+    devices = write_file_devices(tmp_path, stereo)
+    pipeline = pipeline_on(
+        devices, sample_rate=rate, capture_channels=2, capture_channel=1, playback_channels=2
+    )
+    await pipeline.start()
+    try:
+        got = [await asyncio.wait_for(pipeline.microphone.read(), 1) for _ in range(60)]
+    finally:
+        await pipeline.aclose()
+    out = np.concatenate(got[10:]).astype(np.float64)
+    assert all(len(f) == 480 for f in got)
+    spectrum = np.abs(np.fft.rfft(out))
+    peak_hz = np.argmax(spectrum) * 48000 / len(out)
+    assert abs(peak_hz - 440) < 5
+    assert np.sqrt(np.mean(out**2)) > 4000, "channel 1 (the tone) was taken, not channel 0"
+
+
+async def test_a_missing_device_faults_and_recovers_when_it_appears(tmp_path: Path) -> None:
+    devices = write_file_devices(tmp_path, ramp(2.0))
+    missing = dataclasses.replace(devices, capture="nosuchdevice")
+    pipeline = pipeline_on(missing)
+    listener = Listener()
+    pipeline.add_listener(listener)
+    await pipeline.start()
+    try:
+        assert isinstance(pipeline.fault, AudioDeviceMissingError)
+        assert isinstance(listener.events[0], AudioDeviceMissingError)
+        # The device appears under that name: the next retry opens it.
+        replug(devices, "kcap", "nosuchdevice")
+        await asyncio.wait_for(pipeline.wait_open(), 10)
+        await wait_until(lambda: "recovered" in listener.events)
+        assert pipeline.fault is None
+    finally:
+        await pipeline.aclose()
+
+
+class FaultyPcm:
+    """A real libasound PCM whose reads/opens fail the way pyalsaaudio reports it on hardware."""
+
+    opens = 0
+
+    def __init__(self, busy_opens: int = 0, offered_rate: int | None = None, xrun_at: int = -1):
+        self.busy_opens = busy_opens
+        self.offered_rate = offered_rate
+        self.xrun_at = xrun_at
+
+    def __call__(self, **kwargs: Any) -> Any:
+        FaultyPcm.opens += 1
+        if self.busy_opens > 0:
+            self.busy_opens -= 1
+            # File devices cannot be held busy; this is pyalsaaudio's own error text for EBUSY.
+            raise alsaaudio.ALSAAudioError(f"Device or resource busy [{kwargs['device']}]")
+        pcm = alsaaudio.PCM(**kwargs)
+        return _Wrapped(pcm, self.offered_rate, self.xrun_at)
+
+
+class _Wrapped:
+    def __init__(self, pcm: Any, offered_rate: int | None, xrun_at: int) -> None:
+        self._pcm, self._rate, self._xrun_at, self._reads = pcm, offered_rate, xrun_at, 0
+
+    def info(self) -> dict[str, Any]:
+        info = dict(self._pcm.info())
+        if self._rate is not None:  # set_rate_near on a card that cannot do the rate
+            info["rate"] = self._rate
+        return info
+
+    def read(self) -> tuple[int, bytes]:
+        self._reads += 1
+        if self._reads == self._xrun_at:
+            return -32, b""  # what pyalsaaudio returns on an overrun (-EPIPE)
+        result: tuple[int, bytes] = self._pcm.read()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pcm, name)
+
+
+async def test_a_busy_device_is_told_apart_and_retried(tmp_path: Path) -> None:
+    devices = write_file_devices(tmp_path, ramp(2.0))
+    pipeline = pipeline_on(devices, factory=FaultyPcm(busy_opens=1))
+    await pipeline.start()
+    try:
+        assert isinstance(pipeline.fault, AudioDeviceBusyError)
+        assert "busy" in str(pipeline.fault)
+        await asyncio.wait_for(pipeline.wait_open(), 10)
+        assert pipeline.fault is None
+    finally:
+        await pipeline.aclose()
+
+
+async def test_a_device_that_cannot_do_the_rate_gets_a_format_error(tmp_path: Path) -> None:
+    devices = write_file_devices(tmp_path, ramp(2.0))
+    pipeline = pipeline_on(devices, factory=FaultyPcm(offered_rate=44100))
+    await pipeline.start()
+    try:
+        assert isinstance(pipeline.fault, AudioFormatError)
+        assert "44100" in str(pipeline.fault)
+        assert pipeline.session is None
+    finally:
+        await pipeline.aclose()
+
+
+async def test_a_device_lost_mid_stream_faults_and_is_reopened(tmp_path: Path) -> None:
+    # /dev/full: libasound's file plugin fails the write with a real EIO, as an unplugged card.
+    devices = write_file_devices(tmp_path, ramp(3.0), playback_file="/dev/full")
+    pipeline = pipeline_on(devices)
+    listener = Listener()
+    pipeline.add_listener(listener)
+    await pipeline.start()
+    try:
+        await wait_until(lambda: isinstance(pipeline.fault, AudioDeviceLostError))
+        assert pipeline.opened == 1
+        replug(devices, "/dev/full", str(devices.outfile))
+        await wait_until(lambda: pipeline.opened == 2 and pipeline.session is not None, 10)
+        await asyncio.wait_for(pipeline.microphone.read(), 1)
+        assert isinstance(listener.events[0], AudioDeviceLostError)
+        assert listener.events[-1] == "recovered"
+    finally:
+        await pipeline.aclose()
+
+
+async def test_an_overrun_is_counted_and_the_stream_goes_on(tmp_path: Path) -> None:
+    devices = write_file_devices(tmp_path, ramp(2.0))
+    pipeline = pipeline_on(devices, factory=FaultyPcm(xrun_at=5))
+    await pipeline.start()
+    try:
+        for _ in range(20):
+            await asyncio.wait_for(pipeline.microphone.read(), 1)
+        session = pipeline.session
+        assert isinstance(session, AlsaSession)
+        assert session.stats.capture_xruns == 1
+        assert pipeline.fault is None
+    finally:
+        await pipeline.aclose()
