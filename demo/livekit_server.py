@@ -82,7 +82,6 @@ def _distinct_free_ports(count: int) -> list[int]:
 def build_config(
     *,
     port: int,
-    rtc_tcp_port: int,
     rtc_udp_port: int,
     api_key: str,
     api_secret: str,
@@ -94,7 +93,8 @@ def build_config(
         "port": port,
         "bind_addresses": [LOOPBACK],
         "rtc": {
-            "tcp_port": rtc_tcp_port,
+            # No ICE/TCP fallback: its listener cannot be bound to loopback only.
+            "tcp_port": 0,
             "udp_port": rtc_udp_port,
             "node_ip": LOOPBACK,
             "use_external_ip": False,
@@ -133,7 +133,6 @@ class LiveKitServer:
         self.api_key = "API" + secrets.token_hex(6)
         self.api_secret = secrets.token_urlsafe(36)
         self.port = 0
-        self.rtc_tcp_port = 0
         self.rtc_udp_port = 0
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -166,12 +165,11 @@ class LiveKitServer:
         if self._proc is not None:
             raise LiveKitServerError("LiveKit server already started")
         binary = find_livekit_server(self._binary_arg)
-        self.port, self.rtc_tcp_port, self.rtc_udp_port = _distinct_free_ports(3)
+        self.port, self.rtc_udp_port = _distinct_free_ports(2)
         self._tmpdir = tempfile.TemporaryDirectory(prefix="livekit-server-")
         workdir = Path(self._tmpdir.name)
         config = build_config(
             port=self.port,
-            rtc_tcp_port=self.rtc_tcp_port,
             rtc_udp_port=self.rtc_udp_port,
             api_key=self.api_key,
             api_secret=self.api_secret,
