@@ -13,6 +13,7 @@ from appliance.audio.pipeline import AudioPipeline
 from appliance.clock import Clock
 from appliance.errors import SettingsError
 from appliance.settings import Settings
+from appliance.triggers.gpio import GpioButtons
 from appliance.triggers.simulated import SimulatedButton
 
 
@@ -24,6 +25,7 @@ class Board:
     speaker: Speaker
     button: SimulatedButton | None
     audio: AudioPipeline | None = None
+    gpio: GpioButtons | None = None
 
 
 async def open_board(
@@ -32,10 +34,12 @@ async def open_board(
     *,
     clock: Clock,
     on_button: Callable[[], None],
+    on_long_press: Callable[[], None] = lambda: None,
+    on_mute: Callable[[bool], None] = lambda muted: None,
 ) -> Board:
     """Open the microphone, speaker and button the board profile names."""
     profile = settings.board
-    if profile.buttons.backend != "simulated":
+    if profile.buttons.backend not in ("simulated", "gpio"):
         raise SettingsError(
             profile.source or profile.name,
             "buttons.backend",
@@ -61,8 +65,22 @@ async def open_board(
         stack.push_async_callback(microphone.aclose)
         speaker = WavSpeaker(sim.speaker_wav)
         stack.push_async_callback(speaker.aclose)
-    button = SimulatedButton(on_press=on_button, loop=asyncio.get_running_loop())
+    button: SimulatedButton | None = None
+    gpio: GpioButtons | None = None
+    if profile.buttons.backend == "gpio":
+        gpio = GpioButtons(
+            profile.buttons,
+            clock=clock,
+            long_press_s=settings.button.long_press_s,
+            on_short=on_button,
+            on_long=on_long_press,
+            on_mute=on_mute,
+            source=profile.source or profile.name,
+        )
+        stack.push_async_callback(gpio.aclose)
+    else:
+        button = SimulatedButton(on_press=on_button, loop=asyncio.get_running_loop())
     capture = CaptureFanout(microphone)
     capture.start()
     stack.push_async_callback(capture.aclose)
-    return Board(capture=capture, speaker=speaker, button=button, audio=pipeline)
+    return Board(capture=capture, speaker=speaker, button=button, audio=pipeline, gpio=gpio)

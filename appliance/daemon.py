@@ -20,6 +20,7 @@ from appliance.settings import Settings
 from appliance.state import CallTimeline
 from appliance.status.systemd import SystemdNotifier, default_notify
 from appliance.supervisor import Supervisor
+from appliance.triggers.wake.trigger import WakeWordTrigger, open_wake_word
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Daemon:
         self._stack = AsyncExitStack()
         self._board: Board | None = None
         self._supervisor: Supervisor | None = None
+        self._muted_at_start = False
+        self.wake_word: WakeWordTrigger | None = None
 
     @property
     def supervisor(self) -> Supervisor:
@@ -89,7 +92,12 @@ class Daemon:
         )
         self._stack.push_async_callback(client.aclose)
         self._board = await open_board(
-            self.settings, self._stack, clock=self._clock, on_button=self._on_button
+            self.settings,
+            self._stack,
+            clock=self._clock,
+            on_button=self._on_button,
+            on_long_press=self._on_long_press,
+            on_mute=self._on_mute,
         )
         self._supervisor = Supervisor(
             backend=client,
@@ -97,7 +105,18 @@ class Daemon:
             settings=self.settings.call,
             clock=self._clock,
         )
+        self._supervisor.set_muted(self._muted_at_start)
         self._supervisor.add_observer(SystemdNotifier(default_notify()))
+        self.wake_word = await open_wake_word(
+            self.settings,
+            self._stack,
+            capture=self._board.capture,
+            speaker=self._board.speaker,
+            supervisor=self._supervisor,
+            clock=self._clock,
+        )
+        if self.wake_word is not None:
+            self._supervisor.add_observer(self.wake_word.on_state_change)
         if self._board.audio is not None:
             self._board.audio.add_listener(self._supervisor)
         if self._on_timeline is not None:
@@ -120,6 +139,16 @@ class Daemon:
     def _on_button(self) -> None:
         self.supervisor.trigger("button")
 
+    def _on_long_press(self) -> None:
+        self.supervisor.cancel("button")
+
+    def _on_mute(self, muted: bool) -> None:
+        # A mute switch reports its position while the board opens, before the supervisor.
+        if self._supervisor is None:
+            self._muted_at_start = muted
+        else:
+            self._supervisor.set_muted(muted)
+
     def _make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> LiveKitCall:
         assert self._board is not None
         return LiveKitCall(
@@ -130,6 +159,8 @@ class Daemon:
             clock=self._clock,
             status_topic=self.settings.call.status_topic,
             connect_timeout_s=self.settings.call.connect_timeout_s,
+            control_topic=self.settings.call.control_topic,
+            muted=self.supervisor.muted,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -1,0 +1,58 @@
+"""The short chime that tells a person the device heard the wake word."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import numpy as np
+
+from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame, Speaker
+
+logger = logging.getLogger(__name__)
+
+
+def chime(level: float = 0.25) -> Frame:
+    """Two rising tones (880 Hz then 1320 Hz, 150 ms in all) with soft edges, whole frames."""
+    parts = []
+    for freq, ms in ((880.0, 70), (1320.0, 80)):
+        t = np.arange(SAMPLE_RATE * ms // 1000) / SAMPLE_RATE
+        fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.005)  # 5 ms ramps, no clicks
+        parts.append(np.sin(2 * np.pi * freq * t) * fade)
+    tone = np.concatenate(parts) * level * 32767
+    pad = -len(tone) % SAMPLES_PER_FRAME
+    return np.concatenate([tone, np.zeros(pad)]).astype(np.int16)
+
+
+class Earcon:
+    """Plays the chime on the speaker without blocking the caller; one at a time."""
+
+    def __init__(self, speaker: Speaker, *, pcm: Frame | None = None) -> None:
+        self._speaker = speaker
+        self._pcm = chime() if pcm is None else pcm
+        self._task: asyncio.Task[None] | None = None
+
+    def play(self) -> None:
+        """Start the chime (ignored while one is playing); call on the event loop."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._play(), name="earcon")
+
+    async def wait(self) -> None:
+        """Until the chime in progress, if any, has been written."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Stop a chime in progress."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _play(self) -> None:
+        try:
+            for start in range(0, len(self._pcm), SAMPLES_PER_FRAME):
+                await self._speaker.write(self._pcm[start : start + SAMPLES_PER_FRAME])
+        except Exception:
+            logger.exception("could not play the earcon")
