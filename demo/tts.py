@@ -10,8 +10,8 @@ import wave
 
 import numpy as np
 import numpy.typing as npt
-from livekit import rtc
 
+from appliance.audio.simulated import resample
 from demo.errors import SpeechSynthesisError
 
 logger = logging.getLogger(__name__)
@@ -59,21 +59,6 @@ def wav_to_pcm(wav_bytes: bytes) -> tuple[npt.NDArray[np.int16], int]:
     return np.frombuffer(frames, dtype="<i2").astype(np.int16), rate
 
 
-def resample(
-    pcm: npt.NDArray[np.int16], rate: int, target: int = SAMPLE_RATE
-) -> npt.NDArray[np.int16]:
-    """Resample mono int16 `pcm` from `rate` to `target` with rtc.AudioResampler (soxr)."""
-    if rate == target:
-        return pcm.copy()
-    resampler = rtc.AudioResampler(rate, target, num_channels=1)
-    frames = resampler.push(bytearray(pcm.tobytes()))
-    frames += resampler.flush()
-    parts = [np.frombuffer(f.data, dtype=np.int16) for f in frames]
-    if not parts:
-        return np.zeros(0, dtype=np.int16)
-    return np.concatenate(parts).astype(np.int16)
-
-
 class SpeechSynthesizer:
     """Text to 48 kHz mono int16 PCM through espeak-ng, cached per text."""
 
@@ -91,7 +76,7 @@ class SpeechSynthesizer:
                 return cached
             wav_bytes = await espeak_wav(text, voice=self._voice, words_per_minute=self._wpm)
             pcm, rate = wav_to_pcm(wav_bytes)
-            out = resample(pcm, rate)
+            out = resample(pcm, rate, SAMPLE_RATE)
             out.setflags(write=False)
             self._cache[text] = out
             logger.debug("synthesized speech", extra={"samples": out.size})
@@ -101,4 +86,4 @@ class SpeechSynthesizer:
 async def synthesize(text: str, *, voice: str = "en") -> npt.NDArray[np.int16]:
     """Return espeak-ng speech for `text` at 48 kHz, uncached (for tests and tools)."""
     pcm, rate = wav_to_pcm(await espeak_wav(text, voice=voice))
-    return resample(pcm, rate)
+    return resample(pcm, rate, SAMPLE_RATE)
