@@ -67,7 +67,44 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="print the running daemon's state")
     status.set_defaults(func=_control, command="status")
+
+    wake_test = commands.add_parser(
+        "wake-test", help="run the wake-word engine over a WAV file or the live microphone"
+    )
+    wake_test.add_argument("wav", nargs="?", type=Path, help="WAV file (default: the microphone)")
+    wake_test.add_argument(
+        "--seconds", type=float, default=60.0, help="how long to listen live (60)"
+    )
+    wake_test.add_argument(
+        "--threshold",
+        type=float,
+        help="override the micro probability cutoff or the Porcupine sensitivity",
+    )
+    wake_test.set_defaults(func=_wake_test)
+
+    audio_test = commands.add_parser(
+        "audio-test", help="play a test sound, record it back, report level, echo delay and AEC"
+    )
+    audio_test.add_argument("--seconds", type=float, default=3.0, help="length of the test sound")
+    audio_test.set_defaults(func=_audio_test)
     return parser
+
+
+def _audio_test(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.audio.selftest import run_audio_test
+
+    return EXIT_FAILED if not asyncio.run(run_audio_test(settings.board.audio, args.seconds)) else 0
+
+
+def _wake_test(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.triggers.wake.wake_test import listen_live, scan_wav, with_threshold
+
+    settings = with_threshold(settings, args.threshold)
+    if args.wav is not None:
+        scan_wav(settings, args.wav, print)
+    else:
+        asyncio.run(listen_live(settings, args.seconds, print))
+    return 0
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

@@ -64,6 +64,8 @@ class AudioProcessor:
         self._delay_lock = threading.Lock()
         self._delay_ms = 0
         self._delay_dirty = options.echo_cancellation
+        # The self-test sets a list here to get the unprocessed capture too.
+        self.raw_tap: list[Frame] | None = None
 
     @property
     def stream_delay_ms(self) -> int:
@@ -87,6 +89,8 @@ class AudioProcessor:
 
     def process_capture(self, frame: Frame) -> Frame:
         """The processed copy of one captured 10 ms frame."""
+        if self.raw_tap is not None:
+            self.raw_tap.append(frame.copy())
         if self._apm is None:
             return frame
         if self._delay_dirty:

@@ -46,6 +46,7 @@ class EchoRun:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     playback_depth_ms: list[float] = field(default_factory=list)
+    capture_thread_cpu_s: float = 0.0
 
     def window(self, x: Signal, start_s: float, end_s: float) -> Signal:
         """`x` between two times (seconds)."""
@@ -61,6 +62,15 @@ class EchoRun:
         """How much quieter the near-end talker comes out than they went in (double talk)."""
         near = self.window(self.near_end, start_s, end_s)
         return ratio_db(near, self.window(self.out, start_s, end_s))
+
+
+def thread_cpu_s(session: AlsaSession, name: str) -> float:
+    """CPU time one of the session's threads has used (Linux schedstat)."""
+    for thread in session._threads:
+        if thread.name == name and thread.native_id is not None:
+            stat = Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text()
+            return int(stat.split()[0]) / 1e9
+    raise LookupError(name)
 
 
 def talkers(seconds: float, near_from_s: float, near_to_s: float) -> tuple[Signal, Signal]:
@@ -99,6 +109,7 @@ async def run_echo(
         cpu0, wall0 = time.thread_time(), time.perf_counter()
         session = pipeline.session
         assert isinstance(session, AlsaSession)
+        capture_cpu0 = thread_cpu_s(session, "alsa-capture")
         for frame in far_frames:
             async with asyncio.timeout(1.0):
                 out.append(await pipeline.microphone.read())
@@ -108,6 +119,7 @@ async def run_echo(
             )
         run.wall_s = time.perf_counter() - wall0
         run.cpu_s = time.thread_time() - cpu0
+        run.capture_thread_cpu_s = thread_cpu_s(session, "alsa-capture") - capture_cpu0
     finally:
         await pipeline.aclose()
     run.out = np.concatenate(out)[: len(mic)]
