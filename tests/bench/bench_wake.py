@@ -80,7 +80,7 @@ def test_porcupine_legacy_detection_and_false_accepts(tmp_path: Path) -> None:
         clip.tofile(path)
         clips.append(path)
     with neg.open("wb") as f:
-        for piece in negative_hour():
+        for piece in negative_hour(keywords=PORCUPINE):
             f.write(piece.tobytes())
     out = subprocess.run(
         [str(python), "-m", "tests.appliance.triggers.porcupine_legacy", ",".join(PORCUPINE)]
