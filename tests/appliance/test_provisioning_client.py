@@ -166,8 +166,13 @@ async def test_backend_down_is_unreachable_not_rejected(tmp_path: Path) -> None:
 
 
 async def test_slow_backend_times_out_as_unreachable(tmp_path: Path) -> None:
+    hung_up = asyncio.Event()
+
     async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        # Say nothing until the client gives up, then close our end (or the socket leaks).
+        await reader.read()
+        writer.close()
+        hung_up.set()
 
     server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -178,5 +183,6 @@ async def test_slow_backend_times_out_as_unreachable(tmp_path: Path) -> None:
         ) as client:
             with pytest.raises(BackendUnreachableError, match="timed out"):
                 await asyncio.wait_for(client.check_in(), 5)
+        await asyncio.wait_for(hung_up.wait(), 5)
     finally:
         server.close()
