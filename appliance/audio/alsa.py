@@ -123,21 +123,33 @@ def open_pcm(
 
 
 class Pacer:
-    """Keeps a loop at one period per `period_s` by its own clock, for devices that don't block."""
+    """Keeps a loop at one period per `period_s` by its own clock, for devices that don't block.
 
-    def __init__(self, period_s: float, stop: threading.Event) -> None:
+    It sleeps with `time.sleep`, not `Event.wait`: a timed `Event.wait` builds a lock and runs
+    `Condition`'s bookkeeping on every call, which costs the audio threads more than the sleep
+    itself. The threads check their stop event once per period, so a stop waits one period.
+    """
+
+    def __init__(
+        self,
+        period_s: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._period_s = period_s
-        self._stop = stop
-        self._next = time.monotonic()
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._next = monotonic()
 
     def wait(self) -> None:
         """Sleep until the next period is due; skip ahead (not burst) after a stall."""
         self._next += self._period_s
-        delay = self._next - time.monotonic()
+        delay = self._next - self._monotonic()
         if delay > 0:
-            self._stop.wait(delay)
+            self._sleep(delay)
         elif delay < -10 * self._period_s:
-            self._next = time.monotonic()
+            self._next = self._monotonic()
 
 
 @dataclass
@@ -229,7 +241,7 @@ class AlsaSession:
         pcm = self._capture
         resampler = StreamResampler(cfg.rate, SAMPLE_RATE) if cfg.rate != SAMPLE_RATE else None
         reframer = Reframer(SAMPLES_PER_FRAME)
-        pacer = Pacer(cfg.period / cfg.rate, self._stop) if cfg.pacing == "clock" else None
+        pacer = Pacer(cfg.period / cfg.rate) if cfg.pacing == "clock" else None
         while not self._stop.is_set():
             try:
                 n, data = pcm.read()
@@ -261,7 +273,7 @@ class AlsaSession:
         cfg = self.config
         pcm = self._playback
         resampler = StreamResampler(SAMPLE_RATE, cfg.rate) if cfg.rate != SAMPLE_RATE else None
-        pacer = Pacer(FRAME_MS / 1000, self._stop) if cfg.pacing == "clock" else None
+        pacer = Pacer(FRAME_MS / 1000) if cfg.pacing == "clock" else None
         while not self._stop.is_set():
             frame = self._jitter.get()
             if self._volume != 1.0:

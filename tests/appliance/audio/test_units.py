@@ -1,4 +1,4 @@
-"""Jitter buffer, settings of the audio table, and the supervisor's audio-fault state."""
+"""Jitter buffer, pacer, settings of the audio table, and the supervisor's audio-fault state."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.audio.alsa import Pacer
 from appliance.audio.jitter import JitterBuffer
 from appliance.call.events import AgentJoined
 from appliance.errors import AudioDeviceLostError, SettingsError
@@ -34,6 +35,38 @@ def test_jitter_buffer_prefills_counts_underruns_and_never_grows() -> None:
         jitter.put(frame(value))
     assert jitter.depth == 4 and jitter.overflows == 6
     assert jitter.get()[0] == 16, "the oldest frames were dropped"
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the pacer sleeps or the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_pacer_keeps_the_period_and_skips_ahead_after_a_stall() -> None:
+    clock = FakeTime()
+    pacer = Pacer(0.01, monotonic=clock.monotonic, sleep=clock.sleep)
+    clock.now += 0.004  # the loop's own work
+    pacer.wait()
+    assert clock.sleeps == [pytest.approx(0.006)] and clock.now == pytest.approx(100.01)
+    clock.now += 0.015  # one late period: caught up at once, the next one is on time again
+    pacer.wait()
+    assert len(clock.sleeps) == 1
+    pacer.wait()
+    assert clock.now == pytest.approx(100.03)
+    clock.now += 1.0  # a stall of many periods: no burst of catch-up periods, a fresh start
+    pacer.wait()
+    pacer.wait()
+    assert clock.sleeps[-1] == pytest.approx(0.01) and clock.now == pytest.approx(101.04)
 
 
 @pytest.mark.parametrize("profile", ["simulated", "usb-speakerphone", "respeaker-2mic"])
