@@ -48,21 +48,37 @@ def resample(pcm: Frame, from_rate: int, to_rate: int) -> Frame:
 
 
 class WavMicrophone:
-    """Plays a WAV file (or silence) as if captured live, paced by the clock."""
+    """Plays a WAV file (or silence) as if captured live, a period of 10 ms frames at a time."""
 
-    def __init__(self, path: Path | None, *, loop: bool = True, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        loop: bool = True,
+        period_ms: int = FRAME_MS,
+        clock: Clock | None = None,
+    ) -> None:
+        if period_ms <= 0 or period_ms % FRAME_MS:
+            raise ValueError(f"period_ms must be a multiple of {FRAME_MS}, not {period_ms}")
         self._clock = clock or SystemClock()
         self._pcm = read_wav_mono(path) if path is not None else np.zeros(0, dtype=np.int16)
+        self._pcm.flags.writeable = False  # frames are views into it
         self._loop = loop
+        # Like an ALSA device with this period: the frames of a period arrive together at its
+        # end, so a reader (and everything it feeds) wakes once per period, not per frame.
+        self._period_frames = period_ms // FRAME_MS
         self._t0 = self._clock.monotonic()
         self._next = 0
+        self._silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+        self._silence.flags.writeable = False
 
     async def read(self) -> Frame:
         now = self._clock.monotonic()
-        live = int((now - self._t0) * 1000 / FRAME_MS)
+        period_s = self._period_frames * FRAME_MS / 1000
+        live = int((now - self._t0) / period_s) * self._period_frames
         if self._next < live - MAX_LAG_FRAMES:
             self._next = live
-        due = self._t0 + (self._next + 1) * FRAME_MS / 1000
+        due = self._t0 + (self._next // self._period_frames + 1) * period_s
         if due > now:
             await self._clock.sleep(due - now)
         frame = self._frame(self._next)
@@ -73,11 +89,15 @@ class WavMicrophone:
         n = len(self._pcm)
         start = index * SAMPLES_PER_FRAME
         if n == 0 or (not self._loop and start >= n):
-            return np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+            return self._silence
         if self._loop:
-            idx = (np.arange(SAMPLES_PER_FRAME) + start) % n
-            return self._pcm[idx]
+            start %= n
+            if start + SAMPLES_PER_FRAME <= n:
+                return self._pcm[start : start + SAMPLES_PER_FRAME]  # a view: no copy
+            return self._pcm[(np.arange(SAMPLES_PER_FRAME) + start) % n]
         frame = self._pcm[start : start + SAMPLES_PER_FRAME]
+        if len(frame) == SAMPLES_PER_FRAME:
+            return frame
         return np.pad(frame, (0, SAMPLES_PER_FRAME - len(frame)))
 
     async def aclose(self) -> None:

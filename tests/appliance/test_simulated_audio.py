@@ -42,6 +42,28 @@ async def test_microphone_is_paced_in_real_time_and_loops(ramp_wav: Path) -> Non
     assert frames[-1][0] == 0  # the sixth frame starts the file again
 
 
+async def test_microphone_delivers_a_period_of_frames_at_once(ramp_wav: Path) -> None:
+    clock = ManualClock()
+    mic = WavMicrophone(ramp_wav, period_ms=30, clock=clock)
+    reader = asyncio.create_task(mic.read())
+    await clock.advance(0.02)
+    assert not reader.done()  # the first period is not captured yet
+    await clock.advance(0.01)
+    frames = [await asyncio.wait_for(reader, 1)]
+    frames += [await asyncio.wait_for(mic.read(), 1) for _ in range(2)]  # no time passes
+    assert [f[0] for f in frames] == [0, 480, 960]
+    reader = asyncio.create_task(mic.read())
+    await clock.advance(0.02)
+    assert not reader.done()  # the fourth frame ends the second period
+    await clock.advance(0.01)
+    assert (await asyncio.wait_for(reader, 1))[0] == 1440
+
+
+def test_microphone_period_is_whole_frames() -> None:
+    with pytest.raises(ValueError, match="period_ms"):
+        WavMicrophone(None, period_ms=25)
+
+
 async def test_microphone_jumps_to_live_after_nobody_read(ramp_wav: Path) -> None:
     clock = ManualClock()
     mic = WavMicrophone(ramp_wav, loop=False, clock=clock)
@@ -87,4 +109,24 @@ async def test_fanout_gives_each_reader_every_frame_and_drops_the_oldest(ramp_wa
     assert [f[0] for f in b_frames] == [0, 480, 960, 1440]
     assert [f[0] for f in a_frames] == [960, 1440] and a.dropped == 2
     await a.aclose()
+    await fanout.aclose()
+
+
+async def test_batching_reader_is_woken_once_per_batch(ramp_wav: Path) -> None:
+    clock = ManualClock()
+    fanout = CaptureFanout(WavMicrophone(ramp_wav, clock=clock))
+    fanout.start()
+    sub = fanout.subscribe("batched", max_frames=10, batch_frames=3)
+    reader = asyncio.create_task(sub.read_batch())
+    for _ in range(2):
+        await clock.advance(0.01)
+    assert not reader.done()  # two frames queued: not woken yet
+    await clock.advance(0.01)
+    batch = await asyncio.wait_for(reader, 1)
+    assert [f[0] for f in batch] == [0, 480, 960]
+    await clock.advance(0.041)
+    assert [f[0] for f in await asyncio.wait_for(sub.read_batch(), 1)] == [1440, 1920, 0, 480]
+    with pytest.raises(ValueError, match="batch_frames"):
+        fanout.subscribe("too-big", max_frames=2, batch_frames=3)
+    await sub.aclose()
     await fanout.aclose()
