@@ -6,10 +6,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from types import TracebackType
 
 import httpx
 
+from appliance.aio import AsyncResource
 from appliance.board import Board, open_board
 from appliance.call.events import CallEvent
 from appliance.call.livekit_call import LiveKitCall
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 CONTROL_SOCKET_NAME = "control.sock"
 
 
-class Daemon:
+class Daemon(AsyncResource):
     """One running device. `async with Daemon(settings) as d: await d.run(stop)`."""
 
     def __init__(
@@ -59,27 +59,12 @@ class Daemon:
         """Where `appliance press` and `appliance status` reach this daemon."""
         return str(self.settings.device.state_dir / CONTROL_SOCKET_NAME)
 
-    async def __aenter__(self) -> Daemon:
-        try:
-            await self._open()
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """Release everything in reverse order of opening."""
         await self._stack.aclose()
 
-    async def _open(self) -> None:
+    async def start(self) -> None:
+        """Open the key, the enrollment, the backend client, the board and the supervisor."""
         state_dir = self.settings.device.state_dir
         key = DeviceKey.load_or_create(state_dir)
         enrollment = Enrollment.load(state_dir)

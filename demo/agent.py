@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import aiohttp
@@ -23,6 +22,7 @@ from livekit import api
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models as models_pb
 
+from appliance.aio import AsyncResource
 from demo.agent_session import AGENT_STATE_ATTRIBUTE, AgentSession, AgentState, SessionOptions
 from demo.errors import DemoError
 from demo.tts import SpeechSynthesizer
@@ -45,7 +45,7 @@ def agent_ws_url(url: str) -> str:
     return base + "/agent"
 
 
-class DemoAgent:
+class DemoAgent(AsyncResource):
     """An agent worker registered under `agent_name`; each dispatch becomes an AgentSession."""
 
     def __init__(
@@ -130,21 +130,14 @@ class DemoAgent:
             self._http = None
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        """Start the worker and wait until the server has accepted its registration."""
+        await super().__aenter__()
         try:
             await self.wait_registered(self._register_timeout_s)
         except BaseException:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- worker connection -----------------------------------------------------------------------
 

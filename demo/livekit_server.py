@@ -15,11 +15,11 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 
+from appliance.aio import AsyncResource
 from demo.errors import LiveKitServerError, LiveKitServerNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def build_config(
     return config
 
 
-class LiveKitServer:
+class LiveKitServer(AsyncResource):
     """A LiveKit server subprocess bound to loopback; use as `async with LiveKitServer() as lk:`."""
 
     def __init__(
@@ -254,15 +254,3 @@ class LiveKitServer:
             else:
                 self.log_path = None
             tmpdir.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

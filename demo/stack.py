@@ -8,12 +8,11 @@ import wave
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 import numpy.typing as npt
 
+from appliance.aio import AsyncResource
 from appliance.provisioning_client.enrollment import enroll_device
 from appliance.settings import Settings, load_settings
 from demo.agent import DemoAgent
@@ -36,7 +35,7 @@ class DeviceFiles:
     speaker_wav: Path
 
 
-class LocalStack:
+class LocalStack(AsyncResource):
     """`async with LocalStack() as stack:` starts everything; leaving stops it in reverse order."""
 
     def __init__(
@@ -58,23 +57,12 @@ class LocalStack:
         self.agent: DemoAgent
         self.backend_config = Path()
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self._start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop everything in reverse order of starting."""
         await self._stack.aclose()
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
+        """Start the LiveKit server, the backend and the agent."""
         if self._workdir_arg is None:
             tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="kiosk-stack-"))
             self.workdir = Path(tmp)

@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from appliance.aio import AsyncResource
 from appliance.errors import (
     BackendProtocolError,
     BackendUnreachableError,
@@ -56,7 +56,7 @@ def canonical_message(method: str, path: str, timestamp: str, nonce: str, body: 
     return "\n".join([SIGNATURE_SCHEME, method.upper(), path, timestamp, nonce, digest]).encode()
 
 
-class ProvisioningClient:
+class ProvisioningClient(AsyncResource):
     """Signed requests to the backend. One instance keeps its connection warm across calls."""
 
     def __init__(
@@ -75,17 +75,6 @@ class ProvisioningClient:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
         )
-
-    async def __aenter__(self) -> ProvisioningClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection pool."""

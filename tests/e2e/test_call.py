@@ -4,54 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from appliance.audio.simulated import read_wav_mono
-from appliance.daemon import Daemon
-from appliance.state import CallTimeline, State, StateChange
+from appliance.state import State
 from demo.agent_session import AgentSession
 from demo.signal import slip_tolerant_xcorr
 from demo.stack import USER_SENTENCE, LocalStack
 from demo.tts import synthesize
+from tests.e2e.conftest import RunningDevice, run_device
 
 pytestmark = pytest.mark.e2e
 
 RATE = 48000
 OTHER_SENTENCE = "The weather on the coast will be windy with some rain in the afternoon."
-
-
-class StateWatcher:
-    """Records the daemon's state changes and waits for one."""
-
-    def __init__(self) -> None:
-        self.changes: list[StateChange] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, change: StateChange) -> None:
-        self.changes.append(change)
-        self._changed.set()
-
-    async def wait_for(self, state: State, timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.changes or self.changes[-1].state is not state:
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class RunningDevice:
-    def __init__(self, daemon: Daemon, watcher: StateWatcher) -> None:
-        self.daemon = daemon
-        self.watcher = watcher
-        self.timelines: list[CallTimeline] = []
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
-    async with asyncio.timeout(60), LocalStack(workdir=tmp_path / "stack") as s:
-        yield s
 
 
 @pytest.fixture
@@ -66,20 +34,9 @@ async def device(stack: LocalStack, user_pcm: np.ndarray) -> AsyncIterator[Runni
     # No cool-down: the test calls again straight after a call.
     files = stack.write_device("kiosk-1", user_pcm, agent_join_timeout_s=20, cooldown_s=0)
     settings = await asyncio.wait_for(stack.enroll(files), 10)
-    watcher = StateWatcher()
-    async with Daemon(settings) as daemon:
-        running = RunningDevice(daemon, watcher)
-        daemon.supervisor.add_observer(watcher)
-        daemon.supervisor.add_timeline_observer(running.timelines.append)
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
-        await watcher.wait_for(State.READY, 15)
-        try:
-            yield running
-        finally:
-            stop.set()
-            async with asyncio.timeout(15):
-                await task
+    async with run_device(settings) as running:
+        await running.watcher.wait_for(State.READY, 15)
+        yield running
 
 
 async def _wait_for_audio(session: AgentSession, seconds: float, timeout: float) -> None:

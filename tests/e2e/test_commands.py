@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,12 +36,6 @@ async def _wait_status(config: Path, wanted: str, timeout: float = 30) -> None:
     async with asyncio.timeout(timeout):
         while (await _status(config)) != wanted:
             await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
-    async with asyncio.timeout(60), LocalStack(workdir=tmp_path / "stack") as s:
-        yield s
 
 
 async def test_enroll_run_press_and_stop_from_the_command_line(stack: LocalStack) -> None:

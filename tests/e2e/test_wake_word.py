@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from livekit import api, rtc
 
 from appliance.audio.simulated import read_wav_mono
-from appliance.daemon import Daemon
 from appliance.state import State
 from appliance.triggers.earcon import chime
 from demo.agent_session import AgentSession
 from demo.signal import best_normalized_xcorr
 from demo.stack import USER_SENTENCE, LocalStack
 from tests.appliance.triggers.speech import speak
-from tests.e2e.test_call import RunningDevice, StateWatcher
+from tests.e2e.conftest import RunningDevice, run_device
 
 pytestmark = pytest.mark.e2e
 
@@ -42,12 +40,6 @@ def sentence_pcm() -> np.ndarray:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
-    async with asyncio.timeout(60), LocalStack(workdir=tmp_path / "stack") as s:
-        yield s
-
-
-@pytest.fixture
 async def device(
     stack: LocalStack, wake_pcm: np.ndarray, sentence_pcm: np.ndarray
 ) -> AsyncIterator[RunningDevice]:
@@ -59,19 +51,8 @@ async def device(
     with files.config.open("a") as f:  # [simulated] is the last table written
         f.write('loop_microphone = false\n\n[wake]\nengine = "micro"\n')
     settings = await asyncio.wait_for(stack.enroll(files), 10)
-    watcher = StateWatcher()
-    async with Daemon(settings) as daemon:
-        running = RunningDevice(daemon, watcher)
-        daemon.supervisor.add_observer(watcher)
-        daemon.supervisor.add_timeline_observer(running.timelines.append)
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
-        try:
-            yield running
-        finally:
-            stop.set()
-            async with asyncio.timeout(15):
-                await task
+    async with run_device(settings) as running:
+        yield running
 
 
 async def _join_as_bystander(stack: LocalStack, room: str) -> rtc.Room:
@@ -131,7 +112,7 @@ async def test_wake_word_starts_a_call_and_only_the_agent_can_end_it(
             await asyncio.sleep(0.1)
 
     # The earcon was played, before the agent's greeting.
-    speaker = read_wav_mono(device.daemon.settings.simulated.speaker_wav)  # type: ignore[arg-type]
+    speaker = read_wav_mono(device.daemon.settings.simulated.speaker_wav)
     earcon_peak, earcon_at = best_normalized_xcorr(speaker, chime(), RATE)
     greeting_peak, greeting_at = best_normalized_xcorr(speaker, session.greeting_pcm, RATE)
     assert earcon_peak > 0.9 and greeting_peak > 0.5

@@ -1,0 +1,66 @@
+"""The local stack and a running device, shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from appliance.daemon import Daemon
+from appliance.settings import Settings
+from appliance.state import CallTimeline, State, StateChange
+from demo.stack import LocalStack
+
+
+class StateWatcher:
+    """Records the daemon's state changes and waits for one."""
+
+    def __init__(self) -> None:
+        self.changes: list[StateChange] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, change: StateChange) -> None:
+        self.changes.append(change)
+        self._changed.set()
+
+    async def wait_for(self, state: State, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.changes or self.changes[-1].state is not state:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class RunningDevice:
+    """A daemon running in this process, with what it reported."""
+
+    def __init__(self, daemon: Daemon, watcher: StateWatcher) -> None:
+        self.daemon = daemon
+        self.watcher = watcher
+        self.timelines: list[CallTimeline] = []
+
+
+@asynccontextmanager
+async def run_device(settings: Settings) -> AsyncIterator[RunningDevice]:
+    """Run the daemon until the block ends, then stop it as SIGTERM would."""
+    watcher = StateWatcher()
+    async with Daemon(settings) as daemon:
+        running = RunningDevice(daemon, watcher)
+        daemon.supervisor.add_observer(watcher)
+        daemon.supervisor.add_timeline_observer(running.timelines.append)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            yield running
+        finally:
+            stop.set()
+            async with asyncio.timeout(15):
+                await task
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
+    async with asyncio.timeout(60), LocalStack(workdir=tmp_path / "stack") as s:
+        yield s
