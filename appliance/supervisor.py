@@ -192,8 +192,7 @@ class Supervisor:
         self._redial = None
         if self._call_task is not None:
             self._call_events.put_nowait(EndRequested(EndReason.SHUTDOWN))
-            with contextlib.suppress(Exception):
-                await self._call_task
+            await asyncio.gather(self._call_task, return_exceptions=True)
         await self._cancel_recovery()
         self._set_state(State.STOPPING)
 
@@ -228,6 +227,13 @@ class Supervisor:
             self._call_id = self._room = None
             self._quiet_until = self._clock.monotonic() + self._settings.cooldown_s
             self._set_state(self._idle_state())
+        except Exception:
+            # A bug or an error nobody translated: never leave the device stuck mid-call.
+            logger.exception("call failed unexpectedly", extra=self._log_fields())
+            self._call_id = self._room = None
+            self._set_state(State.CALL_FAILED, reason="internal_error")
+            await self._clock.sleep(CALL_FAILED_HOLD_S)
+            self._set_state(self._idle_state())
         finally:
             self._call_task = None
         redial, self._redial = self._redial, None
@@ -237,24 +243,27 @@ class Supervisor:
     async def _connected_call(
         self, grant: CallGrant, timeline: CallTimeline, mark: Callable[[str], None]
     ) -> EndReason:
+        if (pending := self._pending_end()) is not None:
+            return pending
         call = self._call_factory(grant, self._call_events.put_nowait)
-        if self._pending_end() is not None:
-            return EndReason.USER
-        try:
-            await call.connect()
-        except CallError as exc:
-            logger.error("call could not connect: %s", exc, extra=self._log_fields())
-            return EndReason.CONNECT_FAILED
-        mark("connected")
+        # Observing before connecting: a mute pressed while connecting reaches the call.
         self.add_observer(call.on_state_change)
-        reason = EndReason.SHUTDOWN
         try:
-            reason = await self._wait_for_end(mark)
+            try:
+                await call.connect()
+            except CallError as exc:
+                logger.error("call could not connect: %s", exc, extra=self._log_fields())
+                return EndReason.CONNECT_FAILED
+            mark("connected")
+            reason = EndReason.SHUTDOWN
+            try:
+                reason = await self._wait_for_end(mark)
+            finally:
+                self._set_state(State.ENDING, reason=reason.value)
+                await call.aclose()
+            return reason
         finally:
-            self._set_state(State.ENDING, reason=reason.value)
             self.remove_observer(call.on_state_change)
-            await call.aclose()
-        return reason
 
     async def _wait_for_end(self, mark: Callable[[str], None]) -> EndReason:
         deadlines = CallDeadlines(self._settings, self._clock.monotonic())
@@ -308,9 +317,9 @@ class Supervisor:
             self._call_events.get_nowait()
 
     async def _report_end(self, call_id: str, reason: EndReason, timeline: CallTimeline) -> None:
-        duration_ms = int(
-            timeline.stages_ms.get("ended", 0) - timeline.stages_ms.get("connected", 0)
-        )
+        stages = timeline.stages_ms
+        connected = "connected" in stages
+        duration_ms = int(stages["ended"] - stages["connected"]) if connected else 0
         try:
             async with asyncio.timeout(END_REPORT_TIMEOUT_S):
                 await self._backend.end_call(call_id, reason.value, max(0, duration_ms))

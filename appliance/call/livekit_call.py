@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 AUDIBLE_RMS = 100.0
 # How long closing waits for queued status messages to go out.
 STATUS_DRAIN_S = 2.0
+# Extra time, beyond the SDK's own connect timeout, for publishing the microphone.
+CONNECT_MARGIN_S = 5.0
 # The control messages this device accepts from the agent: {"v": 1, "type": "end_call"}.
 CONTROL_VERSION = 1
 
@@ -85,8 +87,11 @@ class LiveKitCall:
         room.on("disconnected", self._on_disconnected)
         room.on("data_received", self._on_data_received)
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                await room.connect(self.grant.server_url, self.grant.token)
+            # The SDK bounds each signal attempt itself (a cancelled connect could leave a
+            # room joined inside the FFI); the outer bound also covers publishing.
+            async with asyncio.timeout(self._connect_timeout_s + CONNECT_MARGIN_S):
+                room_options = rtc.RoomOptions(connect_timeout=self._connect_timeout_s)
+                await room.connect(self.grant.server_url, self.grant.token, room_options)
                 source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
                 track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
                 self._mic_track = track

@@ -36,6 +36,7 @@ class FakeBackend:
         self.ended: list[tuple[str, str]] = []
         self.created = 0
         self.clock: ManualClock | None = None
+        self.token_gate: asyncio.Event | None = None  # set: the token "arrives"
 
     async def check_in(self) -> DeviceInfo:
         if self.clock is not None:
@@ -45,6 +46,8 @@ class FakeBackend:
         return DeviceInfo("d-1", "kiosk", "approved", "demo-agent")
 
     async def create_call(self, trigger: str) -> CallGrant:
+        if self.token_gate is not None:
+            await self.token_gate.wait()
         if self.calls and (error := self.calls.pop(0)) is not None:
             raise error
         self.created += 1
@@ -68,11 +71,14 @@ class FakeCall:
         self.grant = grant
         self.emit = on_event
         self.connect_error: CallError | None = None
+        self.connect_gate: asyncio.Event | None = None  # set: the room is joined
         self.connected = asyncio.Event()
         self.changes: list[StateChange] = []
         self.closed = False
 
     async def connect(self) -> None:
+        if self.connect_gate is not None:
+            await self.connect_gate.wait()
         if self.connect_error is not None:
             raise self.connect_error
         self.connected.set()
@@ -93,10 +99,12 @@ class Harness:
         self.states: list[State] = []
         self.timelines: list[CallTimeline] = []
         self.connect_error: CallError | None = None
+        self.connect_gate: asyncio.Event | None = None
 
     def make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> FakeCall:
         call = FakeCall(grant, on_event)
         call.connect_error = self.connect_error
+        call.connect_gate = self.connect_gate
         self.calls.append(call)
         return call
 
@@ -201,7 +209,8 @@ async def test_press_while_connecting_ends_once_and_starts_nothing(harness: Harn
     harness.supervisor.trigger("button")  # before the token even arrived
     await harness.settle()
     assert harness.supervisor.state is State.READY
-    assert len(harness.calls) == 1
+    assert harness.backend.created == 1  # one token, and no room joined with it
+    assert harness.calls == []
     assert harness.backend.ended == [("c-1", "user")]
 
 
@@ -288,3 +297,56 @@ async def test_stop_during_a_call_ends_it_politely(harness: Harness) -> None:
     assert harness.backend.ended == [("c-1", "shutdown")]
     assert harness.calls[0].closed
     assert harness.supervisor.state is State.STOPPING
+
+
+async def test_an_unexpected_error_never_leaves_the_device_stuck(harness: Harness) -> None:
+    harness.backend.calls = [RuntimeError("a bug")]  # type: ignore[list-item]
+    await harness.press()
+    assert harness.supervisor.state is State.CALL_FAILED
+    await harness.clock.advance(2.0)
+    assert harness.supervisor.state is State.READY
+    await harness.press()
+    assert harness.supervisor.state is State.CONNECTING
+
+
+async def test_cancel_before_the_token_keeps_its_reason(harness: Harness) -> None:
+    harness.backend.token_gate = asyncio.Event()
+    await harness.press()
+    assert harness.supervisor.state is State.CONNECTING
+    harness.supervisor.cancel("button")
+    harness.backend.token_gate.set()
+    await harness.settle()
+    assert harness.calls == []
+    assert harness.backend.ended == [("c-1", "cancelled")]
+    assert harness.supervisor.state is State.READY
+
+
+async def test_a_call_that_never_connected_reports_no_duration(harness: Harness) -> None:
+    durations: list[int] = []
+    original = harness.backend.end_call
+
+    async def end_call(call_id: str, reason: str, duration_ms: int) -> None:
+        durations.append(duration_ms)
+        await original(call_id, reason, duration_ms)
+
+    harness.backend.end_call = end_call  # type: ignore[method-assign]
+    harness.connect_error = CallError("refused")
+    await harness.press()
+    await harness.clock.advance(3.0)
+    assert harness.backend.ended == [("c-1", "connect_failed")]
+    assert durations == [0]
+
+
+async def test_mute_while_connecting_reaches_the_call(harness: Harness) -> None:
+    harness.connect_gate = asyncio.Event()
+    await harness.press()
+    call = harness.calls[0]
+    assert not call.connected.is_set()  # still joining the room
+    harness.supervisor.set_muted(True)
+    harness.connect_gate.set()
+    call.emit(AgentJoined("agent-1"))
+    await harness.settle()
+    assert [(c.state, c.muted) for c in call.changes] == [
+        (State.CONNECTING, True),
+        (State.IN_CALL, True),
+    ]
