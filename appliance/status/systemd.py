@@ -22,7 +22,12 @@ def default_notify() -> Notify | None:
 
 
 class SystemdNotifier:
-    """Observer: READY=1 at the first READY, STATUS= on every change, STOPPING=1 at the end."""
+    """Observer: READY=1 once start-up is over, STATUS= on every change, STOPPING=1 at the end.
+
+    READY=1 goes out on the first change away from STARTING, whatever the new state: a
+    device that boots into a fault (no network, rejected key, no sound card) is up and
+    says why in STATUS=, rather than being restarted by systemd's start timeout.
+    """
 
     def __init__(self, notify: Notify | None) -> None:
         self._notify = notify
@@ -32,7 +37,7 @@ class SystemdNotifier:
         if self._notify is None:
             return
         messages = [f"STATUS={change.state.value}"]
-        if change.state is State.READY and not self._ready_sent:
+        if change.previous is State.STARTING and not self._ready_sent:
             self._ready_sent = True
             messages.insert(0, "READY=1")
         if change.state is State.STOPPING:
