@@ -158,13 +158,26 @@ class BoardButtons:
 
 
 @dataclass(frozen=True)
+class BoardLeds:
+    """The board's status LED: "gpio" (a pin), "simulated" (recorded) or "none"."""
+
+    backend: str = "none"
+    status_pin: str | None = None
+    # Whether driving the pin high lights the LED (false: the LED sinks into the pin).
+    active_high: bool = True
+    # PWM gives brightness levels; without it any level above 0 is simply on.
+    pwm: bool = True
+
+
+@dataclass(frozen=True)
 class BoardProfile:
-    """A board: which audio and button hardware it has, from `board/<name>.toml`."""
+    """A board: which audio, button and LED hardware it has, from `board/<name>.toml`."""
 
     name: str
     description: str = ""
     audio: BoardAudio = field(default_factory=BoardAudio)
     buttons: BoardButtons = field(default_factory=BoardButtons)
+    leds: BoardLeds = field(default_factory=BoardLeds)
     source: Path | None = None
 
 
@@ -186,6 +199,7 @@ class Settings:
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _AUDIO_BACKENDS = ("simulated", "alsa")
 _BUTTON_BACKENDS = ("simulated", "gpio")
+_LED_BACKENDS = ("gpio", "simulated", "none")
 _WAKE_ENGINES = ("auto", "micro", "porcupine", "off")
 _WHILE_ENDING = ("ignore", "redial")
 PICOVOICE_ACCESS_KEY_ENV = "PICOVOICE_ACCESS_KEY"
@@ -261,6 +275,10 @@ def load_board_profile(selection: BoardSelection, *, settings_path: Path) -> Boa
         )
     if profile.buttons.backend == "gpio" and not profile.buttons.call_pin:
         raise SettingsError(profile_path, "buttons.call_pin", "is required by the gpio backend")
+    if profile.leds.backend not in _LED_BACKENDS:
+        raise SettingsError(profile_path, "leds.backend", f"must be one of {_LED_BACKENDS}")
+    if profile.leds.backend == "gpio" and not profile.leds.status_pin:
+        raise SettingsError(profile_path, "leds.status_pin", "is required by the gpio backend")
     return profile
 
 

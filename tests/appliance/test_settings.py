@@ -92,3 +92,42 @@ def test_a_bad_board_profile_names_its_own_file(tmp_path: Path) -> None:
         load_settings(path)
     assert error.value.key == "audio.backend"
     assert error.value.path == str(profile)
+
+
+@pytest.mark.parametrize(
+    ("leds", "key", "problem"),
+    [
+        ('backend = "neon"', "leds.backend", "must be one of"),
+        ('backend = "gpio"', "leds.status_pin", "required by the gpio backend"),
+        (
+            'backend = "gpio"\nstatus_pin = "GPIO22"\nactive_high = "yes"',
+            "leds.active_high",
+            "true or false",
+        ),
+    ],
+)
+def test_a_bad_leds_table_names_the_key(tmp_path: Path, leds: str, key: str, problem: str) -> None:
+    profile = tmp_path / "myboard.toml"
+    profile.write_text(f'name = "mine"\n[leds]\n{leds}\n')
+    path = _write(tmp_path, GOOD.replace('profile = "simulated"', 'profile = "myboard.toml"'))
+    with pytest.raises(SettingsError, match=problem) as error:
+        load_settings(path)
+    assert error.value.key == key
+
+
+def test_a_gpio_led_loads_and_boards_without_leds_have_none(tmp_path: Path) -> None:
+    profile = tmp_path / "myboard.toml"
+    profile.write_text(
+        'name = "mine"\n[leds]\nbackend = "gpio"\nstatus_pin = "GPIO22"\nactive_high = false\n'
+    )
+    path = _write(tmp_path, GOOD.replace('profile = "simulated"', 'profile = "myboard.toml"'))
+    leds = load_settings(path).board.leds
+    assert (leds.backend, leds.status_pin, leds.active_high, leds.pwm) == (
+        "gpio",
+        "GPIO22",
+        False,
+        True,
+    )
+    profile.write_text('name = "bare"\n')
+    assert load_settings(path).board.leds.backend == "none"
+    assert load_settings(_write(tmp_path, GOOD)).board.leds.backend == "simulated"
