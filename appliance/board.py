@@ -13,6 +13,7 @@ from appliance.audio.pipeline import AudioPipeline
 from appliance.clock import Clock
 from appliance.errors import SettingsError
 from appliance.settings import Settings
+from appliance.status.leds import Led, SimulatedLed
 from appliance.triggers.gpio import GpioButtons
 from appliance.triggers.simulated import SimulatedButton
 
@@ -26,6 +27,7 @@ class Board:
     button: SimulatedButton | None
     audio: AudioPipeline | None = None
     gpio: GpioButtons | None = None
+    led: Led | None = None
 
 
 async def open_board(
@@ -37,7 +39,7 @@ async def open_board(
     on_long_press: Callable[[], None] = lambda: None,
     on_mute: Callable[[bool], None] = lambda muted: None,
 ) -> Board:
-    """Open the microphone, speaker and button the board profile names."""
+    """Open the microphone, speaker, button and status LED the board profile names."""
     profile = settings.board
     if profile.buttons.backend not in ("simulated", "gpio"):
         raise SettingsError(
@@ -80,7 +82,18 @@ async def open_board(
         stack.push_async_callback(gpio.aclose)
     else:
         button = SimulatedButton(on_press=on_button, loop=asyncio.get_running_loop())
+    led: Led | None = None
+    if profile.leds.backend == "gpio":
+        from appliance.status.gpio_led import GpioLed
+
+        gpio_led = GpioLed(profile.leds, source=profile.source or profile.name)
+        stack.push_async_callback(gpio_led.aclose)
+        led = gpio_led
+    elif profile.leds.backend == "simulated":
+        led = SimulatedLed(clock=clock)
     capture = CaptureFanout(microphone)
     capture.start()
     stack.push_async_callback(capture.aclose)
-    return Board(capture=capture, speaker=speaker, button=button, audio=pipeline, gpio=gpio)
+    return Board(
+        capture=capture, speaker=speaker, button=button, audio=pipeline, gpio=gpio, led=led
+    )

@@ -18,6 +18,7 @@ from appliance.control import ControlServer
 from appliance.provisioning_client import CallGrant, DeviceKey, Enrollment, ProvisioningClient
 from appliance.settings import Settings
 from appliance.state import CallTimeline
+from appliance.status.leds import StatusLed
 from appliance.status.systemd import SystemdNotifier, default_notify
 from appliance.supervisor import Supervisor
 from appliance.triggers.wake.trigger import WakeWordTrigger, open_wake_word
@@ -92,6 +93,10 @@ class Daemon(AsyncResource):
         )
         self._supervisor.set_muted(self._muted_at_start)
         self._supervisor.add_observer(SystemdNotifier(default_notify()))
+        if self._board.led is not None:
+            status_led = StatusLed(self._board.led, clock=self._clock)
+            # Entered after the LED was opened, so it is turned off before the pin is released.
+            self._supervisor.add_observer(await self._stack.enter_async_context(status_led))
         self.wake_word = await open_wake_word(
             self.settings,
             self._stack,
