@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from appliance.provisioning_client.keys import DeviceKey, b64url
 logger = logging.getLogger(__name__)
 
 SIGNATURE_SCHEME = "kiosk-v1"
+MAX_RETRY_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -185,11 +187,15 @@ def _decode(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds, if it is a sane number (never nan, inf or over an hour)."""
     value = response.headers.get("Retry-After")
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 def _get(data: dict[str, Any], key: str, kind: type[str]) -> str:

@@ -16,6 +16,14 @@ from appliance.errors import DeviceKeyError
 KEY_FILE_NAME = "device_key.pem"
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def b64url(data: bytes) -> str:
     """URL-safe base64 without padding, as the backend's API uses."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -44,10 +52,19 @@ class DeviceKey:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            # O_EXCL: never overwrite a key another process made in the meantime.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written whole and synced before it gets its name, so a power cut on first
+            # boot never leaves an empty key; link() fails if another process won the race.
+            tmp = path.with_name(f".{KEY_FILE_NAME}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            finally:
+                tmp.unlink()
+            _fsync_dir(path.parent)
             return cls(key)
         except FileExistsError:
             return cls._load(path)

@@ -18,6 +18,7 @@ from appliance.errors import (
     BackendUnreachableError,
     CredentialsRejectedError,
     DeviceKeyError,
+    RateLimitedError,
 )
 from appliance.provisioning_client import DeviceKey, ProvisioningClient
 from appliance.provisioning_client.keys import KEY_FILE_NAME
@@ -186,3 +187,23 @@ async def test_slow_backend_times_out_as_unreachable(tmp_path: Path) -> None:
         await asyncio.wait_for(hung_up.wait(), 5)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("30", 30.0), ("nan", None), ("inf", None), ("-5", None), ("1e12", 3600.0), ("soon", None)],
+)
+async def test_retry_after_is_used_only_when_sane(
+    tmp_path: Path, header: str, expected: float | None
+) -> None:
+    def limited(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, json={"error": "rate_limited", "message": "slow"}, headers={"Retry-After": header}
+        )
+
+    key = DeviceKey.load_or_create(tmp_path)
+    transport = httpx.MockTransport(limited)
+    async with ProvisioningClient("http://backend", key, device_id="d-x", transport=transport) as c:
+        with pytest.raises(RateLimitedError) as limited_error:
+            await asyncio.wait_for(c.create_call("button"), 5)
+    assert limited_error.value.retry_after_s == expected
