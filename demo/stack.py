@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import wave
 from contextlib import AsyncExitStack
@@ -88,8 +89,9 @@ class LocalStack(AsyncResource):
 
     def _write_backend_config(self) -> Path:
         secret_file = self.workdir / "livekit-api-secret"
-        secret_file.write_text(self.livekit.api_secret)
-        secret_file.chmod(0o600)
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.livekit.api_secret)
         path = self.workdir / "provisioning.toml"
         path.write_text(
             '[server]\nhost = "127.0.0.1"\nport = 0\n\n'

@@ -176,6 +176,10 @@ def _api_secret(livekit: _Section, base: Path) -> str:
         raise livekit.error("api_secret", "is required (or api_secret_file)")
     secret_path = base / livekit.string("api_secret_file")
     try:
+        if secret_path.stat().st_mode & 0o077:
+            raise livekit.error(
+                "api_secret_file", f"{secret_path} must be readable by its owner only (0600)"
+            )
         secret = secret_path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise livekit.error("api_secret_file", f"cannot be read: {secret_path}") from exc

@@ -127,6 +127,9 @@ class ProvisioningCore:
         raw_key = parse_public_key(public_key)
         if len(name) > MAX_NAME_LEN:
             raise BadRequestError(f"name must be at most {MAX_NAME_LEN} characters")
+        if not name.isprintable():
+            # It is shown on admins' terminals and put in tokens: no control sequences.
+            raise BadRequestError("name must contain printable characters only")
         device_id = device_id_for(raw_key)
         # Proof of possession first: nothing below is revealed to someone without the key.
         self._verifier.verify(request, public_key=raw_key, device_id=device_id)

@@ -23,6 +23,7 @@ def test_device_example_loads() -> None:
 def test_backend_example_loads(tmp_path: Path) -> None:
     secret = tmp_path / "livekit-api-secret"
     secret.write_text("s" * 40)
+    secret.chmod(0o600)
     text = (EXAMPLES / "provisioning.toml").read_text()
     config_path = tmp_path / "provisioning.toml"
     config_path.write_text(text.replace("/etc/kiosk-voice/livekit-api-secret", str(secret)))

@@ -111,3 +111,12 @@ async def test_malformed_enroll_is_bad_request(
     response = await api.send("POST", "/v1/enroll", TestDevice(), payload, raw=raw, device_id=None)
     assert_refused(response, 400, "bad_request")
     assert server.core.list_devices() == []
+
+
+async def test_enroll_name_with_control_characters_is_refused(
+    server: BackendServer, api: Api
+) -> None:
+    code = server.core.create_enrollment_code(label="lobby")
+    response = await api.enroll(TestDevice(), code, name="lobby\x1b[2J")
+    assert_refused(response, 400, "bad_request")
+    assert server.core.list_devices() == []

@@ -58,9 +58,20 @@ def test_secret_never_in_repr(tmp_path: Path) -> None:
 def test_secret_from_file_relative_to_config(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "lk").write_text("from-a-file\n", encoding="utf-8")
+    (tmp_path / "secrets" / "lk").chmod(0o600)
     text = MINIMAL.replace('api_secret = "s3cret-value"', 'api_secret_file = "secrets/lk"')
     config = load_config(write(tmp_path, text))
     assert config.livekit.api_secret == "from-a-file"
+
+
+def test_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "lk").write_text("from-a-file\n", encoding="utf-8")
+    (tmp_path / "lk").chmod(0o644)
+    text = MINIMAL.replace('api_secret = "s3cret-value"', 'api_secret_file = "lk"')
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert "api_secret_file" in str(error.value) and "0600" in str(error.value)
+    assert "from-a-file" not in str(error.value)
 
 
 @pytest.mark.parametrize(
