@@ -9,6 +9,7 @@ import logging
 import numpy as np
 
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame, Speaker
+from appliance.clock import Clock
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +26,17 @@ def chime(level: float = 0.25) -> Frame:
     return np.concatenate([tone, np.zeros(pad)]).astype(np.int16)
 
 
-class Earcon:
-    """Plays the chime on the speaker without blocking the caller; one at a time."""
+# Frames written at once before pacing starts: enough to start playout without a gap, and
+# well inside the smallest jitter buffer (40 ms), which drops audio written faster than real time.
+LEAD_FRAMES = 2
 
-    def __init__(self, speaker: Speaker, *, pcm: Frame | None = None) -> None:
+
+class Earcon:
+    """Plays the chime on the speaker in real time without blocking the caller; one at a time."""
+
+    def __init__(self, speaker: Speaker, *, clock: Clock, pcm: Frame | None = None) -> None:
         self._speaker = speaker
+        self._clock = clock
         self._pcm = chime() if pcm is None else pcm
         self._task: asyncio.Task[None] | None = None
 
@@ -51,8 +58,13 @@ class Earcon:
                 await self._task
 
     async def _play(self) -> None:
+        frame_s = SAMPLES_PER_FRAME / SAMPLE_RATE
+        t0 = self._clock.monotonic()
         try:
-            for start in range(0, len(self._pcm), SAMPLES_PER_FRAME):
+            for index, start in enumerate(range(0, len(self._pcm), SAMPLES_PER_FRAME)):
+                due = t0 + (index - LEAD_FRAMES) * frame_s
+                if (wait := due - self._clock.monotonic()) > 0:
+                    await self._clock.sleep(wait)
                 await self._speaker.write(self._pcm[start : start + SAMPLES_PER_FRAME])
         except Exception:
             logger.exception("could not play the earcon")

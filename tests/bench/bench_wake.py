@@ -171,7 +171,7 @@ async def _measure_latency(wav: Path, speech_end_s: float) -> tuple[float, float
     started = time.monotonic()
     fanout = CaptureFanout(WavMicrophone(wav, loop=False, clock=clock))
     speaker = StampingSpeaker()
-    earcon = Earcon(speaker)
+    earcon = Earcon(speaker, clock=SystemClock())
     heard: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     frames: list[float] = []
 

@@ -89,7 +89,7 @@ async def open_wake_word(
     if engine is None:
         logger.info('wake word off (wake.engine = "off")')
         return None
-    earcon = Earcon(speaker) if settings.wake.earcon else None
+    earcon = Earcon(speaker, clock=clock) if settings.wake.earcon else None
     trigger: WakeWordTrigger | None = None
 
     def on_wake(detection: Detection) -> None:
