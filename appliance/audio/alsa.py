@@ -233,6 +233,13 @@ class AlsaSession:
             if not self._stop.is_set():
                 self._stop.set()
                 self._on_fault(exc)
+        except Exception as exc:
+            # Anything else (APM, resampler, a malformed frame) must not end the thread
+            # silently and leave the device deaf: report it as a lost device, to be reopened.
+            logger.exception("audio thread failed")
+            if not self._stop.is_set():
+                self._stop.set()
+                self._on_fault(AudioDeviceLostError(f"audio thread failed: {exc}"))
 
     def _capture_loop(self) -> None:
         import alsaaudio

@@ -184,7 +184,6 @@ class PipelineMicrophone:
 
     def __init__(self) -> None:
         self.dropped = 0
-        self.last_handoff_s = 0.0
         self._queue: asyncio.Queue[tuple[Frame, float]] = asyncio.Queue(CAPTURE_QUEUE_FRAMES)
         self.on_handoff: Callable[[float], None] | None = None
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 import numpy as np
 from livekit import rtc
@@ -126,18 +126,26 @@ class LiveKitCall:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._mic_publication is not None and self._room.isconnected():
-            with contextlib.suppress(Exception):
+            try:
                 await self._room.local_participant.unpublish_track(self._mic_publication.sid)
+            except Exception:
+                # Leaving the room below stops the track anyway.
+                logger.warning("could not unpublish the microphone", exc_info=True)
             self._mic_publication = None
         await self._disconnect_quietly()
 
     async def _disconnect_quietly(self) -> None:
         if self._room.isconnected():
-            with contextlib.suppress(Exception):
+            try:
                 await self._room.disconnect()
+            except Exception:
+                logger.warning("could not leave the room cleanly", exc_info=True)
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+        if self._closing:
+            coro.close()  # a track subscribed while we leave: nothing to play it to
+            return
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -150,6 +158,8 @@ class LiveKitCall:
                 exc_info=task.exception(),
                 extra={"CALL_ID": self.grant.call_id, "ROOM": self.grant.room},
             )
+            # A call whose audio or status task died is broken: end it, don't limp on.
+            self._on_event(EndRequested(EndReason.CONNECTION_LOST))
 
     async def _pump_microphone(self, source: rtc.AudioSource) -> None:
         # Subscribed only now: no audio is taken for the call before it is connected.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 
@@ -40,7 +41,8 @@ class WakeListener:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
-        self.detections: list[Detection] = []
+        # The most recent detections, for wake-test and tests; bounded for a long-lived daemon.
+        self.detections: collections.deque[Detection] = collections.deque(maxlen=100)
         self.last_frame_at: float | None = None
 
     @property

@@ -239,3 +239,30 @@ async def test_an_overrun_is_counted_and_the_stream_goes_on(tmp_path: Path) -> N
         assert pipeline.fault is None
     finally:
         await pipeline.aclose()
+
+
+class _GarbageRead(_Wrapped):
+    def read(self) -> tuple[int, bytes]:
+        self._reads += 1
+        if self._reads == 3:
+            return 1, b"\x00"  # half a sample: numpy refuses it, an error nobody translated
+        return super().read()
+
+
+async def test_an_unexpected_error_in_an_audio_thread_is_a_fault_not_a_silent_death(
+    tmp_path: Path,
+) -> None:
+    devices = write_file_devices(tmp_path, ramp(2.0))
+    pipeline = pipeline_on(
+        devices, factory=lambda **kwargs: _GarbageRead(alsaaudio.PCM(**kwargs), None, -1)
+    )
+    listener = Listener()
+    pipeline.add_listener(listener)
+    await pipeline.start()
+    try:
+        await wait_until(lambda: bool(listener.events))
+        fault = listener.events[0]
+        assert isinstance(fault, AudioDeviceLostError)
+        assert "audio thread failed" in str(fault)
+    finally:
+        await pipeline.aclose()
