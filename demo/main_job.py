@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = "info" if args.verbose else "warning"
     setup_logging(LoggingSettings(level=level, journal="off"), device_id="-")
+    if not args.verbose:
+        # livekit-rtc warns about its own FFI handle races (livekit/agents#4203): noise here.
+        logging.getLogger("livekit").setLevel(logging.ERROR)
     try:
         return asyncio.run(_run(args.workdir, args.max_call_s))
     except KeyboardInterrupt:
@@ -53,7 +56,8 @@ async def _run(workdir: Path | None, max_call_s: float) -> int:
         files = stack.write_device("kiosk-demo", np.concatenate([speech, pause]))
         say("admin issues a one-time enrollment code; the device enrolls with its own key")
         settings = await stack.enroll(files)
-        say(f"  device settings {files.config}")
+        if workdir is not None:
+            say(f"  device settings {files.config}")
 
         timelines: list[CallTimeline] = []
         async with Daemon(settings, on_timeline=timelines.append) as daemon:
