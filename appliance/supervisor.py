@@ -90,6 +90,7 @@ class Supervisor:
         self._call_id: str | None = None
         self._room: str | None = None
         self._audio_fault: AudioDeviceError | None = None
+        self._backend_fault: BackendError | None = None
         self._muted = False
         self._quiet_until = 0.0  # the cool-down after a call
         self._redial: str | None = None
@@ -125,10 +126,15 @@ class Supervisor:
         """The audio devices work again: leave AUDIO_FAULT."""
         self._audio_fault = None
         if self._state is State.AUDIO_FAULT:
-            self._set_state(State.READY)
+            self._set_state(self._idle_state())
 
     def _idle_state(self) -> State:
-        return State.READY if self._audio_fault is None else State.AUDIO_FAULT
+        """What an idle device shows: an audio fault first, then a backend fault, else READY."""
+        if self._audio_fault is not None:
+            return State.AUDIO_FAULT
+        if self._backend_fault is not None:
+            return _fault_state_for(self._backend_fault)
+        return State.READY
 
     def trigger(self, source: str) -> None:
         """A button press, wake word or command; call on the event loop thread."""
@@ -214,6 +220,7 @@ class Supervisor:
                 return
             await self._cancel_recovery()
             self._backoff.reset()
+            self._backend_fault = None
             mark("token")
             self._call_id, self._room = grant.call_id, grant.room
             timeline.call_id = grant.call_id
@@ -338,12 +345,8 @@ class Supervisor:
         self._start_recovery(exc)
 
     def _show_fault(self, exc: BackendError) -> None:
-        if isinstance(exc, CredentialsRejectedError):
-            state = State.CREDENTIALS_REJECTED
-        elif isinstance(exc, RateLimitedError):
-            state = State.RATE_LIMITED
-        else:
-            state = State.BACKEND_UNREACHABLE
+        self._backend_fault = exc
+        state = self._idle_state()  # an audio fault, if there is one, stays on show
         if state is not self._state:
             logger.error("backend: %s", exc, extra=self._log_fields(state))
             self._set_state(state, reason=type(exc).__name__)
@@ -374,10 +377,12 @@ class Supervisor:
                 info = await self._backend.check_in()
             except BackendError as exc:
                 cause = exc
-                if self._state.accepts_calls or self._state is State.STARTING:
+                self._backend_fault = exc
+                if self._state.accepts_calls or self._state in (State.STARTING, State.AUDIO_FAULT):
                     self._show_fault(exc)
                 continue
             self._backoff.reset()
+            self._backend_fault = None
             if self._state.is_fault or self._state is State.STARTING:
                 logger.info(
                     "checked in with the backend (agent %s)",
@@ -414,3 +419,11 @@ class Supervisor:
         if self._room:
             fields["ROOM"] = self._room
         return fields
+
+
+def _fault_state_for(exc: BackendError) -> State:
+    if isinstance(exc, CredentialsRejectedError):
+        return State.CREDENTIALS_REJECTED
+    if isinstance(exc, RateLimitedError):
+        return State.RATE_LIMITED
+    return State.BACKEND_UNREACHABLE

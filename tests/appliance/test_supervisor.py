@@ -12,6 +12,7 @@ from appliance.backoff import Backoff
 from appliance.call.events import AgentAudioStarted, AgentJoined, AgentLeft, CallEvent, Disconnected
 from appliance.clock import ManualClock
 from appliance.errors import (
+    AudioDeviceLostError,
     BackendError,
     BackendUnreachableError,
     CallError,
@@ -350,3 +351,19 @@ async def test_mute_while_connecting_reaches_the_call(harness: Harness) -> None:
         (State.CONNECTING, True),
         (State.IN_CALL, True),
     ]
+
+
+async def test_audio_recovering_while_the_backend_is_down_shows_the_backend_fault(
+    harness: Harness,
+) -> None:
+    harness.backend.calls = [BackendUnreachableError("down")]
+    harness.backend.check_ins = [BackendUnreachableError("down")] * 4
+    await harness.press()
+    assert harness.supervisor.state is State.BACKEND_UNREACHABLE
+    harness.supervisor.audio_fault(AudioDeviceLostError("unplugged"))
+    await harness.clock.advance(2.0)  # a failed check-in meanwhile: audio stays on show
+    assert harness.supervisor.state is State.AUDIO_FAULT
+    harness.supervisor.audio_recovered()
+    assert harness.supervisor.state is State.BACKEND_UNREACHABLE  # not READY: it is still down
+    await harness.clock.advance(60)
+    assert harness.supervisor.state is State.READY
