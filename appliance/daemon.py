@@ -108,7 +108,13 @@ class Daemon(AsyncResource):
         if self.wake_word is not None:
             self._supervisor.add_observer(self.wake_word.on_state_change)
         if self._board.audio is not None:
-            self._board.audio.add_listener(self._supervisor)
+            audio = self._board.audio
+            audio.add_listener(self._supervisor)
+            # Call audio only while a call carries it; idle listening otherwise (see the pipeline).
+            audio.set_call_audio(False)
+            self._supervisor.add_observer(
+                lambda change: audio.set_call_audio(change.state.carries_call_audio)
+            )
         if self._on_timeline is not None:
             self._supervisor.add_timeline_observer(self._on_timeline)
         control = ControlServer(

@@ -27,6 +27,11 @@ class State(Enum):
         return self in FAULT_STATES
 
     @property
+    def carries_call_audio(self) -> bool:
+        """Whether a call is using (or about to use) the microphone and speaker."""
+        return self in (State.CONNECTING, State.IN_CALL, State.ENDING)
+
+    @property
     def accepts_calls(self) -> bool:
         """Whether a trigger starts a call in this state."""
         # No call without a microphone and speaker: AUDIO_FAULT waits for the devices.

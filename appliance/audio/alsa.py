@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,16 @@ logger = logging.getLogger(__name__)
 PcmFactory = Callable[..., Any]
 """Makes an `alsaaudio.PCM`-like object; tests wrap the real one to inject faults."""
 
-Deliver = Callable[[Frame, float], None]
-"""Called on the capture thread with each processed frame and when it was read (monotonic)."""
+Deliver = Callable[[list[Frame], float], None]
+"""Called on the capture thread with processed frames and when they were read (monotonic)."""
+
+# After this many periods with nothing to play the playback stream is stopped (not fed
+# silence) until audio arrives: an idle device neither wakes for playback nor runs the echo
+# canceller's reverse stream.
+PLAYBACK_IDLE_PERIODS = 20
+# While no call needs low latency, capture is read and processed this many ms at a time and
+# handed to the loop in one go: a sixth of the wake-ups of 10 ms periods for the wake word.
+IDLE_BLOCK_MS = 60
 
 
 @dataclass(frozen=True)
@@ -142,9 +150,9 @@ class Pacer:
         self._sleep = sleep
         self._next = monotonic()
 
-    def wait(self) -> None:
-        """Sleep until the next period is due; skip ahead (not burst) after a stall."""
-        self._next += self._period_s
+    def wait(self, periods: int = 1) -> None:
+        """Sleep until the next `periods` are due; skip ahead (not burst) after a stall."""
+        self._next += self._period_s * periods
         delay = self._next - self._monotonic()
         if delay > 0:
             self._sleep(delay)
@@ -160,6 +168,8 @@ class StreamStats:
     playback_xruns: int = 0
     frames_captured: int = 0
     frames_played: int = 0
+    playback_rests: int = 0
+    capture_started_at: float = 0.0  # monotonic time the capture loop started
     playback_delay_ms: float = 0.0
     capture_delay_ms: float = 0.0
 
@@ -191,12 +201,28 @@ class AlsaSession:
         self._capture: Any = None
         self._playback: Any = None
         self._playback_buffer = 0
+        # Read by the capture thread before each block, written from the loop.
+        self._block_periods = 1
+
+    @property
+    def idle_block_periods(self) -> int:
+        """Periods read and processed together while no call needs low latency."""
+        return max(1, round(IDLE_BLOCK_MS * self.config.rate / 1000 / self.config.period))
+
+    def set_low_latency(self, low_latency: bool) -> None:
+        """Hand each period over as soon as it is read (a call), or in idle blocks (otherwise)."""
+        self._block_periods = 1 if low_latency else self.idle_block_periods
 
     def open(self) -> None:
         """Open both PCMs (blocking); raises a typed AudioDeviceError."""
         factory = self._factory or default_pcm_factory()
         cfg = self.config
-        self._capture, _ = open_pcm(factory, cfg, capture=True, channels=cfg.capture_channels)
+        # Room for an idle block and two more periods, so reading in blocks cannot overrun.
+        periods = max(cfg.buffer_periods, self.idle_block_periods + 2)
+        capture_cfg = replace(cfg, buffer_periods=periods)
+        self._capture, _ = open_pcm(
+            factory, capture_cfg, capture=True, channels=cfg.capture_channels
+        )
         try:
             self._playback, self._playback_buffer = open_pcm(
                 factory, cfg, capture=False, channels=cfg.playback_channels
@@ -216,6 +242,7 @@ class AlsaSession:
     def close(self) -> None:
         """Stop the threads and release both devices (blocking)."""
         self._stop.set()
+        self._jitter.wake()
         for thread in self._threads:
             thread.join(timeout=2.0)
         for pcm in (self._capture, self._playback):
@@ -242,37 +269,67 @@ class AlsaSession:
                 self._on_fault(AudioDeviceLostError(f"audio thread failed: {exc}"))
 
     def _capture_loop(self) -> None:
-        import alsaaudio
-
         cfg = self.config
-        pcm = self._capture
         resampler = StreamResampler(cfg.rate, SAMPLE_RATE) if cfg.rate != SAMPLE_RATE else None
         reframer = Reframer(SAMPLES_PER_FRAME)
         pacer = Pacer(cfg.period / cfg.rate) if cfg.pacing == "clock" else None
+        self.stats.capture_started_at = time.monotonic()
         while not self._stop.is_set():
-            try:
-                n, data = pcm.read()
-                avail = pcm.avail() if pacer is None else 0
-            except alsaaudio.ALSAAudioError as exc:
-                raise translate_error(exc, cfg.capture_device, opening=False) from exc
-            read_at = time.monotonic()
-            if n < 0:  # -EPIPE: an overrun; pyalsaaudio prepares the PCM on the next read
-                self.stats.capture_xruns += 1
-                xruns = self.stats.capture_xruns
-                logger.warning("capture overrun recovered", extra={"XRUNS": xruns})
-                continue
-            if n > 0:
-                samples = np.frombuffer(data, dtype=np.int16)
+            block = self._block_periods
+            if pacer is not None:
+                # As a real device does: a period can be read once it has been captured.
+                pacer.wait(block)
+            elif block > 1:
+                self._sleep_until_available(block * cfg.period)
+            frames: list[Frame] = []
+            read_at = 0.0
+            for i in range(block):
+                samples = self._read_period(measure_delay=block == 1, device_paced=pacer is None)
+                if i == 0:
+                    read_at = time.monotonic()
+                if samples is None:
+                    continue
                 if cfg.capture_channels > 1:
                     samples = samples[cfg.capture_channel :: cfg.capture_channels]
                 if resampler is not None:
                     samples = resampler.push(samples)
-                self.stats.capture_delay_ms = (avail + n) * 1000 / cfg.rate
                 for frame in reframer.push(samples):
-                    self.stats.frames_captured += 1
-                    self._deliver(self._processor.process_capture(frame), read_at)
-            if pacer is not None:
-                pacer.wait()
+                    frames.append(self._processor.process_capture(frame))
+            if frames:
+                self.stats.frames_captured += len(frames)
+                self._deliver(frames, read_at)
+
+    def _read_period(self, *, measure_delay: bool, device_paced: bool) -> Frame | None:
+        """One period from the capture PCM (None after a recovered overrun)."""
+        import alsaaudio
+
+        cfg = self.config
+        try:
+            n, data = self._capture.read()
+            if measure_delay and n > 0:
+                # What was still waiting in the buffer, plus this period: the capture delay.
+                waiting = self._capture.avail() if device_paced else 0
+                self.stats.capture_delay_ms = (waiting + n) * 1000 / cfg.rate
+        except alsaaudio.ALSAAudioError as exc:
+            raise translate_error(exc, cfg.capture_device, opening=False) from exc
+        if n < 0:  # -EPIPE: an overrun; pyalsaaudio prepares the PCM on the next read
+            self.stats.capture_xruns += 1
+            xruns = self.stats.capture_xruns
+            logger.warning("capture overrun recovered", extra={"XRUNS": xruns})
+            return None
+        return np.frombuffer(data, dtype=np.int16) if n > 0 else None
+
+    def _sleep_until_available(self, frames: int) -> None:
+        """Sleep (rather than block once per period) until `frames` can be read at once."""
+        import alsaaudio
+
+        try:
+            available = self._capture.avail()
+        except alsaaudio.ALSAAudioError as exc:
+            raise translate_error(exc, self.config.capture_device, opening=False) from exc
+        missing = frames - max(0, available)
+        if missing > 0:
+            time.sleep(missing / self.config.rate)
 
     def _play_loop(self) -> None:
         import alsaaudio
@@ -281,7 +338,15 @@ class AlsaSession:
         pcm = self._playback
         resampler = StreamResampler(SAMPLE_RATE, cfg.rate) if cfg.rate != SAMPLE_RATE else None
         pacer = Pacer(FRAME_MS / 1000) if cfg.pacing == "clock" else None
+        idle_periods = 0
         while not self._stop.is_set():
+            if self._jitter.playing:
+                idle_periods = 0
+            elif (idle_periods := idle_periods + 1) > PLAYBACK_IDLE_PERIODS:
+                self._rest_until_audio()
+                idle_periods = 0
+                pacer = Pacer(FRAME_MS / 1000) if cfg.pacing == "clock" else None
+                continue
             frame = self._jitter.get()
             if self._volume != 1.0:
                 frame = (frame * self._volume).astype(np.int16)
@@ -307,6 +372,29 @@ class AlsaSession:
             )
             if pacer is not None:
                 pacer.wait()
+
+    def _rest_until_audio(self) -> None:
+        """Stop the playback stream until there is audio again, then restart it primed.
+
+        Priming with silence puts back the buffered periods the stream had before it
+        stopped, so the first frames do not run the buffer dry (and the delay is unchanged).
+        """
+        import alsaaudio
+
+        cfg = self.config
+        try:
+            self._playback.drop()
+            self.stats.playback_rests += 1
+            while not self._stop.is_set() and not self._jitter.wait_for_audio(1.0):
+                pass
+            if self._stop.is_set():
+                return
+            # pyalsaaudio prepares a stopped PCM again on the next write.
+            silence = bytes(cfg.period * cfg.playback_channels * 2)
+            for _ in range(max(0, cfg.buffer_periods - 1)):
+                self._playback.write(silence)
+        except alsaaudio.ALSAAudioError as exc:
+            raise translate_error(exc, cfg.playback_device, opening=False) from exc
 
     def _count_playback_xrun(self) -> None:
         self.stats.playback_xruns += 1

@@ -16,6 +16,7 @@ class JitterBuffer:
     Playout starts once `prefill_frames` are queued. When the queue runs dry during playout the
     reader gets silence and an underrun is counted; when it is full the oldest frame is dropped
     (counted as an overflow), so the buffered delay stays at most `max_frames`.
+    The playback thread may sleep in `wait_for_audio` while nothing is queued to play.
     """
 
     def __init__(self, *, prefill_frames: int = 2, max_frames: int = 4) -> None:
@@ -28,6 +29,7 @@ class JitterBuffer:
         self.frames_in = 0
         self._frames: deque[Frame] = deque()
         self._lock = threading.Lock()
+        self._audio = threading.Condition(self._lock)
         self._playing = False
         self._silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
         self._silence.setflags(write=False)
@@ -40,8 +42,9 @@ class JitterBuffer:
                 self.overflows += 1
             self._frames.append(frame)
             self.frames_in += 1
-            if len(self._frames) >= self.prefill_frames:
+            if len(self._frames) >= self.prefill_frames and not self._playing:
                 self._playing = True
+                self._audio.notify_all()
 
     def get(self) -> Frame:
         """The next frame to play, or (read-only) silence; never blocks."""
@@ -53,6 +56,24 @@ class JitterBuffer:
                 self.underruns += 1
                 self._playing = False
             return self._silence
+
+    @property
+    def playing(self) -> bool:
+        """Whether frames are being played out (prefilled and not yet run dry)."""
+        with self._lock:
+            return self._playing
+
+    def wait_for_audio(self, timeout_s: float) -> bool:
+        """Block (playback thread) until there is audio to play; False on timeout or `wake`."""
+        with self._lock:
+            if not self._playing:
+                self._audio.wait(timeout_s)
+            return self._playing
+
+    def wake(self) -> None:
+        """Release a thread blocked in `wait_for_audio` (when the device is being closed)."""
+        with self._lock:
+            self._audio.notify_all()
 
     def clear(self) -> None:
         """Drop whatever is queued (e.g. when the call ends or the device is reopened)."""

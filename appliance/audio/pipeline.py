@@ -18,7 +18,7 @@ from appliance.errors import AudioDeviceError
 logger = logging.getLogger(__name__)
 
 # Captured frames waiting for the loop; a stalled loop loses the oldest, it never grows.
-CAPTURE_QUEUE_FRAMES = 10
+CAPTURE_QUEUE_FRAMES = 20
 # A session that ran this long before failing starts the backoff from its first step again.
 STABLE_S = 10.0
 
@@ -32,11 +32,13 @@ class Session(Protocol):
 
     def close(self) -> None: ...
 
+    def set_low_latency(self, low_latency: bool) -> None: ...
+
 
 class SessionHooks(Protocol):
     """What a session calls from its threads (both are safe to call from any thread)."""
 
-    def deliver(self, frame: Frame, read_at: float) -> None: ...
+    def deliver(self, frames: list[Frame], read_at: float) -> None: ...
 
     def fault(self, exc: AudioDeviceError) -> None: ...
 
@@ -79,6 +81,7 @@ class AudioPipeline:
         self._faults: asyncio.Queue[AudioDeviceError] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._opened_event = asyncio.Event()
+        self._low_latency = True
 
     def add_listener(self, listener: FaultListener) -> None:
         """Tell `listener` about faults and recoveries, starting with the current fault, if any."""
@@ -93,6 +96,18 @@ class AudioPipeline:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await self._first_attempt()
+
+    def set_call_audio(self, on: bool) -> None:
+        """Audio for a call, or for idle listening; for a call until told otherwise.
+
+        A call gets each 10 ms frame as soon as it is read, through the APM. Idle listening
+        gets raw frames in blocks: far fewer wake-ups, a few tens of milliseconds the wake word
+        does not notice, and no APM, because an idle device plays nothing there is to cancel.
+        """
+        self._low_latency = on
+        self.processor.set_active(on)
+        if self.session is not None:
+            self.session.set_low_latency(on)
 
     async def wait_open(self) -> None:
         """Wait until the devices are open (tests and the self-test)."""
@@ -125,6 +140,7 @@ class AudioPipeline:
                 logger.info("opening the audio devices again in %.1f s", delay)
                 await self._clock.sleep(delay)
                 continue
+            session.set_low_latency(self._low_latency)
             session.start()
             self.session = session
             self.opened += 1
@@ -158,8 +174,9 @@ class AudioPipeline:
             for listener in list(self._listeners):
                 listener.audio_fault(exc)
 
-    def _deliver(self, frame: Frame, read_at: float) -> None:
-        self.microphone.offer(frame, read_at)
+    def _deliver(self, frames: list[Frame], read_at: float) -> None:
+        for frame in frames:
+            self.microphone.offer(frame, read_at)
 
 
 class _Hooks:
@@ -170,9 +187,9 @@ class _Hooks:
         assert pipeline._loop is not None
         self._loop = pipeline._loop
 
-    def deliver(self, frame: Frame, read_at: float) -> None:
+    def deliver(self, frames: list[Frame], read_at: float) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            self._loop.call_soon_threadsafe(self._pipeline._deliver, frame, read_at)
+            self._loop.call_soon_threadsafe(self._pipeline._deliver, frames, read_at)
 
     def fault(self, exc: AudioDeviceError) -> None:
         with contextlib.suppress(RuntimeError):

@@ -266,3 +266,56 @@ async def test_an_unexpected_error_in_an_audio_thread_is_a_fault_not_a_silent_de
         assert "audio thread failed" in str(fault)
     finally:
         await pipeline.aclose()
+
+
+async def test_idle_capture_comes_in_blocks_and_a_call_gets_each_frame_at_once(
+    tmp_path: Path,
+) -> None:
+    devices = write_file_devices(tmp_path, ramp(4.0))
+    pipeline = pipeline_on(devices)
+    stamps: list[float] = []
+    pipeline.microphone.on_handoff = stamps.append
+    pipeline.set_call_audio(False)
+    await pipeline.start()
+    try:
+        session = pipeline.session
+        assert isinstance(session, AlsaSession) and session.idle_block_periods == 6
+        idle = [await asyncio.wait_for(pipeline.microphone.read(), 1) for _ in range(60)]
+        idle_stamps, stamps[:] = list(stamps), []
+        pipeline.set_call_audio(True)
+        call = [await asyncio.wait_for(pipeline.microphone.read(), 1) for _ in range(30)]
+    finally:
+        await pipeline.aclose()
+    # Idle: frames handed over six at a time (one read time per block); nothing lost or reordered.
+    assert len(set(idle_stamps)) <= 11 and len(set(idle_stamps)) >= 9
+    assert np.array_equal(np.concatenate(idle + call), ramp(4.0)[: 90 * 480])
+    # In a call, the block being read when it was switched finishes, then one frame per read.
+    assert len(set(stamps)) >= 24
+
+
+async def test_playback_stops_while_there_is_nothing_to_play_and_restarts_intact(
+    tmp_path: Path,
+) -> None:
+    devices = write_file_devices(tmp_path, ramp(4.0))
+    pipeline = pipeline_on(devices)
+    await pipeline.start()
+    try:
+        session = pipeline.session
+        assert isinstance(session, AlsaSession)
+        await wait_until(lambda: session.stats.playback_rests == 1)
+        played = session.stats.frames_played
+        await asyncio.sleep(0.3)
+        assert session.stats.frames_played == played, "nothing written while resting"
+        # A chime arrives in real time: it plays whole, after the primed silence, no underrun.
+        chime = [np.full(480, 100 + i, dtype=np.int16) for i in range(15)]
+        for frame in chime:
+            await pipeline.speaker.write(frame)
+            await asyncio.sleep(0.009)
+        await wait_until(lambda: session.stats.playback_rests == 2)
+    finally:
+        await pipeline.aclose()
+    assert pipeline.jitter.underruns == 1, "only the chime's end ran the buffer dry"
+    out = devices.played()
+    start = int(np.flatnonzero(out == 100)[0])
+    assert np.array_equal(out[start : start + 15 * 480], np.concatenate(chime))
+    assert not out[start - 3 * 480 : start].any(), "primed with the buffer's worth of silence"

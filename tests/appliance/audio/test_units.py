@@ -9,6 +9,7 @@ import pytest
 
 from appliance.audio.alsa import Pacer
 from appliance.audio.jitter import JitterBuffer
+from appliance.audio.processing import AudioProcessor, ProcessingOptions
 from appliance.call.events import AgentJoined
 from appliance.errors import AudioDeviceLostError, SettingsError
 from appliance.settings import DEFAULT_BOARD_DIR, BoardSelection, load_board_profile
@@ -50,6 +51,33 @@ class FakeTime:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+def test_jitter_buffer_wakes_a_waiting_player_once_prefilled() -> None:
+    jitter = JitterBuffer(prefill_frames=2, max_frames=4)
+    assert not jitter.wait_for_audio(0.01), "nothing queued: the wait times out"
+    jitter.put(frame(1))
+    assert not jitter.playing and not jitter.wait_for_audio(0.01)
+    jitter.put(frame(2))
+    assert jitter.playing and jitter.wait_for_audio(10.0)
+
+
+def test_processor_passes_idle_frames_through_and_starts_each_call_fresh() -> None:
+    processor = AudioProcessor(ProcessingOptions())
+    tone = (8000 * np.sin(np.arange(480) * 2 * np.pi * 1000 / 48000)).astype(np.int16)
+    processor.set_active(False)
+    assert processor.process_capture(tone) is tone, "idle: untouched, not even copied"
+    processor.process_render(tone)
+    processor.set_active(True)
+    first = processor._apm
+    assert first is not None
+    out = [processor.process_capture(tone) for _ in range(50)]
+    assert not np.array_equal(out[-1], tone), "active: the APM processed the frame"
+    processor.set_active(True)
+    assert processor._apm is first, "already active: the same APM goes on"
+    processor.set_active(False)
+    processor.set_active(True)
+    assert processor._apm is not first, "a new call gets a fresh APM"
 
 
 def test_pacer_keeps_the_period_and_skips_ahead_after_a_stall() -> None:
