@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from appliance.audio.alsa import alsa_pipeline
+from appliance.audio.pipeline import AudioPipeline
+from appliance.clock import SystemClock
+from appliance.settings import BoardAudio
+
 SYSTEM_ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
 
 
@@ -65,3 +70,21 @@ pcm.kplay {{
 def use_config(config: Path) -> None:
     """Point libasound at the system configuration plus `config` (call before opening PCMs)."""
     os.environ["ALSA_CONFIG_PATH"] = f"{SYSTEM_ALSA_CONF}:{config}"
+
+
+async def idle_alsa_pipeline(workdir: Path, capture_pcm: npt.NDArray[np.int16]) -> AudioPipeline:
+    """A started pipeline with software echo cancellation on file devices, idle as a daemon's."""
+    devices = write_file_devices(workdir, capture_pcm)
+    use_config(devices.config)
+    audio = BoardAudio(
+        backend="alsa",
+        pacing="clock",
+        capture_device=devices.capture,
+        playback_device=devices.playback,
+        echo_cancellation="software",
+    )
+    pipeline = alsa_pipeline(audio, clock=SystemClock())
+    pipeline.set_call_audio(False)  # what the daemon does whenever no call carries the audio
+    await pipeline.start()
+    assert pipeline.fault is None, pipeline.fault
+    return pipeline
