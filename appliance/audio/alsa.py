@@ -160,6 +160,40 @@ class Pacer:
             self._next = self._monotonic()
 
 
+class XrunLog:
+    """Logs recovered xruns at most once per `every_s` per stream, with the count since.
+
+    A struggling device can xrun every period; a log line each time would cost the audio
+    thread more than the recovery and flood the journal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        every_s: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._message = message
+        self._every_s = every_s
+        self._monotonic = monotonic
+        self._last: float | None = None
+        self._unlogged = 0
+
+    def count(self, total: int) -> None:
+        """One more xrun; `total` is the stream's count so far."""
+        self._unlogged += 1
+        now = self._monotonic()
+        if self._last is None or now - self._last >= self._every_s:
+            logger.warning(
+                "%s (%d since the last report)",
+                self._message,
+                self._unlogged,
+                extra={"XRUNS": total},
+            )
+            self._last, self._unlogged = now, 0
+
+
 @dataclass
 class StreamStats:
     """Counters the threads update; read by diagnostics and tests."""
@@ -203,6 +237,8 @@ class AlsaSession:
         self._playback_buffer = 0
         # Read by the capture thread before each block, written from the loop.
         self._block_periods = 1
+        self._capture_xrun_log = XrunLog("capture overrun recovered")
+        self._playback_xrun_log = XrunLog("playback underrun recovered")
 
     @property
     def idle_block_periods(self) -> int:
@@ -314,8 +350,7 @@ class AlsaSession:
             raise translate_error(exc, cfg.capture_device, opening=False) from exc
         if n < 0:  # -EPIPE: an overrun; pyalsaaudio prepares the PCM on the next read
             self.stats.capture_xruns += 1
-            xruns = self.stats.capture_xruns
-            logger.warning("capture overrun recovered", extra={"XRUNS": xruns})
+            self._capture_xrun_log.count(self.stats.capture_xruns)
             return None
         return np.frombuffer(data, dtype=np.int16) if n > 0 else None
 
@@ -338,6 +373,9 @@ class AlsaSession:
         pcm = self._playback
         resampler = StreamResampler(SAMPLE_RATE, cfg.rate) if cfg.rate != SAMPLE_RATE else None
         pacer = Pacer(FRAME_MS / 1000) if cfg.pacing == "clock" else None
+        # Reused every period: the real-time loop allocates nothing for volume or channels.
+        scaled = np.empty(SAMPLES_PER_FRAME, dtype=np.int16)
+        interleaved = np.empty((cfg.period, cfg.playback_channels), dtype=np.int16)
         idle_periods = 0
         while not self._stop.is_set():
             if self._jitter.playing:
@@ -347,16 +385,21 @@ class AlsaSession:
                 idle_periods = 0
                 pacer = Pacer(FRAME_MS / 1000) if cfg.pacing == "clock" else None
                 continue
-            frame = self._jitter.get()
+            frame = self._jitter.get()  # always exactly one 10 ms frame
             if self._volume != 1.0:
-                frame = (frame * self._volume).astype(np.int16)
+                np.multiply(frame, self._volume, out=scaled, casting="unsafe")
+                frame = scaled
             # The echo canceller's reverse stream is exactly what goes to the device.
             self._processor.process_render(frame)
             out = resampler.push(frame) if resampler is not None else frame
             if cfg.playback_channels > 1:
-                out = np.repeat(out, cfg.playback_channels)
+                if len(out) == cfg.period:
+                    interleaved[:] = out[:, np.newaxis]
+                    out = interleaved.reshape(-1)
+                else:  # the resampler's output can wander by a sample around a period
+                    out = np.repeat(out, cfg.playback_channels)
             try:
-                written = pcm.write(out.tobytes()) if len(out) else 0
+                written = pcm.write(out) if len(out) else 0
                 avail = pcm.avail() if pacer is None else self._playback_buffer
             except alsaaudio.ALSAAudioError as exc:
                 if "broken pipe" in str(exc).lower():  # an underrun pyalsaaudio did not recover
@@ -398,7 +441,7 @@ class AlsaSession:
 
     def _count_playback_xrun(self) -> None:
         self.stats.playback_xruns += 1
-        logger.warning("playback underrun recovered", extra={"XRUNS": self.stats.playback_xruns})
+        self._playback_xrun_log.count(self.stats.playback_xruns)
 
 
 def processing_options(audio: BoardAudio) -> ProcessingOptions:

@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from appliance.audio.base import Frame
+from appliance.audio.base import SAMPLES_PER_FRAME, Frame
 from appliance.audio.jitter import JitterBuffer
 from appliance.audio.processing import AudioProcessor
+from appliance.audio.resample import Reframer
 from appliance.backoff import Backoff
 from appliance.clock import Clock
 from appliance.errors import AudioDeviceError
@@ -222,13 +223,19 @@ class PipelineMicrophone:
 
 
 class PipelineSpeaker:
-    """The playback stream as a `Speaker`: frames go to the jitter buffer, never block the loop."""
+    """The playback stream as a `Speaker`: frames go to the jitter buffer, never block the loop.
+
+    Whatever length a writer's frames have, the playback thread gets exact 10 ms frames (the
+    APM takes nothing else); a remainder waits for the next write.
+    """
 
     def __init__(self, jitter: JitterBuffer) -> None:
         self._jitter = jitter
+        self._reframer = Reframer(SAMPLES_PER_FRAME)
 
     async def write(self, frame: Frame) -> None:
-        self._jitter.put(frame)
+        for exact in self._reframer.push(frame):
+            self._jitter.put(exact)
 
     async def aclose(self) -> None:
         self._jitter.clear()

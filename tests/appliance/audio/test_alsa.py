@@ -319,3 +319,19 @@ async def test_playback_stops_while_there_is_nothing_to_play_and_restarts_intact
     start = int(np.flatnonzero(out == 100)[0])
     assert np.array_equal(out[start : start + 15 * 480], np.concatenate(chime))
     assert not out[start - 3 * 480 : start].any(), "primed with the buffer's worth of silence"
+
+
+async def test_two_channel_playback_gets_the_scaled_frame_on_both_channels(tmp_path: Path) -> None:
+    devices = write_file_devices(tmp_path, ramp(2.0))
+    pipeline = pipeline_on(devices, volume=0.5, playback_channels=2)
+    await pipeline.start()
+    try:
+        # Odd-sized writes: the speaker cuts them into exact 10 ms frames for the thread.
+        for _ in range(30):
+            await pipeline.speaker.write(np.full(700, 2000, dtype=np.int16))
+            await asyncio.sleep(0.0145)
+    finally:
+        await pipeline.aclose()
+    played = np.fromfile(devices.outfile, dtype="<i2").reshape(-1, 2)
+    loud = played[played[:, 0] != 0]
+    assert len(loud) >= 40 * 480 and (loud == 1000).all(), "both channels, volume 0.5"

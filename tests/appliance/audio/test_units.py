@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.audio.alsa import Pacer
+from appliance.audio.alsa import Pacer, XrunLog
 from appliance.audio.jitter import JitterBuffer
 from appliance.audio.processing import AudioProcessor, ProcessingOptions
 from appliance.call.events import AgentJoined
@@ -78,6 +78,21 @@ def test_processor_passes_idle_frames_through_and_starts_each_call_fresh() -> No
     processor.set_active(False)
     processor.set_active(True)
     assert processor._apm is not first, "a new call gets a fresh APM"
+
+
+def test_xruns_are_logged_at_most_every_ten_seconds_with_the_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    log = XrunLog("capture overrun recovered", monotonic=lambda: now[0])
+    with caplog.at_level("WARNING"):
+        for total in range(1, 101):  # 100 xruns, one every 0.25 s
+            log.count(total)
+            now[0] += 0.25
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "capture overrun recovered (1 since the last report)"
+    assert len(lines) == 3 and lines[1].startswith("capture overrun recovered (40 since")
+    assert [r.XRUNS for r in caplog.records] == [1, 41, 81]  # type: ignore[attr-defined]
 
 
 def test_pacer_keeps_the_period_and_skips_ahead_after_a_stall() -> None:
