@@ -231,6 +231,7 @@ class AlsaSession:
         self._on_fault = on_fault
         self._factory = pcm_factory
         self._stop = threading.Event()
+        self._fault_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._capture: Any = None
         self._playback: Any = None
@@ -279,30 +280,45 @@ class AlsaSession:
         """Stop the threads and release both devices (blocking)."""
         self._stop.set()
         self._jitter.wake()
+        stuck = set()
         for thread in self._threads:
             thread.join(timeout=2.0)
-        for pcm in (self._capture, self._playback):
-            if pcm is not None:
-                try:
-                    pcm.close()
-                except Exception as exc:  # a device already gone cannot be closed cleanly
-                    logger.debug("closing a PCM failed: %s", exc)
+            if thread.is_alive():
+                stuck.add(thread.name)
+        pcms = (("alsa-capture", self._capture), ("alsa-playback", self._playback))
+        for name, pcm in pcms:
+            if pcm is None:
+                continue
+            if name in stuck:
+                # Closing a PCM under a thread blocked in it (hung hardware) frees what the
+                # thread is using; leave it to the process's exit instead.
+                logger.error("%s thread did not stop; its ALSA device is left open", name)
+                continue
+            try:
+                pcm.close()
+            except Exception as exc:  # a device already gone cannot be closed cleanly
+                logger.debug("closing a PCM failed: %s", exc)
         self._capture = self._playback = None
 
     def _guard(self, loop: Callable[[], None]) -> None:
         try:
             loop()
         except AudioDeviceError as exc:
-            if not self._stop.is_set():
-                self._stop.set()
-                self._on_fault(exc)
+            self._fail(exc)
         except Exception as exc:
             # Anything else (APM, resampler, a malformed frame) must not end the thread
             # silently and leave the device deaf: report it as a lost device, to be reopened.
             logger.exception("audio thread failed")
-            if not self._stop.is_set():
-                self._stop.set()
-                self._on_fault(AudioDeviceLostError(f"audio thread failed: {exc}"))
+            self._fail(AudioDeviceLostError(f"audio thread failed: {exc}"))
+
+    def _fail(self, exc: AudioDeviceError) -> None:
+        # An unplugged device fails both threads at once: the session reports one fault, so a
+        # second one cannot close the session that replaces it.
+        with self._fault_lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+        self._on_fault(exc)
 
     def _capture_loop(self) -> None:
         cfg = self.config

@@ -79,7 +79,9 @@ class AudioPipeline:
         self._backoff = backoff or Backoff(initial_s=0.5, max_s=30.0)
         self._listeners: list[FaultListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._faults: asyncio.Queue[AudioDeviceError] = asyncio.Queue()
+        # (which session, what failed): a session's number is its hooks' `session_no`.
+        self._faults: asyncio.Queue[tuple[int, AudioDeviceError]] = asyncio.Queue()
+        self._session_no = 0
         self._task: asyncio.Task[None] | None = None
         self._opened_event = asyncio.Event()
         self._low_latency = True
@@ -132,7 +134,8 @@ class AudioPipeline:
 
     async def _run(self) -> None:
         while True:
-            session = self._open_session(_Hooks(self))
+            self._session_no += 1
+            session = self._open_session(_Hooks(self, self._session_no))
             try:
                 await asyncio.to_thread(session.open)
             except AudioDeviceError as exc:
@@ -152,13 +155,21 @@ class AudioPipeline:
                 logger.info("audio devices work again")
                 for listener in list(self._listeners):
                     listener.audio_recovered()
-            lost = await self._faults.get()
+            lost = await self._next_fault()
             await self._close_session()
             self._report_fault(lost)
             # A device that opens and fails at once must not spin: back off unless it ran a while.
             if self._clock.monotonic() - opened_at >= STABLE_S:
                 self._backoff.reset()
             await self._clock.sleep(self._backoff.next_delay())
+
+    async def _next_fault(self) -> AudioDeviceError:
+        """The next fault of the open session; late reports from closed sessions are dropped."""
+        while True:
+            session_no, exc = await self._faults.get()
+            if session_no == self._session_no:
+                return exc
+            logger.debug("ignored a fault of a closed audio session: %s", exc)
 
     async def _close_session(self) -> None:
         session, self.session = self.session, None
@@ -183,8 +194,9 @@ class AudioPipeline:
 class _Hooks:
     """Thread-side entry points: each hands its work to the loop with `call_soon_threadsafe`."""
 
-    def __init__(self, pipeline: AudioPipeline) -> None:
+    def __init__(self, pipeline: AudioPipeline, session_no: int) -> None:
         self._pipeline = pipeline
+        self.session_no = session_no
         assert pipeline._loop is not None
         self._loop = pipeline._loop
 
@@ -194,7 +206,9 @@ class _Hooks:
 
     def fault(self, exc: AudioDeviceError) -> None:
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._pipeline._faults.put_nowait, exc)
+            self._loop.call_soon_threadsafe(
+                self._pipeline._faults.put_nowait, (self.session_no, exc)
+            )
 
 
 class PipelineMicrophone:

@@ -12,7 +12,7 @@ import alsaaudio
 import numpy as np
 import pytest
 
-from appliance.audio.alsa import AlsaSession, alsa_pipeline
+from appliance.audio.alsa import AlsaConfig, AlsaSession, alsa_pipeline
 from appliance.audio.pipeline import AudioPipeline
 from appliance.clock import SystemClock
 from appliance.errors import (
@@ -335,3 +335,44 @@ async def test_two_channel_playback_gets_the_scaled_frame_on_both_channels(tmp_p
     played = np.fromfile(devices.outfile, dtype="<i2").reshape(-1, 2)
     loud = played[played[:, 0] != 0]
     assert len(loud) >= 40 * 480 and (loud == 1000).all(), "both channels, volume 0.5"
+
+
+async def test_one_unplug_is_one_fault_and_late_reports_cannot_close_the_new_session(
+    tmp_path: Path,
+) -> None:
+    devices = write_file_devices(tmp_path, ramp(3.0), playback_file="/dev/full")
+    pipeline = pipeline_on(devices)
+    hooks: list[Any] = []
+    open_session = pipeline._open_session
+
+    def recording(h: Any) -> Any:
+        hooks.append(h)
+        return open_session(h)
+
+    pipeline._open_session = recording
+    await pipeline.start()
+    try:
+        await wait_until(lambda: isinstance(pipeline.fault, AudioDeviceLostError))
+        # Both threads failing at once: a session reports the first failure only.
+        faults: list[AudioDeviceError] = []
+        session = AlsaSession(
+            AlsaConfig(),
+            processor=pipeline.processor,
+            jitter=pipeline.jitter,
+            volume=1.0,
+            deliver=lambda frames, at: None,
+            on_fault=faults.append,
+        )
+        session._fail(AudioDeviceLostError("capture: I/O error"))
+        session._fail(AudioDeviceLostError("playback: I/O error"))
+        assert [str(f) for f in faults] == ["capture: I/O error"]
+
+        replug(devices, "/dev/full", str(devices.outfile))
+        await wait_until(lambda: pipeline.opened == 2 and pipeline.session is not None, 10)
+        # A report from the closed session arriving late is not a fault of the new one.
+        hooks[0].fault(AudioDeviceLostError("late news from the old session"))
+        await asyncio.sleep(0.3)
+        assert pipeline.session is not None and pipeline.fault is None and pipeline.opened == 2
+        await asyncio.wait_for(pipeline.microphone.read(), 1)
+    finally:
+        await pipeline.aclose()
