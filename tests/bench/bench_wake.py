@@ -36,6 +36,7 @@ MICRO = {
     "okay_nabu": ("okay nabu", "ok nabu"),
     "alexa": ("alexa",),
     "hey_mycroft": ("hey mycroft",),
+    "hey_jarvis": ("hey jarvis",),
 }
 PORCUPINE = ("porcupine", "computer", "bumblebee")
 CHUNK = ENGINE_RATE // 100

@@ -77,7 +77,9 @@ def test_micro_wake_word_detects_its_keyword_in_noise(settings: Settings, model:
     assert len(plain_hits) / len(plain) >= MIN_DETECTION_RATE_PLAIN_VOICES, plain_hits
 
 
-@pytest.mark.parametrize("model", sorted(POSITIVES))
+# hey_jarvis loads and runs, but espeak-ng's "hey jarvis" scores under 0.05 in every voice
+# (1 of 24 detected in the benchmark), so only its negative side can be tested here.
+@pytest.mark.parametrize("model", [*sorted(POSITIVES), "hey_jarvis"])
 def test_micro_wake_word_ignores_ordinary_speech_and_noise(settings: Settings, model: str) -> None:
     detector = _micro(settings, model)
     for seed, (text, voice) in enumerate(itertools.product(NEGATIVES, VOICES[:4])):
