@@ -26,7 +26,7 @@ class StreamResampler:
 
     def push(self, samples: Frame) -> Frame:
         """The resampled samples available so far (possibly none)."""
-        frames = self._resampler.push(bytearray(samples.tobytes()))
+        frames = self._resampler.push(bytearray(samples))
         if not frames:
             return _EMPTY
         if len(frames) == 1:

@@ -81,7 +81,7 @@ class WakeListener:
                 frames = await subscription.read_batch()
                 self.last_frame_at = self._clock.monotonic()
                 # One resampler call and one engine call per batch, not per frame.
-                out = resampler.push(bytearray(np.concatenate(frames).tobytes()))
+                out = resampler.push(bytearray(np.concatenate(frames)))
                 if not out:
                     continue
                 pcm = np.frombuffer(b"".join(o.data for o in out), dtype=np.int16)
