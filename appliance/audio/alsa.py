@@ -102,8 +102,8 @@ def default_pcm_factory() -> PcmFactory:
 
 def open_pcm(
     factory: PcmFactory, config: AlsaConfig, *, capture: bool, channels: int
-) -> tuple[Any, int]:
-    """Open one PCM as `config` asks; returns it and its buffer size in frames."""
+) -> tuple[Any, int, int]:
+    """Open one PCM as `config` asks; returns it and the buffer and period it got, in frames."""
     import alsaaudio
 
     device = config.capture_device if capture else config.playback_device
@@ -127,7 +127,7 @@ def open_pcm(
             f"ALSA device {device!r} cannot do {config.rate} Hz, {channels} channel(s); "
             f"it offered {info['rate']} Hz, {info['channels']} channel(s)"
         )
-    return pcm, int(info["buffer_size"])
+    return pcm, int(info["buffer_size"]), int(info.get("period_size") or config.period)
 
 
 class Pacer:
@@ -236,6 +236,8 @@ class AlsaSession:
         self._capture: Any = None
         self._playback: Any = None
         self._playback_buffer = 0
+        self._playback_period = config.period
+        self._idle_block = 1  # set when the capture PCM is opened
         # Read by the capture thread before each block, written from the loop.
         self._block_periods = 1
         self._capture_xrun_log = XrunLog("capture overrun recovered")
@@ -244,24 +246,33 @@ class AlsaSession:
     @property
     def idle_block_periods(self) -> int:
         """Periods read and processed together while no call needs low latency."""
-        return max(1, round(IDLE_BLOCK_MS * self.config.rate / 1000 / self.config.period))
+        return self._idle_block
 
     def set_low_latency(self, low_latency: bool) -> None:
         """Hand each period over as soon as it is read (a call), or in idle blocks (otherwise)."""
-        self._block_periods = 1 if low_latency else self.idle_block_periods
+        self._block_periods = 1 if low_latency else self._idle_block
 
     def open(self) -> None:
         """Open both PCMs (blocking); raises a typed AudioDeviceError."""
         factory = self._factory or default_pcm_factory()
         cfg = self.config
-        # Room for an idle block and two more periods, so reading in blocks cannot overrun.
-        periods = max(cfg.buffer_periods, self.idle_block_periods + 2)
-        capture_cfg = replace(cfg, buffer_periods=periods)
-        self._capture, _ = open_pcm(
+        wanted = max(1, round(IDLE_BLOCK_MS * cfg.rate / 1000 / cfg.period))
+        # An idle block plus the usual buffer: a late wake-up has more room, not less.
+        capture_cfg = replace(cfg, buffer_periods=wanted + cfg.buffer_periods)
+        self._capture, buffer, period = open_pcm(
             factory, capture_cfg, capture=True, channels=cfg.capture_channels
         )
+        # The device may grant a smaller buffer (dsnoop, small drivers): blocks shrink to fit.
+        self._idle_block = max(1, min(wanted, buffer // period - cfg.buffer_periods))
+        if self._idle_block < wanted:
+            logger.warning(
+                "capture buffer of %d periods leaves room for idle blocks of %d, not %d",
+                buffer // period,
+                self._idle_block,
+                wanted,
+            )
         try:
-            self._playback, self._playback_buffer = open_pcm(
+            self._playback, self._playback_buffer, self._playback_period = open_pcm(
                 factory, cfg, capture=False, channels=cfg.playback_channels
             )
         except AudioDeviceError:
@@ -325,6 +336,7 @@ class AlsaSession:
         resampler = StreamResampler(cfg.rate, SAMPLE_RATE) if cfg.rate != SAMPLE_RATE else None
         reframer = Reframer(SAMPLES_PER_FRAME)
         pacer = Pacer(cfg.period / cfg.rate) if cfg.pacing == "clock" else None
+        pcm = self._capture  # close() clears the attribute; a stuck read still holds this one
         self.stats.capture_started_at = time.monotonic()
         while not self._stop.is_set():
             block = self._block_periods
@@ -332,11 +344,14 @@ class AlsaSession:
                 # As a real device does: a period can be read once it has been captured.
                 pacer.wait(block)
             elif block > 1:
-                self._sleep_until_available(block * cfg.period)
+                # Sleep through all but the last period; the last read blocks until it is in.
+                self._sleep_until_available(pcm, (block - 1) * cfg.period)
             frames: list[Frame] = []
             read_at = 0.0
             for i in range(block):
-                samples = self._read_period(measure_delay=block == 1, device_paced=pacer is None)
+                samples = self._read_period(
+                    pcm, measure_delay=block == 1, device_paced=pacer is None
+                )
                 if i == 0:
                     read_at = time.monotonic()
                 if samples is None:
@@ -351,16 +366,16 @@ class AlsaSession:
                 self.stats.frames_captured += len(frames)
                 self._deliver(frames, read_at)
 
-    def _read_period(self, *, measure_delay: bool, device_paced: bool) -> Frame | None:
+    def _read_period(self, pcm: Any, *, measure_delay: bool, device_paced: bool) -> Frame | None:
         """One period from the capture PCM (None after a recovered overrun)."""
         import alsaaudio
 
         cfg = self.config
         try:
-            n, data = self._capture.read()
+            n, data = pcm.read()
             if measure_delay and n > 0:
                 # What was still waiting in the buffer, plus this period: the capture delay.
-                waiting = self._capture.avail() if device_paced else 0
+                waiting = max(0, pcm.avail()) if device_paced else 0
                 self.stats.capture_delay_ms = (waiting + n) * 1000 / cfg.rate
         except alsaaudio.ALSAAudioError as exc:
             raise translate_error(exc, cfg.capture_device, opening=False) from exc
@@ -370,15 +385,17 @@ class AlsaSession:
             return None
         return np.frombuffer(data, dtype=np.int16) if n > 0 else None
 
-    def _sleep_until_available(self, frames: int) -> None:
+    def _sleep_until_available(self, pcm: Any, frames: int) -> None:
         """Sleep (rather than block once per period) until `frames` can be read at once."""
         import alsaaudio
 
         try:
-            available = self._capture.avail()
+            available = pcm.avail()
         except alsaaudio.ALSAAudioError as exc:
             raise translate_error(exc, self.config.capture_device, opening=False) from exc
-        missing = frames - max(0, available)
+        if available < 0:
+            return  # an overrun or a lost device (-errno): the next read recovers or fails
+        missing = frames - available
         if missing > 0:
             time.sleep(missing / self.config.rate)
 
@@ -397,7 +414,7 @@ class AlsaSession:
             if self._jitter.playing:
                 idle_periods = 0
             elif (idle_periods := idle_periods + 1) > PLAYBACK_IDLE_PERIODS:
-                self._rest_until_audio()
+                self._rest_until_audio(pcm)
                 idle_periods = 0
                 pacer = Pacer(FRAME_MS / 1000) if cfg.pacing == "clock" else None
                 continue
@@ -432,26 +449,33 @@ class AlsaSession:
             if pacer is not None:
                 pacer.wait()
 
-    def _rest_until_audio(self) -> None:
+    def _rest_until_audio(self, pcm: Any) -> None:
         """Stop the playback stream until there is audio again, then restart it primed.
 
         Priming with silence puts back the buffered periods the stream had before it
         stopped, so the first frames do not run the buffer dry (and the delay is unchanged).
+        While resting, the device is checked once a second, so an unplugged speaker is a
+        fault now, not at the next earcon.
         """
         import alsaaudio
 
         cfg = self.config
+        disconnected = getattr(alsaaudio, "PCM_STATE_DISCONNECTED", 8)
         try:
-            self._playback.drop()
+            pcm.drop()
             self.stats.playback_rests += 1
             while not self._stop.is_set() and not self._jitter.wait_for_audio(1.0):
-                pass
+                if pcm.state() == disconnected:
+                    raise AudioDeviceLostError(
+                        f"ALSA device {cfg.playback_device!r} was disconnected"
+                    )
             if self._stop.is_set():
                 return
             # pyalsaaudio prepares a stopped PCM again on the next write.
-            silence = bytes(cfg.period * cfg.playback_channels * 2)
-            for _ in range(max(0, cfg.buffer_periods - 1)):
-                self._playback.write(silence)
+            period = self._playback_period
+            silence = bytes(period * cfg.playback_channels * 2)
+            for _ in range(max(0, self._playback_buffer // period - 1)):
+                pcm.write(silence)
         except alsaaudio.ALSAAudioError as exc:
             raise translate_error(exc, cfg.playback_device, opening=False) from exc
 

@@ -59,6 +59,7 @@ class AudioProcessor:
         self._delay_lock = threading.Lock()
         self._delay_ms = 0
         self._delay_dirty = options.echo_cancellation
+        self._delay_apm: rtc.AudioProcessingModule | None = None  # the APM last told the delay
         # The self-test sets a list here to get the unprocessed capture too.
         self.raw_tap: list[Frame] | None = None
 
@@ -81,14 +82,13 @@ class AudioProcessor:
     def set_active(self, active: bool) -> None:
         """Process frames (a fresh APM) or pass them through; called on the event loop.
 
-        The threads read the APM reference once per frame, so a switch lands between frames.
+        The threads read the APM reference once per frame, so a switch lands between frames;
+        the capture side tells each new APM the stream delay before its first frame.
         """
         if active and self._apm is None:
             self._apm = self._new_apm()
-            with self._delay_lock:
-                self._delay_dirty = self.options.echo_cancellation
         elif not active:
-            self._apm = None
+            self._apm = self._delay_apm = None
 
     @property
     def stream_delay_ms(self) -> int:
@@ -118,12 +118,13 @@ class AudioProcessor:
         apm = self._apm
         if apm is None:
             return frame
-        if self._delay_dirty:
+        if self.options.echo_cancellation and (self._delay_dirty or apm is not self._delay_apm):
             # WebRTC wants the delay before every capture frame when AEC is on; an unchanged
-            # value is kept by the APM, so it is sent again only after it changed.
+            # value is kept by the APM, so it is sent again only after it changed or to a new APM.
             with self._delay_lock:
                 apm.set_stream_delay_ms(self._delay_ms)
                 self._delay_dirty = False
+                self._delay_apm = apm
         np.copyto(self._capture.samples, frame)
         apm.process_stream(self._capture.frame)
         return self._capture.samples.copy()

@@ -78,6 +78,8 @@ def test_processor_passes_idle_frames_through_and_starts_each_call_fresh() -> No
     processor.set_active(False)
     processor.set_active(True)
     assert processor._apm is not first, "a new call gets a fresh APM"
+    processor.process_capture(tone)
+    assert processor._delay_apm is processor._apm, "told the stream delay before its 1st frame"
 
 
 def test_xruns_are_logged_at_most_every_ten_seconds_with_the_count(
