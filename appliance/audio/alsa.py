@@ -344,8 +344,8 @@ class AlsaSession:
                 # As a real device does: a period can be read once it has been captured.
                 pacer.wait(block)
             elif block > 1:
-                # Sleep through all but the last period; the last read blocks until it is in.
-                self._sleep_until_available(pcm, (block - 1) * cfg.period)
+                # One wake-up per block: the buffer keeps `buffer_periods` more free for lateness.
+                self._sleep_until_available(pcm, block * cfg.period)
             frames: list[Frame] = []
             read_at = 0.0
             for i in range(block):
