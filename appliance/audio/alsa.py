@@ -39,8 +39,8 @@ Deliver = Callable[[list[Frame], float], None]
 # canceller's reverse stream.
 PLAYBACK_IDLE_PERIODS = 20
 # While no call needs low latency, capture is read and processed this many ms at a time and
-# handed to the loop in one go: a sixth of the wake-ups of 10 ms periods for the wake word.
-IDLE_BLOCK_MS = 60
+# handed to the loop in one go: an eighth of the wake-ups of 10 ms periods for the wake word.
+IDLE_BLOCK_MS = 80
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ async def test_a_call_on_alsa_devices_gets_processed_frames_and_idle_gets_raw_bl
         await device.watcher.wait_for(State.READY, 15)
         pipeline = device.daemon._board.audio if device.daemon._board else None
         assert pipeline is not None and pipeline.fault is None
-        assert _mode(pipeline) == (False, 6), "idle: raw frames in 60 ms blocks"
+        assert _mode(pipeline) == (False, 8), "idle: raw frames in 80 ms blocks"
 
         device.daemon.press()
         session = await stack.agent.next_session(timeout=20)
@@ -83,7 +83,7 @@ async def test_a_call_on_alsa_devices_gets_processed_frames_and_idle_gets_raw_bl
                 await asyncio.sleep(0.1)
         device.daemon.press()
         await device.watcher.wait_for(State.READY, 15)
-        assert _mode(pipeline) == (False, 6)
+        assert _mode(pipeline) == (False, 8)
 
     # The agent heard the sentence the ALSA capture device read, through the APM.
     peak, _ = slip_tolerant_xcorr(session.received_pcm(), _high_passed(speech), RATE)

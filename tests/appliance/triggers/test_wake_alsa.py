@@ -1,4 +1,4 @@
-"""The wake word on an idle device's real audio path: ALSA file devices, 60 ms raw blocks."""
+"""The wake word on an idle device's real audio path: ALSA file devices, 80 ms raw blocks."""
 
 from __future__ import annotations
 
