@@ -117,3 +117,31 @@ async def test_wake_word_starts_a_call_and_only_the_agent_can_end_it(
     greeting_peak, greeting_at = slip_tolerant_xcorr(speaker, session.greeting_pcm, RATE)
     assert earcon_peak > 0.9 and greeting_peak > 0.5
     assert earcon_at < greeting_at
+
+
+@pytest.fixture
+async def hangup_device(stack: LocalStack, wake_pcm: np.ndarray) -> AsyncIterator[RunningDevice]:
+    # The wake word starts a call, and said again during it, ends it.
+    mic = np.concatenate([_silence(5), wake_pcm, _silence(8), wake_pcm, _silence(30)])
+    files = stack.write_device("kiosk-2", mic.astype(np.int16), agent_join_timeout_s=20)
+    with files.config.open("a") as f:  # [simulated] is the last table written
+        f.write('loop_microphone = false\n\n[wake]\nengine = "micro"\nhangup_word = true\n')
+    settings = await asyncio.wait_for(stack.enroll(files), 10)
+    async with run_device(settings) as running:
+        yield running
+
+
+async def test_the_hang_up_word_ends_the_call_it_started(
+    stack: LocalStack, hangup_device: RunningDevice
+) -> None:
+    device = hangup_device
+    await device.watcher.wait_for(State.READY, 15)
+    await stack.agent.next_session(timeout=30)
+    await device.watcher.wait_for(State.IN_CALL, 20)
+    assert device.daemon.wake_word is not None
+    assert device.daemon.wake_word.listener.active, "a hang-up word listens during the call"
+    await device.watcher.wait_for(State.READY, 20)
+    assert [d.keyword for d in device.daemon.wake_word.listener.detections] == ["Okay Nabu"] * 2
+    timeline = device.timelines[0]
+    assert timeline.trigger == "wake_word"
+    assert timeline.end_reason is not None and timeline.end_reason.value == "user"
