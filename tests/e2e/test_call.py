@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+from livekit import rtc
 
 from appliance.audio.simulated import read_wav_mono
 from appliance.state import State
@@ -120,5 +121,49 @@ async def test_agent_leaving_ends_the_call(stack: LocalStack, device: RunningDev
     second = await stack.agent.next_session(timeout=20)
     await device.watcher.wait_for(State.IN_CALL, 20)
     assert second.room_name != session.room_name
+    device.daemon.press()
+    await device.watcher.wait_for(State.READY, 15)
+
+
+def _mic_publication(session: AgentSession) -> rtc.RemoteTrackPublication:
+    (device,) = session.room.remote_participants.values()
+    (publication,) = device.track_publications.values()
+    return publication
+
+
+async def test_muting_mutes_the_track_sends_nothing_and_is_in_the_call_status(
+    stack: LocalStack, device: RunningDevice
+) -> None:
+    device.daemon.press()
+    session = await stack.agent.next_session(timeout=20)
+    await device.watcher.wait_for(State.IN_CALL, 20)
+    await _wait_for_audio(session, 1.0, 20)
+
+    device.daemon._on_mute(True)  # as the board's mute switch reports it
+    await session.wait_for_message(
+        lambda m: m.topic == "kiosk.call_status" and m.payload.get("muted") is True, 10
+    )
+    async with asyncio.timeout(10):
+        while not _mic_publication(session).muted:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # what was in flight arrives
+    heard = session.received_pcm()
+    await asyncio.sleep(2.0)  # longer than the WAV's 1.5 s pause: speech would show
+    after = session.received_pcm()[len(heard) :]
+    # Nothing from the microphone: no new audio, or only the receiver's silence.
+    assert not np.abs(after).any(), "audio left the device while muted"
+
+    device.daemon._on_mute(False)
+    await session.wait_for_message(
+        lambda m: (
+            m.topic == "kiosk.call_status"
+            and m.payload.get("muted") is False
+            and m.payload.get("reason") == "unmuted"
+        ),
+        10,
+    )
+    resumed = len(session.received_pcm())
+    await _wait_for_audio(session, resumed / RATE + 1.0, 20)
+    assert not _mic_publication(session).muted
     device.daemon.press()
     await device.watcher.wait_for(State.READY, 15)
