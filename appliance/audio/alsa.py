@@ -408,7 +408,8 @@ class AlsaSession:
         pacer = Pacer(FRAME_MS / 1000) if cfg.pacing == "clock" else None
         # Reused every period: the real-time loop allocates nothing for volume or channels.
         scaled = np.empty(SAMPLES_PER_FRAME, dtype=np.int16)
-        interleaved = np.empty((cfg.period, cfg.playback_channels), dtype=np.int16)
+        device_frame = cfg.rate * FRAME_MS // 1000  # one 10 ms frame at the device's rate
+        interleaved = np.empty((device_frame, cfg.playback_channels), dtype=np.int16)
         idle_periods = 0
         while not self._stop.is_set():
             if self._jitter.playing:
@@ -426,10 +427,10 @@ class AlsaSession:
             self._processor.process_render(frame)
             out = resampler.push(frame) if resampler is not None else frame
             if cfg.playback_channels > 1:
-                if len(out) == cfg.period:
+                if len(out) == device_frame:
                     interleaved[:] = out[:, np.newaxis]
                     out = interleaved.reshape(-1)
-                else:  # the resampler's output can wander by a sample around a period
+                else:  # the resampler's output can wander by a sample around a frame
                     out = np.repeat(out, cfg.playback_channels)
             try:
                 written = pcm.write(out) if len(out) else 0
