@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from appliance.vocabulary import EndReason
+
+__all__ = ["FAULT_STATES", "CallTimeline", "EndReason", "State", "StateChange"]
+
 
 class State(Enum):
     """What the device is doing; the supervisor is the only writer."""
@@ -47,23 +51,6 @@ FAULT_STATES = frozenset(
         State.AUDIO_FAULT,
     }
 )
-
-
-class EndReason(Enum):
-    """Why a call ended (or never started)."""
-
-    USER = "user"
-    AGENT_LEFT = "agent_left"
-    ROOM_CLOSED = "room_closed"
-    CONNECTION_LOST = "connection_lost"
-    AGENT_TIMEOUT = "agent_timeout"
-    MAX_DURATION = "max_duration"
-    CONNECT_FAILED = "connect_failed"
-    AUDIO_FAULT = "audio_fault"
-    SHUTDOWN = "shutdown"
-    IDLE = "idle"  # nobody spoke for call.idle_timeout_s
-    AGENT_ENDED = "agent_ended"  # the agent sent an end-call message
-    CANCELLED = "cancelled"  # a long press
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
+from provisioning.backend import open_backend
 from provisioning.config import Config, load_config
-from provisioning.core import ProvisioningCore
 from provisioning.errors import ConfigError, ProvisioningError
 from provisioning.http import BackendServer
-from provisioning.storage import Storage
+from provisioning.logs import configure_logging, printable
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +58,29 @@ def _when(epoch_s: float | None) -> str:
 
 
 def _print_table(header: tuple[str, ...], body: Iterable[tuple[str, ...]]) -> None:
-    rows = [header, *body]
+    # Whatever a device managed to store, an admin's terminal gets no control characters.
+    rows = [header, *(tuple(printable(cell) for cell in row) for row in body)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
 
 
-def _admin(config: Config, args: argparse.Namespace) -> int:
-    with Storage(config.database.path) as storage:
-        core = ProvisioningCore(storage, config)
+async def _admin(config: Config, args: argparse.Namespace) -> int:
+    async with open_backend(config) as backend:
+        core = backend.core
         if args.command == "enroll-code":
-            print(core.create_enrollment_code(ttl_s=args.ttl, label=args.label))
+            print(await core.create_enrollment_code(ttl_s=args.ttl, label=args.label))
         elif args.command == "devices" and args.action == "list":
             _print_table(
                 ("DEVICE_ID", "STATUS", "CREATED", "NAME"),
                 (
                     (d.device_id, d.status.value, _when(d.created_at), d.name)
-                    for d in core.list_devices()
+                    for d in await core.list_devices()
                 ),
             )
         elif args.command == "devices" and args.action == "revoke":
-            device = core.revoke_device(args.device_id)
+            device = await core.revoke_device(args.device_id)
             print(f"{device.device_id} {device.status.value}")
         elif args.command == "calls":
             _print_table(
@@ -94,7 +95,7 @@ def _admin(config: Config, args: argparse.Namespace) -> int:
                         c.end_reason or "-",
                         "-" if c.duration_ms is None else str(c.duration_ms),
                     )
-                    for c in core.list_calls(args.device)
+                    for c in await core.list_calls(args.device)
                 ),
             )
     return 0
@@ -118,11 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     # Admin commands print their result on stdout; only `serve` narrates at info level.
     quiet = logging.INFO if args.command == "serve" else logging.WARNING
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else quiet,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.DEBUG if args.verbose else quiet)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -132,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(serve(config))
             return 0
-        return _admin(config, args)
+        return asyncio.run(_admin(config, args))
     except ProvisioningError as exc:
         print(f"provisioning: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from provisioning.errors import ConfigError
 
@@ -16,17 +17,32 @@ CLOCK_SKEW_RANGE_S = (1, 600)
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Where the HTTP API listens."""
+    """Where the HTTP API listens, and how much a client may take of it."""
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Connections beyond this are answered 503 and closed (keep below LimitNOFILE).
+    max_connections: int = 1000
+    # A request's headers, and then its body, must arrive within these.
+    header_timeout_s: int = 10
+    body_timeout_s: int = 10
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    """The SQLite database file."""
+    """SQLite (`path`, the embedded default) or PostgreSQL (`url`, password from a file)."""
 
     path: Path = Path("provisioning.sqlite3")
+    url: str | None = None
+    password: str | None = field(default=None, repr=False)
+    pool_size: int = 10
+    # A statement, or the wait for a connection or a lock, is bounded by this.
+    timeout_s: int = 5
+
+    @property
+    def location(self) -> str:
+        """Where the data is, for messages: the file, or the URL (it never holds a password)."""
+        return str(self.path) if self.url is None else self.url
 
 
 @dataclass(frozen=True)
@@ -69,9 +85,12 @@ class Config:
 class _Section:
     """Reads typed keys from one TOML table and reports errors naming key and file."""
 
-    def __init__(self, file: Path, name: str, table: Any, allowed: set[str]) -> None:
+    def __init__(
+        self, file: Path, name: str, table: Any, allowed: set[str], file_mode: int = 0o600
+    ) -> None:
         self.file = file
         self.name = name
+        self.file_mode = file_mode
         if not isinstance(table, Mapping):
             raise self.error(None, "must be a table")
         self.table: Mapping[str, Any] = table
@@ -117,11 +136,15 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
-    return config_from_mapping(data, file)
+    return config_from_mapping(data, file, file_mode=file.stat().st_mode & 0o777)
 
 
-def config_from_mapping(data: Mapping[str, Any], file: Path) -> Config:
-    """Validate parsed TOML; relative paths resolve against `file`'s directory."""
+def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int = 0o600) -> Config:
+    """Validate parsed TOML; relative paths resolve against `file`'s directory.
+
+    `file_mode` is the config file's permission bits: a secret written inline is
+    refused when others can read the file.
+    """
     sections = {"server", "database", "livekit", "calls", "auth"}
     unknown = sorted(set(data) - sections)
     if unknown:
@@ -130,10 +153,24 @@ def config_from_mapping(data: Mapping[str, Any], file: Path) -> Config:
         raise ConfigError(f"{file}: [livekit] section is required")
     base = file.parent
 
-    server = _Section(file, "server", data.get("server", {}), {"host", "port"})
-    database = _Section(file, "database", data.get("database", {}), {"path"})
+    server = _Section(
+        file,
+        "server",
+        data.get("server", {}),
+        {"host", "port", "max_connections", "header_timeout_s", "body_timeout_s"},
+    )
+    database = _Section(
+        file,
+        "database",
+        data.get("database", {}),
+        {"path", "url", "password_file", "pool_size", "timeout_s"},
+    )
     livekit = _Section(
-        file, "livekit", data["livekit"], {"url", "api_key", "api_secret", "api_secret_file"}
+        file,
+        "livekit",
+        data["livekit"],
+        {"url", "api_key", "api_secret", "api_secret_file"},
+        file_mode,
     )
     calls = _Section(
         file, "calls", data.get("calls", {}), {"agent_name", "token_ttl_s", "max_per_minute"}
@@ -148,8 +185,15 @@ def config_from_mapping(data: Mapping[str, Any], file: Path) -> Config:
         server=ServerConfig(
             host=server.string("host", ServerConfig.host),
             port=server.integer("port", ServerConfig.port, 0, 65535),
+            max_connections=server.integer(
+                "max_connections", ServerConfig.max_connections, 1, 100_000
+            ),
+            header_timeout_s=server.integer(
+                "header_timeout_s", ServerConfig.header_timeout_s, 1, 300
+            ),
+            body_timeout_s=server.integer("body_timeout_s", ServerConfig.body_timeout_s, 1, 300),
         ),
-        database=DatabaseConfig(path=base / database.string("path", str(DatabaseConfig.path))),
+        database=_database(database, base),
         livekit=LiveKitConfig(
             url=url, api_key=livekit.string("api_key"), api_secret=_api_secret(livekit, base)
         ),
@@ -167,22 +211,53 @@ def config_from_mapping(data: Mapping[str, Any], file: Path) -> Config:
     )
 
 
+def _database(database: _Section, base: Path) -> DatabaseConfig:
+    pool_size = database.integer("pool_size", DatabaseConfig.pool_size, 1, 100)
+    timeout_s = database.integer("timeout_s", DatabaseConfig.timeout_s, 1, 60)
+    if not database.has("url"):
+        if database.has("password_file"):
+            raise database.error("password_file", "needs url (PostgreSQL)")
+        path = base / database.string("path", str(DatabaseConfig.path))
+        return DatabaseConfig(path=path, pool_size=pool_size, timeout_s=timeout_s)
+    if database.has("path"):
+        raise database.error("url", "cannot be combined with path")
+    url = database.string("url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise database.error("url", "must be postgresql://[user@]host[:port]/dbname")
+    if parts.password is not None:
+        raise database.error("url", "must not contain a password: put it in password_file")
+    password = None
+    if database.has("password_file"):
+        password = _secret_file(database, "password_file", base)
+    return DatabaseConfig(url=url, password=password, pool_size=pool_size, timeout_s=timeout_s)
+
+
 def _api_secret(livekit: _Section, base: Path) -> str:
     if livekit.has("api_secret") and livekit.has("api_secret_file"):
         raise livekit.error("api_secret_file", "cannot be combined with api_secret")
     if livekit.has("api_secret"):
+        if livekit.file_mode & 0o077:
+            raise livekit.error(
+                "api_secret",
+                f"is in a file others can read (mode {livekit.file_mode:04o}): "
+                "use api_secret_file, or make the config readable by its owner only (0600)",
+            )
         return livekit.string("api_secret")
     if not livekit.has("api_secret_file"):
         raise livekit.error("api_secret", "is required (or api_secret_file)")
-    secret_path = base / livekit.string("api_secret_file")
+    return _secret_file(livekit, "api_secret_file", base)
+
+
+def _secret_file(section: _Section, key: str, base: Path) -> str:
+    """The trimmed contents of a secret file that only its owner can read."""
+    secret_path = base / section.string(key)
     try:
         if secret_path.stat().st_mode & 0o077:
-            raise livekit.error(
-                "api_secret_file", f"{secret_path} must be readable by its owner only (0600)"
-            )
+            raise section.error(key, f"{secret_path} must be readable by its owner only (0600)")
         secret = secret_path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise livekit.error("api_secret_file", f"cannot be read: {secret_path}") from exc
+        raise section.error(key, f"cannot be read: {secret_path}") from exc
     if not secret:
-        raise livekit.error("api_secret_file", f"is empty: {secret_path}")
+        raise section.error(key, f"is empty: {secret_path}")
     return secret

@@ -6,10 +6,10 @@ import hashlib
 import logging
 import math
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 
+from appliance.vocabulary import EndReason, Trigger
 from provisioning.config import Config
 from provisioning.errors import (
     AlreadyEnrolledError,
@@ -18,13 +18,14 @@ from provisioning.errors import (
     InvalidEnrollmentCodeError,
     MissingSignatureError,
     RateLimitedError,
+    StorageConflictError,
     UnknownCallError,
     UnknownDeviceError,
     UnknownDeviceIdError,
 )
 from provisioning.models import CallGrant, CallRecord, Device, DeviceStatus, EnrollmentCode
 from provisioning.signing import SignatureVerifier, SignedRequest, device_id_for, parse_public_key
-from provisioning.storage import Storage
+from provisioning.storage.base import Storage
 from provisioning.tokens import TokenMinter
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,8 @@ CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 CODE_GROUPS = 4
 CODE_GROUP_LEN = 4
 MAX_CODE_TTL_S = 30 * 24 * 3600
-TRIGGERS = frozenset({"button", "wake_word", "command"})
 MAX_NAME_LEN = 100
 MAX_LABEL_LEN = 100
-MAX_REASON_LEN = 200
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 RATE_WINDOW_S = 60.0
 
@@ -55,21 +54,27 @@ def hash_code(code: str) -> str:
 
 
 class ProvisioningCore:
-    """Enrolls devices, authenticates their requests and hands out call tokens."""
+    """Enrolls devices, authenticates their requests and hands out call tokens.
 
-    def __init__(self, storage: Storage, config: Config, *, clock: Clock = time.time) -> None:
+    Its collaborators come in: the storage and the token minter are chosen by
+    `provisioning.backend.open_backend`, never here.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: Config,
+        *,
+        minter: TokenMinter,
+        clock: Clock = time.time,
+    ) -> None:
         self._storage = storage
         self._config = config
         self._clock = clock
         self._verifier = SignatureVerifier(
             storage, clock=clock, max_clock_skew_s=config.auth.max_clock_skew_s
         )
-        self._minter = TokenMinter(
-            api_key=config.livekit.api_key,
-            api_secret=config.livekit.api_secret,
-            agent_name=config.calls.agent_name,
-            ttl_s=config.calls.token_ttl_s,
-        )
+        self._minter = minter
 
     @property
     def agent_name(self) -> str:
@@ -78,19 +83,21 @@ class ProvisioningCore:
 
     # Administration
 
-    def create_enrollment_code(self, ttl_s: int = 3600, label: str = "") -> str:
+    async def create_enrollment_code(self, ttl_s: int = 3600, label: str = "") -> str:
         """A fresh one-time code valid for `ttl_s` seconds, shown once and stored hashed."""
         if isinstance(ttl_s, bool) or not 1 <= ttl_s <= MAX_CODE_TTL_S:
             raise BadRequestError(f"ttl must be between 1 and {MAX_CODE_TTL_S} seconds")
         if len(label) > MAX_LABEL_LEN:
             raise BadRequestError(f"label must be at most {MAX_LABEL_LEN} characters")
+        if not label.isprintable():
+            raise BadRequestError("label must contain printable characters only")
         groups = (
             "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUP_LEN))
             for _ in range(CODE_GROUPS)
         )
         code = "-".join(groups)
         now = self._clock()
-        self._storage.add_enrollment_code(
+        await self._storage.add_enrollment_code(
             EnrollmentCode(
                 code_hash=hash_code(code),
                 label=label,
@@ -103,26 +110,26 @@ class ProvisioningCore:
         logger.info("enrollment code created", extra={"label": label, "ttl_s": ttl_s})
         return code
 
-    def list_devices(self) -> list[Device]:
+    async def list_devices(self) -> list[Device]:
         """All enrolled devices, oldest first."""
-        return self._storage.list_devices()
+        return await self._storage.list_devices()
 
-    def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
+    async def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
         """All calls, oldest first, optionally of one device."""
-        return self._storage.list_calls(device_id)
+        return await self._storage.list_calls(device_id)
 
-    def revoke_device(self, device_id: str) -> Device:
+    async def revoke_device(self, device_id: str) -> Device:
         """Refuse the device from now on; raises `UnknownDeviceIdError` if there is none."""
-        if not self._storage.set_device_status(device_id, DeviceStatus.REVOKED):
+        if not await self._storage.set_device_status(device_id, DeviceStatus.REVOKED):
             raise UnknownDeviceIdError(f"no device {device_id}")
         logger.info("device revoked", extra={"device_id": device_id})
-        device = self._storage.get_device(device_id)
+        device = await self._storage.get_device(device_id)
         assert device is not None
         return device
 
     # Device requests
 
-    def enroll(self, code: str, public_key: str, name: str, request: SignedRequest) -> Device:
+    async def enroll(self, code: str, public_key: str, name: str, request: SignedRequest) -> Device:
         """Enroll the key that signed `request`, spending `code`; returns the new device."""
         raw_key = parse_public_key(public_key)
         if len(name) > MAX_NAME_LEN:
@@ -132,45 +139,49 @@ class ProvisioningCore:
             raise BadRequestError("name must contain printable characters only")
         device_id = device_id_for(raw_key)
         # Proof of possession first: nothing below is revealed to someone without the key.
-        self._verifier.verify(request, public_key=raw_key, device_id=device_id)
+        await self._verifier.verify(request, public_key=raw_key, device_id=device_id)
         now = self._clock()
-        with self._storage.transaction():
-            if self._storage.get_device_by_public_key(raw_key) is not None:
-                raise AlreadyEnrolledError("this public key already has a device")
-            if not self._storage.use_enrollment_code(hash_code(code), device_id, now):
-                raise InvalidEnrollmentCodeError()
-            device = Device(
-                device_id=device_id,
-                public_key=raw_key,
-                name=name,
-                status=DeviceStatus.APPROVED,
-                created_at=now,
-            )
-            try:
-                self._storage.add_device(device)
-            except sqlite3.IntegrityError as exc:
-                raise AlreadyEnrolledError("this device id is already enrolled") from exc
+        if await self._storage.get_device_by_public_key(raw_key) is not None:
+            raise AlreadyEnrolledError("this public key already has a device")
+        device = Device(
+            device_id=device_id,
+            public_key=raw_key,
+            name=name,
+            status=DeviceStatus.APPROVED,
+            created_at=now,
+        )
+        try:
+            spent = await self._storage.enroll_device(device, hash_code(code), now)
+        except StorageConflictError as exc:
+            # The same key enrolling through two backends at once: one of them wins.
+            raise AlreadyEnrolledError("this device is already enrolled") from exc
+        if not spent:
+            raise InvalidEnrollmentCodeError()
         logger.info("device enrolled", extra={"device_id": device_id})
         return device
 
-    def authenticate(self, request: SignedRequest) -> Device:
+    async def authenticate(self, request: SignedRequest) -> Device:
         """The approved device that signed `request`, or an `AuthError`/`DeviceRevokedError`."""
         if not request.device_id:
             raise MissingSignatureError("X-Device-Id is missing")
-        device = self._storage.get_device(request.device_id)
+        device = await self._storage.get_device(request.device_id)
         if device is None:
             raise UnknownDeviceError()
-        self._verifier.verify(request, public_key=device.public_key, device_id=device.device_id)
+        await self._verifier.verify(
+            request, public_key=device.public_key, device_id=device.device_id
+        )
         if device.status is not DeviceStatus.APPROVED:
             raise DeviceRevokedError()
         return device
 
-    def start_call(self, device: Device, trigger: str) -> CallGrant:
+    async def start_call(self, device: Device, trigger: str) -> CallGrant:
         """Record a new call for `device` and mint its token; `trigger` is informational."""
-        if trigger not in TRIGGERS:
-            raise BadRequestError(f"trigger must be one of {', '.join(sorted(TRIGGERS))}")
+        if trigger not in Trigger.__members__.values():
+            raise BadRequestError(f"trigger must be one of {_choices(Trigger)}")
         now = self._clock()
-        recent, oldest = self._storage.count_calls_since(device.device_id, now - RATE_WINDOW_S)
+        recent, oldest = await self._storage.count_calls_since(
+            device.device_id, now - RATE_WINDOW_S
+        )
         if recent >= self._config.calls.max_per_minute:
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("call rate limited", extra={"device_id": device.device_id})
@@ -184,7 +195,7 @@ class ProvisioningCore:
             device_id=device.device_id,
             call_id=call_id,
         )
-        self._storage.add_call(
+        await self._storage.add_call(
             CallRecord(
                 call_id=call_id,
                 device_id=device.device_id,
@@ -207,23 +218,29 @@ class ProvisioningCore:
             expires_at=token.expires_at,
         )
 
-    def end_call(self, device: Device, call_id: str, reason: str, duration_ms: int) -> CallRecord:
+    async def end_call(
+        self, device: Device, call_id: str, reason: str, duration_ms: int
+    ) -> CallRecord:
         """Record the end of one of `device`'s calls; a repeated end returns the first one."""
-        call = self._storage.get_call(call_id)
+        call = await self._storage.get_call(call_id)
         if call is None or call.device_id != device.device_id:
             raise UnknownCallError("no such call for this device")
         if call.ended_at is not None:
             return call
-        if not reason or len(reason) > MAX_REASON_LEN:
-            raise BadRequestError(f"reason must be 1 to {MAX_REASON_LEN} characters")
+        if reason not in EndReason.__members__.values():
+            raise BadRequestError(f"reason must be one of {_choices(EndReason)}")
         if isinstance(duration_ms, bool) or not 0 <= duration_ms <= MAX_DURATION_MS:
             raise BadRequestError("duration_ms must be a non-negative integer")
         now = self._clock()
-        self._storage.end_call(call_id, now, reason, duration_ms)
+        await self._storage.end_call(call_id, now, reason, duration_ms)
         logger.info(
             "call ended",
             extra={"device_id": device.device_id, "call_id": call_id, "end_reason": reason},
         )
-        ended = self._storage.get_call(call_id)
+        ended = await self._storage.get_call(call_id)
         assert ended is not None
         return ended
+
+
+def _choices(vocabulary: type[Trigger] | type[EndReason]) -> str:
+    return ", ".join(sorted(member.value for member in vocabulary))

@@ -90,6 +90,13 @@ class DeviceRevokedError(ForbiddenError):
         super().__init__("device_revoked", message)
 
 
+class RequestTimeoutError(ProvisioningError, TimeoutError):
+    """The client did not send its request in time (HTTP 408); the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class UnknownCallError(ProvisioningError, LookupError):
     """The call does not exist or belongs to another device (HTTP 404)."""
 
@@ -132,3 +139,23 @@ class StorageError(ProvisioningError, OSError):
     """The database could not be opened or used."""
 
     code = "storage_error"
+
+
+class StorageUnavailableError(StorageError):
+    """The database is down, locked or too slow right now; the request may be retried (503)."""
+
+    status = 503
+    code = "storage_unavailable"
+
+
+class StorageConflictError(StorageError):
+    """A row with the same unique key already exists."""
+
+    status = 409
+    code = "conflict"
+
+
+class SchemaTooNewError(StorageError):
+    """The database was migrated by a newer version of the backend."""
+
+    code = "schema_too_new"

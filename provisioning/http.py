@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from provisioning.backend import open_backend
 from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
-from provisioning.errors import BadRequestError, ProvisioningError, RateLimitedError
+from provisioning.errors import (
+    BadRequestError,
+    ProvisioningError,
+    RateLimitedError,
+    RequestTimeoutError,
+    StorageUnavailableError,
+)
+from provisioning.http_server import GuardedSite
+from provisioning.logs import printable
 from provisioning.models import Device
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
-from provisioning.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
+# Device requests are a few hundred bytes; these bound the work a body can cause.
+MAX_BODY_BYTES = 16 * 1024
+MAX_JSON_DEPTH = 8
+MAX_NUMBER_CHARS = 20
+STORAGE_RETRY_AFTER_S = 2
 CORE_KEY = web.AppKey("core", ProvisioningCore)
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -50,18 +69,24 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ProvisioningError as exc:
-        logger.info(
-            "request refused",
-            extra={
-                "error_code": exc.code,
-                "device_id": request.headers.get(HEADER_DEVICE_ID),
-                "path": request.rel_url.raw_path,
-            },
-        )
+        context = {
+            "error_code": exc.code,
+            "device_id": printable(request.headers.get(HEADER_DEVICE_ID, "-"), 40),
+            "path": printable(request.rel_url.raw_path, 100),
+        }
         headers = None
         if isinstance(exc, RateLimitedError):
             headers = {"Retry-After": str(exc.retry_after_s)}
-        return _error(exc.status, exc.code, exc.message, headers)
+        elif isinstance(exc, StorageUnavailableError):
+            headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
+        if exc.status >= 500:
+            logger.warning("request failed: %s", exc.message, extra=context)
+        else:
+            logger.info("request refused", extra=context)
+        response = _error(exc.status, exc.code, exc.message, headers)
+        if isinstance(exc, RequestTimeoutError):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -69,14 +94,34 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         allow = exc.headers.get("Allow")
         return _error(exc.status, code, exc.reason, {"Allow": allow} if allow else None)
     except Exception:
-        logger.exception("request failed", extra={"path": request.rel_url.raw_path})
+        logger.exception("request failed", extra={"path": printable(request.rel_url.raw_path)})
         return _error(500, "internal_error", "internal error")
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def _number(text: str) -> int | float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BadRequestError(f"numbers must be at most {MAX_NUMBER_CHARS} characters")
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequestError(f"{name} is not JSON")
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """Parse a request body as a JSON object, refusing deep nesting and long numbers first."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError("body must be UTF-8 JSON") from exc
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequestError(f"JSON must be nested at most {MAX_JSON_DEPTH} deep")
+    try:
+        data = json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise BadRequestError("body must be a JSON object") from exc
     if not isinstance(data, dict):
         raise BadRequestError("body must be a JSON object")
@@ -101,21 +146,33 @@ def _int_field(data: dict[str, Any], key: str) -> int:
     return value
 
 
+async def _body(request: web.Request) -> bytes:
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
+            return await request.read()
+    except TimeoutError as exc:
+        raise RequestTimeoutError("the request body did not arrive in time") from exc
+
+
 async def _signed(request: web.Request) -> SignedRequest:
-    body = await request.read()
+    body = await _body(request)
     return SignedRequest.from_headers(
         request.method, request.rel_url.raw_path, body, request.headers
     )
 
 
-def _authenticate(request: web.Request, signed: SignedRequest) -> Device:
-    return request.app[CORE_KEY].authenticate(signed)
+async def _authenticate(request: web.Request, signed: SignedRequest) -> Device:
+    return await request.app[CORE_KEY].authenticate(signed)
 
 
 async def _enroll(request: web.Request) -> web.Response:
-    signed = await _signed(request)
-    data = _json_object(signed.body)
-    device = request.app[CORE_KEY].enroll(
+    # The body is checked before the signature: a malformed one costs no crypto or database.
+    body = await _body(request)
+    data = json_object(body)
+    signed = SignedRequest.from_headers(
+        request.method, request.rel_url.raw_path, body, request.headers
+    )
+    device = await request.app[CORE_KEY].enroll(
         code=_str_field(data, "code"),
         public_key=_str_field(data, "public_key"),
         name=_str_field(data, "name", ""),
@@ -128,7 +185,7 @@ async def _enroll(request: web.Request) -> web.Response:
 
 async def _device(request: web.Request) -> web.Response:
     signed = await _signed(request)
-    device = _authenticate(request, signed)
+    device = await _authenticate(request, signed)
     return web.json_response(
         {
             "device_id": device.device_id,
@@ -141,10 +198,10 @@ async def _device(request: web.Request) -> web.Response:
 
 async def _start_call(request: web.Request) -> web.Response:
     signed = await _signed(request)
-    device = _authenticate(request, signed)
-    data = _json_object(signed.body)
+    data = json_object(signed.body)
+    device = await _authenticate(request, signed)
     # Only the trigger is read: room, identity and grants are the backend's alone.
-    grant = request.app[CORE_KEY].start_call(device, _str_field(data, "trigger"))
+    grant = await request.app[CORE_KEY].start_call(device, _str_field(data, "trigger"))
     return web.json_response(
         {
             "server_url": grant.server_url,
@@ -160,9 +217,9 @@ async def _start_call(request: web.Request) -> web.Response:
 
 async def _end_call(request: web.Request) -> web.Response:
     signed = await _signed(request)
-    device = _authenticate(request, signed)
-    data = _json_object(signed.body)
-    call = request.app[CORE_KEY].end_call(
+    data = json_object(signed.body)
+    device = await _authenticate(request, signed)
+    call = await request.app[CORE_KEY].end_call(
         device,
         request.match_info["call_id"],
         reason=_str_field(data, "reason"),
@@ -172,10 +229,16 @@ async def _end_call(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call.call_id, "ended_at": iso_utc(call.ended_at)})
 
 
-def create_app(core: ProvisioningCore, *, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+def create_app(
+    core: ProvisioningCore,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = 10.0,
+) -> web.Application:
     """The aiohttp application serving docs/api.md over `core`."""
     app = web.Application(middlewares=[_error_middleware], client_max_size=max_body_bytes)
     app[CORE_KEY] = core
+    app[BODY_TIMEOUT_KEY] = body_timeout_s
     app.router.add_post("/v1/enroll", _enroll)
     app.router.add_get("/v1/device", _device, allow_head=False)
     app.router.add_post("/v1/calls", _start_call)
@@ -184,7 +247,7 @@ def create_app(core: ProvisioningCore, *, max_body_bytes: int = MAX_BODY_BYTES) 
 
 
 class BackendServer:
-    """Runs the HTTP API with its own storage and core: `async with BackendServer(cfg) as s`.
+    """Runs the HTTP API over `open_backend(config)`: `async with BackendServer(cfg) as s`.
 
     `host` and `port` override the config; port 0 picks a free port, see `port`/`url`.
     """
@@ -201,9 +264,8 @@ class BackendServer:
         self._host = config.server.host if host is None else host
         self._port = config.server.port if port is None else port
         self._clock = clock
-        self._storage: Storage | None = None
+        self._stack = AsyncExitStack()
         self._core: ProvisioningCore | None = None
-        self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
 
     @property
@@ -227,15 +289,23 @@ class BackendServer:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        """Open the database and start listening."""
-        self._storage = Storage(self.config.database.path)
+        """Open the backend and start listening."""
+        server = self.config.server
         try:
-            self._core = ProvisioningCore(self._storage, self.config, clock=self._clock)
-            self._runner = web.AppRunner(create_app(self._core))
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self._host, self._port)
+            backend = await self._stack.enter_async_context(
+                open_backend(self.config, clock=self._clock)
+            )
+            self._core = backend.core
+            app = create_app(backend.core, body_timeout_s=server.body_timeout_s)
+            # No access log: one line per request is a flood under load; refusals are logged.
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=server.header_timeout_s)
+            await runner.setup()
+            self._stack.push_async_callback(runner.cleanup)
+            site = GuardedSite(
+                runner, self._host, self._port, max_connections=server.max_connections
+            )
             await site.start()
-            self._bound_port = int(self._runner.addresses[0][1])
+            self._bound_port = int(runner.addresses[0][1])
         except BaseException:
             await self.aclose()
             raise
@@ -243,12 +313,8 @@ class BackendServer:
 
     async def aclose(self) -> None:
         """Stop listening and close the database; safe to call twice."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        storage, self._storage = self._storage, None
-        if storage is not None:
-            storage.close()
+        stack, self._stack = self._stack, AsyncExitStack()
+        await stack.aclose()
         self._core = None
         self._bound_port = None
 

@@ -19,7 +19,7 @@ from provisioning.errors import (
     ReplayedRequestError,
     StaleTimestampError,
 )
-from provisioning.storage import Storage
+from provisioning.storage.base import Storage
 
 SCHEME = "kiosk-v1"
 HEADER_DEVICE_ID = "X-Device-Id"
@@ -30,6 +30,11 @@ HEADER_SIGNATURE = "X-Device-Signature"
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+# Header values are read as text by the server; anything outside printable ASCII is refused
+# before it reaches a log line, a database or an encoder.
+_HEADER_VALUE = re.compile(r"^[\x21-\x7e]{0,256}$")
+# Expired nonces are deleted at most this often, not on every request.
+NONCE_PURGE_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,15 +53,24 @@ class SignedRequest:
     def from_headers(
         cls, method: str, path: str, body: bytes, headers: Mapping[str, str]
     ) -> SignedRequest:
-        """Collect the signing headers (looked up case-insensitively by the caller's mapping)."""
+        """Collect the signing headers (looked up case-insensitively by the caller's mapping).
+
+        Raises `BadSignatureError` for a header that is not printable ASCII.
+        """
+        values = {}
+        for name in (HEADER_DEVICE_ID, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE):
+            value = headers.get(name)
+            if value is not None and not _HEADER_VALUE.match(value):
+                raise BadSignatureError(f"{name} must be printable ASCII, at most 256 characters")
+            values[name] = value
         return cls(
             method=method,
             path=path,
             body=body,
-            device_id=headers.get(HEADER_DEVICE_ID),
-            timestamp=headers.get(HEADER_TIMESTAMP),
-            nonce=headers.get(HEADER_NONCE),
-            signature=headers.get(HEADER_SIGNATURE),
+            device_id=values[HEADER_DEVICE_ID],
+            timestamp=values[HEADER_TIMESTAMP],
+            nonce=values[HEADER_NONCE],
+            signature=values[HEADER_SIGNATURE],
         )
 
 
@@ -105,8 +119,9 @@ class SignatureVerifier:
         self._storage = storage
         self._clock = clock
         self._max_skew = max_clock_skew_s
+        self._last_purge: float | None = None
 
-    def verify(self, request: SignedRequest, *, public_key: bytes, device_id: str) -> None:
+    async def verify(self, request: SignedRequest, *, public_key: bytes, device_id: str) -> None:
         """Accept the request or raise an `AuthError`; remembers the nonce on success."""
         timestamp, nonce, signature = request.timestamp, request.nonce, request.signature
         if not timestamp or not nonce or not signature:
@@ -127,8 +142,11 @@ class SignatureVerifier:
             key.verify(raw_signature, message)
         except (ValueError, InvalidSignature) as exc:
             raise BadSignatureError() from exc
-        # Remember the nonce for as long as its timestamp could still pass the window.
-        self._storage.purge_nonces(now)
+        # Remember the nonce for as long as its timestamp could still pass the window; a nonce
+        # left past that is harmless (its timestamp is refused first), so purging can wait.
+        if self._last_purge is None or not 0 <= now - self._last_purge < NONCE_PURGE_INTERVAL_S:
+            self._last_purge = now
+            await self._storage.purge_nonces(now)
         expires_at = int(timestamp) + self._max_skew + 1
-        if not self._storage.add_nonce(device_id, nonce, expires_at):
+        if not await self._storage.add_nonce(device_id, nonce, expires_at):
             raise ReplayedRequestError()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 import jwt
 from livekit.api import AccessToken, VideoGrants
@@ -20,9 +21,20 @@ class MintedToken:
     expires_at: int
 
 
+class TokenMinter(Protocol):
+    """What the core needs to give a device its call: one token for one room."""
+
+    def mint(
+        self, *, identity: str, name: str, room: str, device_id: str, call_id: str
+    ) -> MintedToken:
+        """A token for `identity` to join `room` and nothing else."""
+        ...
+
+
 @dataclass(frozen=True)
-class TokenMinter:
-    """Mints one-room, microphone-only tokens that dispatch the configured agent."""
+class LiveKitTokenMinter:
+    """Mints one-room, microphone-only tokens for the fleet's own LiveKit server that
+    dispatch the configured agent."""
 
     api_key: str
     api_secret: str = field(repr=False)

@@ -39,6 +39,7 @@ async def backend(tmp_path: Path) -> AsyncIterator[BackendServer]:
         f'[livekit]\nurl = "ws://127.0.0.1:7880"\napi_key = "{API_KEY}"\n'
         f'api_secret = "{API_SECRET}"\n[calls]\nagent_name = "agent-x"\ntoken_ttl_s = 300\n'
     )
+    config.chmod(0o600)
     async with asyncio.timeout(10), BackendServer(load_config(config), port=0) as server:
         yield server
 
@@ -46,7 +47,7 @@ async def backend(tmp_path: Path) -> AsyncIterator[BackendServer]:
 async def _enrolled_client(backend: BackendServer, state_dir: Path) -> ProvisioningClient:
     key = DeviceKey.load_or_create(state_dir)
     client = ProvisioningClient(backend.url, key)
-    code = backend.core.create_enrollment_code(ttl_s=60)
+    code = await backend.core.create_enrollment_code(ttl_s=60)
     async with asyncio.timeout(5):
         await client.enroll(code, "lobby")
     return client
@@ -78,7 +79,7 @@ async def test_enroll_check_in_and_call_token(backend: BackendServer, tmp_path: 
     key = DeviceKey.load_or_create(tmp_path)
     client = ProvisioningClient(backend.url, key)
     client._http.event_hooks["request"] = [spy]
-    code = backend.core.create_enrollment_code(ttl_s=60)
+    code = await backend.core.create_enrollment_code(ttl_s=60)
     async with asyncio.timeout(10), client:
         device_id, identity = await client.enroll(code, "lobby")
         info = await client.check_in()
@@ -92,7 +93,7 @@ async def test_enroll_check_in_and_call_token(backend: BackendServer, tmp_path: 
     assert claims.identity == identity
     assert claims.video is not None and claims.video.room == grant.room
     assert abs(grant.expires_at.timestamp() - (time.time() + 300)) < 5
-    record = next(c for c in backend.core.list_calls() if c.call_id == grant.call_id)
+    record = next(c for c in await backend.core.list_calls() if c.call_id == grant.call_id)
     assert (record.end_reason, record.duration_ms) == ("user", 1234)
     # The private key never left the device: only the public half went over the wire.
     private_pem = (tmp_path / KEY_FILE_NAME).read_bytes()
@@ -109,7 +110,7 @@ async def test_unenrolled_device_is_refused_without_a_token(
         with pytest.raises(CredentialsRejectedError) as refused:
             await asyncio.wait_for(client.create_call("button"), 5)
     assert (refused.value.status, refused.value.code) == (401, "unknown_device")
-    assert backend.core.list_calls() == []
+    assert await backend.core.list_calls() == []
 
 
 async def test_wrong_key_is_refused_without_a_token(backend: BackendServer, tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ async def test_wrong_key_is_refused_without_a_token(backend: BackendServer, tmp_
         with pytest.raises(CredentialsRejectedError) as refused:
             await asyncio.wait_for(client.create_call("button"), 5)
     assert (refused.value.status, refused.value.code) == (401, "bad_signature")
-    assert backend.core.list_calls() == []
+    assert await backend.core.list_calls() == []
 
 
 async def test_replayed_request_is_refused(backend: BackendServer, tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ async def test_replayed_request_is_refused(backend: BackendServer, tmp_path: Pat
     assert second.status_code == 401
     assert second.json()["error"] == "replayed_request"
     assert "token" not in second.json()
-    assert len(backend.core.list_calls()) == 1
+    assert len(await backend.core.list_calls()) == 1
 
 
 @pytest.mark.parametrize("skew_s", [-600, 600])
@@ -153,7 +154,7 @@ async def test_stale_timestamp_is_refused(
         with pytest.raises(CredentialsRejectedError) as refused:
             await asyncio.wait_for(client.create_call("button"), 5)
     assert (refused.value.status, refused.value.code) == (401, "stale_timestamp")
-    assert backend.core.list_calls() == []
+    assert await backend.core.list_calls() == []
 
 
 async def test_backend_down_is_unreachable_not_rejected(tmp_path: Path) -> None:

@@ -100,8 +100,13 @@ class TestDevice:
         return headers
 
 
-def write_config(directory: Path, extra: str = "", **calls: Any) -> Path:
-    """A complete config file; `calls` overrides keys of [calls]."""
+def write_config(
+    directory: Path, extra: str = "", *, database_url: str | None = None, **calls: Any
+) -> Path:
+    """A complete config file; `calls` overrides keys of [calls]; SQLite unless a URL is given."""
+    database = (
+        'path = "state/db.sqlite3"' if database_url is None else f"url = {json.dumps(database_url)}"
+    )
     calls_table = {"agent_name": AGENT_NAME, "token_ttl_s": TOKEN_TTL_S, **calls}
     calls_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in calls_table.items())
     path = directory / "provisioning.toml"
@@ -112,7 +117,7 @@ host = "127.0.0.1"
 port = 0
 
 [database]
-path = "state/db.sqlite3"
+{database}
 
 [livekit]
 url = "{LIVEKIT_URL}"
@@ -128,6 +133,7 @@ max_clock_skew_s = {MAX_SKEW_S}
 """,
         encoding="utf-8",
     )
+    path.chmod(0o600)  # it holds the secret inline
     return path
 
 
@@ -136,9 +142,18 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each test using it runs twice: on SQLite (None) and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    return dsn
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return load_config(write_config(tmp_path))
+def config(tmp_path: Path, database_url: str | None) -> Config:
+    return load_config(write_config(tmp_path, database_url=database_url))
 
 
 @pytest.fixture
@@ -200,7 +215,7 @@ async def api(server: BackendServer, clock: FakeClock) -> AsyncIterator[Api]:
 @pytest.fixture
 async def enrolled(server: BackendServer, api: Api) -> TestDevice:
     device = TestDevice()
-    response = await api.enroll(device, server.core.create_enrollment_code(label="fixture"))
+    response = await api.enroll(device, await server.core.create_enrollment_code(label="fixture"))
     assert response.status_code == 201, response.text
     return device
 

@@ -61,13 +61,13 @@ async def test_unsigned_request_is_missing_signature(server: BackendServer, api:
     assert_refused(
         await api.send("POST", "/v1/calls", None, {"trigger": "button"}), 401, "missing_signature"
     )
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 async def test_unenrolled_device_is_unknown(server: BackendServer, api: Api) -> None:
-    server.core.create_enrollment_code()
+    await server.core.create_enrollment_code()
     assert_refused(await api.start_call(TestDevice()), 401, "unknown_device")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 async def test_signature_by_another_key_is_refused(
@@ -75,7 +75,7 @@ async def test_signature_by_another_key_is_refused(
 ) -> None:
     response = await api.start_call(enrolled, signer=TestDevice().key)
     assert_refused(response, 401, "bad_signature")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 async def test_signature_covers_the_body(
@@ -87,7 +87,7 @@ async def test_signature_covers_the_body(
         "/v1/calls", content=json.dumps({"trigger": "command"}).encode(), headers=headers
     )
     assert_refused(response, 401, "bad_signature")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 async def test_signature_covers_the_path(
@@ -97,7 +97,7 @@ async def test_signature_covers_the_path(
     headers = enrolled.headers("POST", "/v1/enroll", body, timestamp=int(api.clock.now))
     response = await api.client.post("/v1/calls", content=body, headers=headers)
     assert_refused(response, 401, "bad_signature")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 async def test_replayed_request_is_refused(
@@ -106,7 +106,7 @@ async def test_replayed_request_is_refused(
     nonce = "0123456789abcdef0123456789abcdef"
     assert (await api.start_call(enrolled, nonce=nonce)).status_code == 201
     assert_refused(await api.start_call(enrolled, nonce=nonce), 401, "replayed_request")
-    assert len(server.core.list_calls()) == 1
+    assert len(await server.core.list_calls()) == 1
 
 
 async def test_replay_of_identical_request_is_refused(
@@ -119,7 +119,7 @@ async def test_replay_of_identical_request_is_refused(
     assert_refused(
         await api.client.post("/v1/calls", content=body, headers=headers), 401, "replayed_request"
     )
-    assert len(server.core.list_calls()) == 1
+    assert len(await server.core.list_calls()) == 1
 
 
 @pytest.mark.parametrize("offset", [-(MAX_SKEW_S + 1), MAX_SKEW_S + 1, -3600, 3600])
@@ -128,7 +128,7 @@ async def test_stale_timestamp_is_refused(
 ) -> None:
     response = await api.start_call(enrolled, timestamp=int(api.clock.now) + offset)
     assert_refused(response, 401, "stale_timestamp")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 @pytest.mark.parametrize("offset", [-MAX_SKEW_S, MAX_SKEW_S])
@@ -144,16 +144,16 @@ async def test_malformed_nonce_is_bad_signature(
 ) -> None:
     response = await api.start_call(enrolled, nonce="ABCDEF0123456789ABCDEF0123456789")
     assert_refused(response, 401, "bad_signature")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 async def test_revoked_device_is_refused(
     server: BackendServer, api: Api, enrolled: TestDevice
 ) -> None:
-    server.core.revoke_device(enrolled.device_id)
+    await server.core.revoke_device(enrolled.device_id)
     assert_refused(await api.start_call(enrolled), 403, "device_revoked")
     assert_refused(await api.send("GET", "/v1/device", enrolled), 403, "device_revoked")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 # Calls
@@ -200,7 +200,7 @@ async def test_call_token_carries_exactly_the_fixed_grants(
     expires_at = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert expires_at.timestamp() == payload["exp"]
 
-    [call] = server.core.list_calls()
+    [call] = await server.core.list_calls()
     assert (call.call_id, call.device_id, call.room) == (call_id, enrolled.device_id, body["room"])
     assert call.trigger == "wake_word"
     assert call.token_expires_at == payload["exp"]
@@ -246,7 +246,7 @@ async def test_bad_trigger_is_bad_request(
 ) -> None:
     response = await api.send("POST", "/v1/calls", enrolled, payload)
     assert_refused(response, 400, "bad_request")
-    assert server.core.list_calls() == []
+    assert await server.core.list_calls() == []
 
 
 async def test_end_call(
@@ -255,14 +255,27 @@ async def test_end_call(
     call_id = (await api.start_call(enrolled)).json()["call_id"]
     clock.advance(42)
     path = f"/v1/calls/{call_id}/end"
-    response = await api.send(
-        "POST", path, enrolled, {"reason": "user_hangup", "duration_ms": 41500}
-    )
+    response = await api.send("POST", path, enrolled, {"reason": "user", "duration_ms": 41500})
     assert response.status_code == 200, response.text
     ended_at = datetime.fromtimestamp(int(clock.now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert response.json() == {"call_id": call_id, "ended_at": ended_at}
-    [call] = server.core.list_calls()
-    assert (call.ended_at, call.end_reason, call.duration_ms) == (clock.now, "user_hangup", 41500)
+    [call] = await server.core.list_calls()
+    assert (call.ended_at, call.end_reason, call.duration_ms) == (clock.now, "user", 41500)
+
+
+@pytest.mark.parametrize(
+    "reason", ["user_hangup", "", "user\x1b[2J", "USER", 7, None, "agent_left " * 30]
+)
+async def test_end_reason_outside_the_vocabulary_is_refused(
+    server: BackendServer, api: Api, enrolled: TestDevice, reason: object
+) -> None:
+    call_id = (await api.start_call(enrolled)).json()["call_id"]
+    response = await api.send(
+        "POST", f"/v1/calls/{call_id}/end", enrolled, {"reason": reason, "duration_ms": 1}
+    )
+    assert_refused(response, 400, "bad_request")
+    [call] = await server.core.list_calls()
+    assert call.ended_at is None and call.end_reason is None
 
 
 async def test_end_of_another_devices_call_is_unknown(
@@ -270,13 +283,13 @@ async def test_end_of_another_devices_call_is_unknown(
 ) -> None:
     call_id = (await api.start_call(enrolled)).json()["call_id"]
     other = TestDevice()
-    assert (await api.enroll(other, server.core.create_enrollment_code())).status_code == 201
+    assert (await api.enroll(other, await server.core.create_enrollment_code())).status_code == 201
     for target in (call_id, "c-0000000000000000"):
         response = await api.send(
-            "POST", f"/v1/calls/{target}/end", other, {"reason": "x", "duration_ms": 1}
+            "POST", f"/v1/calls/{target}/end", other, {"reason": "user", "duration_ms": 1}
         )
         assert_refused(response, 404, "unknown_call")
-    [call] = server.core.list_calls()
+    [call] = await server.core.list_calls()
     assert call.ended_at is None
 
 
@@ -289,14 +302,16 @@ async def test_calls_are_rate_limited_per_device(tmp_path: Path, clock: FakeCloc
     ):
         api = Api(client, clock)
         device = TestDevice()
-        assert (await api.enroll(device, server.core.create_enrollment_code())).status_code == 201
+        assert (
+            await api.enroll(device, await server.core.create_enrollment_code())
+        ).status_code == 201
         for _ in range(2):
             assert (await api.start_call(device)).status_code == 201
         clock.advance(10)
         response = await api.start_call(device)
         assert_refused(response, 429, "rate_limited")
         assert response.headers["Retry-After"] == "50"
-        assert len(server.core.list_calls()) == 2
+        assert len(await server.core.list_calls()) == 2
         clock.advance(51)
         assert (await api.start_call(device)).status_code == 201
 
@@ -323,7 +338,7 @@ async def test_tokens_secrets_and_signatures_are_not_logged(
     dumped = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for secret in (response.json()["token"], headers["X-Device-Signature"], API_SECRET):
         assert secret not in dumped
-    assert response.json()["token"] not in repr(server.core.list_calls())
+    assert response.json()["token"] not in repr(await server.core.list_calls())
 
 
 async def test_oversized_body_is_refused(server: BackendServer, api: Api) -> None:
@@ -331,4 +346,4 @@ async def test_oversized_body_is_refused(server: BackendServer, api: Api) -> Non
         "POST", "/v1/enroll", TestDevice(), raw=b"x" * 100_000, device_id=None
     )
     assert_refused(response, 413, "request_too_large")
-    assert server.core.list_devices() == []
+    assert await server.core.list_devices() == []

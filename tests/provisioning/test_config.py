@@ -24,6 +24,7 @@ api_secret = "s3cret-value"
 def write(tmp_path: Path, text: str, name: str = "backend.toml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 
@@ -87,6 +88,21 @@ def test_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
         (MINIMAL + "\n[auth]\nmax_clock_skew_s = 0\n", "[auth] max_clock_skew_s must be between"),
         (MINIMAL + "\n[database]\npath = 3\n", "[database] path must be a non-empty string"),
         (MINIMAL + "\n[extras]\nx = 1\n", "[extras] is not a known section"),
+        (
+            MINIMAL + '\n[database]\nurl = "postgresql://kiosk:pw@db/fleet"\n',
+            "[database] url must not contain a password",
+        ),
+        (
+            MINIMAL + '\n[database]\nurl = "mysql://db/fleet"\n',
+            "[database] url must be postgresql://",
+        ),
+        (
+            MINIMAL + '\n[database]\nurl = "postgresql://db/f"\npath = "x.db"\n',
+            "[database] url cannot be combined with path",
+        ),
+        (MINIMAL + '\n[database]\npassword_file = "pw"\n', "[database] password_file needs url"),
+        (MINIMAL + "\n[server]\nmax_connections = 0\n", "[server] max_connections must be"),
+        (MINIMAL + "\n[server]\nheader_timeout_s = 0\n", "[server] header_timeout_s must be"),
         ("server = 1\n" + MINIMAL, "[server] must be a table"),
         (MINIMAL.replace("wss://", "https://"), "[livekit] url must start with ws:// or wss://"),
         (MINIMAL.replace('api_key = "key"\n', ""), "[livekit] api_key is required"),
@@ -127,3 +143,33 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_inline_secret_in_a_config_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    path.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"\[livekit\] api_secret is in a file others can read"):
+        load_config(path)
+    # The same file is fine once only its owner can read it, or with the secret in a file.
+    path.chmod(0o600)
+    assert load_config(path).livekit.api_secret == "s3cret-value"
+    (tmp_path / "lk").write_text("from-file\n")
+    (tmp_path / "lk").chmod(0o600)
+    path.write_text(MINIMAL.replace('api_secret = "s3cret-value"', 'api_secret_file = "lk"'))
+    path.chmod(0o644)
+    assert load_config(path).livekit.api_secret == "from-file"
+
+
+def test_postgresql_url_and_password_file(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("db-pass\n")
+    (tmp_path / "pw").chmod(0o600)
+    text = (
+        MINIMAL + '\n[database]\nurl = "postgresql://kiosk@db:5433/fleet"\npassword_file = "pw"\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.database.url == "postgresql://kiosk@db:5433/fleet"
+    assert config.database.password == "db-pass"
+    assert "db-pass" not in repr(config)
+    (tmp_path / "pw").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"\[database\] password_file .* owner only"):
+        load_config(write(tmp_path, text))

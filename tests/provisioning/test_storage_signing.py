@@ -1,38 +1,62 @@
-"""Storage and signature verification against a real SQLite file and an injected clock."""
+"""Storage (on SQLite and on PostgreSQL) and signature verification, with an injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from provisioning.config import DatabaseConfig
 from provisioning.errors import (
     BadSignatureError,
     MissingSignatureError,
     ReplayedRequestError,
+    SchemaTooNewError,
     StaleTimestampError,
-    StorageError,
+    StorageConflictError,
 )
+from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode
 from provisioning.signing import (
     SignatureVerifier,
     SignedRequest,
     canonical_message,
     device_id_for,
 )
-from provisioning.storage import SCHEMA_VERSION, Storage
+from provisioning.storage import LATEST_VERSION, SqlStorage, open_storage
 
 from .conftest import FakeClock, TestDevice
 
 pytestmark = pytest.mark.integration
 
+TIMEOUT_S = 10.0
+
+
+def database_config(tmp_path: Path, url: str | None) -> DatabaseConfig:
+    if url is None:
+        return DatabaseConfig(path=tmp_path / "db" / "state.sqlite3")
+    return DatabaseConfig(url=url)
+
 
 @pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    with Storage(tmp_path / "db" / "state.sqlite3") as store:
+async def storage(tmp_path: Path, database_url: str | None) -> AsyncIterator[SqlStorage]:
+    async with asyncio.timeout(TIMEOUT_S):
+        store = await open_storage(database_config(tmp_path, database_url))
+    try:
         yield store
+    finally:
+        await store.aclose()
+
+
+def code(code_hash: str = "h1", expires_at: float = 2.0e9) -> EnrollmentCode:
+    return EnrollmentCode(code_hash, "label", 1.0e9, expires_at, None, None)
+
+
+def a_device(device_id: str = "d-1", key: bytes = b"k" * 32) -> Device:
+    return Device(device_id, key, "kiosk", DeviceStatus.APPROVED, 1.0e9)
 
 
 def test_canonical_message_matches_docs() -> None:
@@ -54,37 +78,128 @@ def test_device_id_is_prefix_of_key_hash() -> None:
     assert device_id_for(device.public_raw) == device.device_id
 
 
-def test_schema_is_versioned_and_wal(storage: Storage) -> None:
-    assert storage.schema_version() == SCHEMA_VERSION
-    with sqlite3.connect(storage.path) as db:
+async def test_schema_is_migrated_to_latest(storage: SqlStorage) -> None:
+    assert await storage.schema_version() == LATEST_VERSION
+
+
+async def test_sqlite_is_wal_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "state.sqlite3"
+    store = await open_storage(DatabaseConfig(path=path))
+    try:
+        await store.add_enrollment_code(code())  # writes the WAL
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        for sibling in path.parent.iterdir():
+            assert sibling.stat().st_mode & 0o077 == 0, sibling
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"schema_version", "enrollment_codes", "devices", "nonces", "calls"} <= tables
 
 
-def test_reopen_keeps_one_version_row(tmp_path: Path) -> None:
-    Storage(tmp_path / "a.sqlite3").close()
-    with Storage(tmp_path / "a.sqlite3") as again:
-        assert again.schema_version() == SCHEMA_VERSION
-    with sqlite3.connect(tmp_path / "a.sqlite3") as db:
-        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+async def test_reopen_keeps_one_version_row_per_step(tmp_path: Path) -> None:
+    config = DatabaseConfig(path=tmp_path / "a.sqlite3")
+    await (await open_storage(config)).aclose()
+    again = await open_storage(config)
+    try:
+        assert await again.schema_version() == LATEST_VERSION
+    finally:
+        await again.aclose()
+    with sqlite3.connect(config.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == LATEST_VERSION
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    Storage(tmp_path / "a.sqlite3").close()
-    with sqlite3.connect(tmp_path / "a.sqlite3") as db:
-        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    with pytest.raises(StorageError, match="schema version"):
-        Storage(tmp_path / "a.sqlite3")
+async def test_version_one_database_of_the_old_backend_is_kept(tmp_path: Path) -> None:
+    # The schema as the first backend wrote it, with a row in it.
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute(
+            "CREATE TABLE enrollment_codes (code_hash TEXT PRIMARY KEY, label TEXT NOT NULL,"
+            " created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,"
+            " used_at DOUBLE PRECISION, device_id TEXT)"
+        )
+        db.execute("INSERT INTO enrollment_codes VALUES ('h0', 'old', 1, 2, NULL, NULL)")
+    store = await open_storage(DatabaseConfig(path=path))
+    try:
+        assert await store.schema_version() == LATEST_VERSION
+        kept = await store.get_enrollment_code("h0")
+        assert kept is not None and kept.label == "old"
+    finally:
+        await store.aclose()
 
 
-def test_nonce_insert_or_fail_and_purge(storage: Storage) -> None:
-    assert storage.add_nonce("d-1", "n1", expires_at=100.0)
-    assert not storage.add_nonce("d-1", "n1", expires_at=200.0)
-    assert storage.add_nonce("d-2", "n1", expires_at=100.0)
-    assert storage.purge_nonces(now=100.0) == 2
-    assert storage.count_nonces() == 0
-    assert storage.add_nonce("d-1", "n1", expires_at=300.0)
+async def test_newer_schema_is_refused(tmp_path: Path, database_url: str | None) -> None:
+    config = database_config(tmp_path, database_url)
+    store = await open_storage(config)
+    try:
+        async with store.db.session() as session:
+            await session.execute(
+                "INSERT INTO schema_version (version) VALUES (?)", (LATEST_VERSION + 1,)
+            )
+    finally:
+        await store.aclose()
+    with pytest.raises(SchemaTooNewError, match="schema version"):
+        await open_storage(config)
+
+
+async def test_nonce_insert_or_fail_and_purge(storage: SqlStorage) -> None:
+    assert await storage.add_nonce("d-1", "n1", expires_at=100.0)
+    assert not await storage.add_nonce("d-1", "n1", expires_at=200.0)
+    assert await storage.add_nonce("d-2", "n1", expires_at=100.0)
+    assert await storage.purge_nonces(now=100.0) == 2
+    assert await storage.count_nonces() == 0
+    assert await storage.add_nonce("d-1", "n1", expires_at=300.0)
+
+
+async def test_enroll_spends_the_code_once_and_keeps_keys_unique(storage: SqlStorage) -> None:
+    await storage.add_enrollment_code(code("h1"))
+    await storage.add_enrollment_code(code("h2"))
+    await storage.add_enrollment_code(code("h3", expires_at=1.5e9))
+    assert await storage.enroll_device(a_device("d-1", b"a" * 32), "h1", now=1.1e9)
+    assert not await storage.enroll_device(a_device("d-2", b"b" * 32), "h1", now=1.1e9)
+    assert not await storage.enroll_device(a_device("d-2", b"b" * 32), "h3", now=1.6e9)
+    assert not await storage.enroll_device(a_device("d-2", b"b" * 32), "missing", now=1.1e9)
+    # A taken key is a conflict, and the code it came with is not spent.
+    with pytest.raises(StorageConflictError):
+        await storage.enroll_device(a_device("d-3", b"a" * 32), "h2", now=1.1e9)
+    unspent = await storage.get_enrollment_code("h2")
+    assert unspent is not None and unspent.used_at is None
+    stored = await storage.get_device_by_public_key(b"a" * 32)
+    assert stored is not None and stored.device_id == "d-1" and stored.public_key == b"a" * 32
+    assert [d.device_id for d in await storage.list_devices()] == ["d-1"]
+
+
+async def test_enrollment_code_spent_once_under_concurrency(storage: SqlStorage) -> None:
+    await storage.add_enrollment_code(code("h1"))
+    results = await asyncio.gather(
+        *(
+            storage.enroll_device(a_device(f"d-{i}", bytes([i]) * 32), "h1", now=1.1e9)
+            for i in range(8)
+        )
+    )
+    assert sorted(results) == [False] * 7 + [True]
+    assert len(await storage.list_devices()) == 1
+
+
+async def test_calls_round_trip(storage: SqlStorage) -> None:
+    await storage.add_enrollment_code(code())
+    assert await storage.enroll_device(a_device(), "h1", now=1.1e9)
+    call = CallRecord("c-1", "d-1", "call-c-1", "button", 1.2e9, 1.2e9 + 600)
+    await storage.add_call(call)
+    assert await storage.get_call("c-1") == call
+    assert await storage.count_calls_since("d-1", 1.0e9) == (1, 1.2e9)
+    assert await storage.count_calls_since("d-1", 1.3e9) == (0, None)
+    assert await storage.end_call("c-1", 1.2e9 + 5, "user", 5000)
+    assert not await storage.end_call("c-1", 1.2e9 + 9, "idle", 9000)
+    [ended] = await storage.list_calls("d-1")
+    assert (ended.end_reason, ended.duration_ms, ended.ended_at) == ("user", 5000, 1.2e9 + 5)
+    assert await storage.list_calls("d-other") == []
+    assert await storage.set_device_status("d-1", DeviceStatus.REVOKED)
+    assert not await storage.set_device_status("d-none", DeviceStatus.REVOKED)
 
 
 def make_request(device: TestDevice, timestamp: int, **overrides: str) -> SignedRequest:
@@ -94,22 +209,22 @@ def make_request(device: TestDevice, timestamp: int, **overrides: str) -> Signed
     return SignedRequest.from_headers("POST", "/v1/calls", body, headers)
 
 
-def test_verifier_accepts_then_refuses_replay(storage: Storage) -> None:
+async def test_verifier_accepts_then_refuses_replay(storage: SqlStorage) -> None:
     clock = FakeClock()
     verifier = SignatureVerifier(storage, clock=clock, max_clock_skew_s=60)
     device = TestDevice()
     request = make_request(device, int(clock.now))
-    verifier.verify(request, public_key=device.public_raw, device_id=device.device_id)
+    await verifier.verify(request, public_key=device.public_raw, device_id=device.device_id)
     with pytest.raises(ReplayedRequestError):
-        verifier.verify(request, public_key=device.public_raw, device_id=device.device_id)
+        await verifier.verify(request, public_key=device.public_raw, device_id=device.device_id)
     # Once the window has passed the nonce is forgotten, and the timestamp is stale.
     clock.advance(61)
     with pytest.raises(StaleTimestampError):
-        verifier.verify(request, public_key=device.public_raw, device_id=device.device_id)
-    verifier.verify(
+        await verifier.verify(request, public_key=device.public_raw, device_id=device.device_id)
+    await verifier.verify(
         make_request(device, int(clock.now)), public_key=device.public_raw, device_id="x"
     )
-    assert storage.count_nonces() == 1
+    assert await storage.count_nonces() == 1
 
 
 @pytest.mark.parametrize(
@@ -122,16 +237,16 @@ def test_verifier_accepts_then_refuses_replay(storage: Storage) -> None:
         ({"X-Device-Nonce": "short"}, BadSignatureError),
     ],
 )
-def test_malformed_headers(
-    storage: Storage, overrides: dict[str, str], error: type[Exception]
+async def test_malformed_headers(
+    storage: SqlStorage, overrides: dict[str, str], error: type[Exception]
 ) -> None:
     clock = FakeClock()
     verifier = SignatureVerifier(storage, clock=clock, max_clock_skew_s=60)
     device = TestDevice()
     with pytest.raises(error):
-        verifier.verify(
+        await verifier.verify(
             make_request(device, int(clock.now), **overrides),
             public_key=device.public_raw,
             device_id=device.device_id,
         )
-    assert storage.count_nonces() == 0
+    assert await storage.count_nonces() == 0

@@ -1,0 +1,34 @@
+"""Closed vocabularies shared by the device and the backend: why a call ended, what started it.
+
+Dependency-free on purpose: the backend imports this module too, and checks every
+end reason and trigger a device sends against it (docs/api.md lists them).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EndReason(StrEnum):
+    """Why a call ended (or never started)."""
+
+    USER = "user"
+    AGENT_LEFT = "agent_left"
+    ROOM_CLOSED = "room_closed"
+    CONNECTION_LOST = "connection_lost"
+    AGENT_TIMEOUT = "agent_timeout"
+    MAX_DURATION = "max_duration"
+    CONNECT_FAILED = "connect_failed"
+    AUDIO_FAULT = "audio_fault"
+    SHUTDOWN = "shutdown"
+    IDLE = "idle"  # nobody spoke for call.idle_timeout_s
+    AGENT_ENDED = "agent_ended"  # the agent sent an end-call message
+    CANCELLED = "cancelled"  # a long press
+
+
+class Trigger(StrEnum):
+    """What started a call."""
+
+    BUTTON = "button"
+    WAKE_WORD = "wake_word"
+    COMMAND = "command"  # `appliance press` on the control socket

@@ -1,0 +1,129 @@
+"""The storage seam: what the core may ask of a database, and what a database must offer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+
+from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode
+
+Dialect = Literal["sqlite", "postgresql"]
+Row = tuple[Any, ...]
+
+
+class Storage(Protocol):
+    """The backend's state, as the core sees it; every method may raise a `StorageError`.
+
+    `StorageUnavailableError` means "try again later" (locked, down, too slow);
+    `StorageConflictError` a unique key that already exists.
+    """
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        ...
+
+    async def add_enrollment_code(self, code: EnrollmentCode) -> None:
+        """Store a new enrollment code (by hash)."""
+        ...
+
+    async def get_enrollment_code(self, code_hash: str) -> EnrollmentCode | None:
+        """The enrollment code with this hash, if any."""
+        ...
+
+    async def enroll_device(self, device: Device, code_hash: str, now: float) -> bool:
+        """Atomically spend an unused, unexpired code on `device` and store the device.
+
+        False (and nothing stored) if the code cannot be spent; `StorageConflictError`
+        if the device id or public key is taken.
+        """
+        ...
+
+    async def get_device(self, device_id: str) -> Device | None:
+        """The device with this id, if any."""
+        ...
+
+    async def get_device_by_public_key(self, public_key: bytes) -> Device | None:
+        """The device holding this raw public key, if any."""
+        ...
+
+    async def list_devices(self) -> list[Device]:
+        """All devices, oldest first."""
+        ...
+
+    async def set_device_status(self, device_id: str, status: DeviceStatus) -> bool:
+        """Change a device's status; False if there is no such device."""
+        ...
+
+    async def add_nonce(self, device_id: str, nonce: str, expires_at: float) -> bool:
+        """Remember a nonce; False if this device already used it and it is remembered."""
+        ...
+
+    async def purge_nonces(self, now: float) -> int:
+        """Forget nonces whose window has passed; returns how many."""
+        ...
+
+    async def count_nonces(self) -> int:
+        """How many nonces are remembered."""
+        ...
+
+    async def add_call(self, call: CallRecord) -> None:
+        """Record a new call."""
+        ...
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """The call with this id, if any."""
+        ...
+
+    async def end_call(self, call_id: str, ended_at: float, reason: str, duration_ms: int) -> bool:
+        """Record the end of a call that has not ended yet; False otherwise."""
+        ...
+
+    async def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
+        """Calls, oldest first, optionally of one device."""
+        ...
+
+    async def count_calls_since(self, device_id: str, since: float) -> tuple[int, float | None]:
+        """How many calls the device started after `since`, and the oldest such start."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the database; safe to call twice."""
+        ...
+
+
+class Session(Protocol):
+    """Statements on one connection; SQL uses `?` placeholders whatever the dialect."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query, if any."""
+        ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Every row of a query."""
+        ...
+
+
+class Database(Protocol):
+    """A connection pool of one dialect, translating its driver's errors to `StorageError`s."""
+
+    @property
+    def dialect(self) -> Dialect:
+        """Which SQL the database speaks."""
+        ...
+
+    def session(self) -> AbstractAsyncContextManager[Session]:
+        """A connection whose statements each commit on their own."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Session]:
+        """A connection in a write transaction: committed on exit, rolled back on error."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every connection; safe to call twice."""
+        ...

@@ -1,0 +1,212 @@
+"""The `Storage` protocol in standard SQL, once, over any `Database` (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode
+from provisioning.storage.base import Database, Row
+
+_CODE_COLUMNS = "code_hash, label, created_at, expires_at, used_at, device_id"
+_DEVICE_COLUMNS = "device_id, public_key, name, status, created_at"
+_CALL_COLUMNS = (
+    "call_id, device_id, room, trigger, created_at, token_expires_at,"
+    " ended_at, end_reason, duration_ms"
+)
+
+
+class SqlStorage:
+    """The backend's state in one database; owns the `Database` and closes it."""
+
+    def __init__(self, db: Database, *, location: str) -> None:
+        self.db = db
+        self.location = location
+
+    async def aclose(self) -> None:
+        """Close the database; safe to call twice."""
+        await self.db.aclose()
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        async with self.db.session() as s:
+            row = await s.fetchone("SELECT MAX(version) FROM schema_version")
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    # Enrollment codes
+
+    async def add_enrollment_code(self, code: EnrollmentCode) -> None:
+        """Store a new enrollment code (by hash)."""
+        async with self.db.session() as s:
+            await s.execute(
+                f"INSERT INTO enrollment_codes ({_CODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    code.code_hash,
+                    code.label,
+                    code.created_at,
+                    code.expires_at,
+                    code.used_at,
+                    code.device_id,
+                ),
+            )
+
+    async def get_enrollment_code(self, code_hash: str) -> EnrollmentCode | None:
+        """The enrollment code with this hash, if any."""
+        async with self.db.session() as s:
+            row = await s.fetchone(
+                f"SELECT {_CODE_COLUMNS} FROM enrollment_codes WHERE code_hash = ?", (code_hash,)
+            )
+        return None if row is None else EnrollmentCode(*row)
+
+    async def enroll_device(self, device: Device, code_hash: str, now: float) -> bool:
+        """Spend the code and store the device in one transaction; False if the code is spent."""
+        async with self.db.transaction() as s:
+            # Two backends spending one code: the row lock makes the second update see it used.
+            spent = await s.execute(
+                "UPDATE enrollment_codes SET used_at = ?, device_id = ?"
+                " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
+                (now, device.device_id, code_hash, now),
+            )
+            if spent != 1:
+                return False
+            await s.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (
+                    device.device_id,
+                    device.public_key,
+                    device.name,
+                    device.status.value,
+                    device.created_at,
+                ),
+            )
+        return True
+
+    # Devices
+
+    async def get_device(self, device_id: str) -> Device | None:
+        """The device with this id, if any."""
+        async with self.db.session() as s:
+            row = await s.fetchone(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
+            )
+        return None if row is None else _device(row)
+
+    async def get_device_by_public_key(self, public_key: bytes) -> Device | None:
+        """The device holding this raw public key, if any."""
+        async with self.db.session() as s:
+            row = await s.fetchone(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE public_key = ?", (public_key,)
+            )
+        return None if row is None else _device(row)
+
+    async def list_devices(self) -> list[Device]:
+        """All devices, oldest first."""
+        async with self.db.session() as s:
+            rows = await s.fetchall(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY created_at, device_id"
+            )
+        return [_device(row) for row in rows]
+
+    async def set_device_status(self, device_id: str, status: DeviceStatus) -> bool:
+        """Change a device's status; False if there is no such device."""
+        async with self.db.session() as s:
+            changed = await s.execute(
+                "UPDATE devices SET status = ? WHERE device_id = ?", (status.value, device_id)
+            )
+        return changed == 1
+
+    # Nonces
+
+    async def add_nonce(self, device_id: str, nonce: str, expires_at: float) -> bool:
+        """Remember a nonce; False if this device already used it and it is remembered."""
+        async with self.db.session() as s:
+            added = await s.execute(
+                "INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (device_id, nonce) DO NOTHING",
+                (device_id, nonce, expires_at),
+            )
+        return added == 1
+
+    async def purge_nonces(self, now: float) -> int:
+        """Forget nonces whose window has passed; returns how many."""
+        async with self.db.session() as s:
+            return await s.execute("DELETE FROM nonces WHERE expires_at <= ?", (now,))
+
+    async def count_nonces(self) -> int:
+        """How many nonces are remembered."""
+        async with self.db.session() as s:
+            row = await s.fetchone("SELECT COUNT(*) FROM nonces")
+        return 0 if row is None else int(row[0])
+
+    # Calls
+
+    async def add_call(self, call: CallRecord) -> None:
+        """Record a new call."""
+        async with self.db.session() as s:
+            await s.execute(
+                f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    call.call_id,
+                    call.device_id,
+                    call.room,
+                    call.trigger,
+                    call.created_at,
+                    call.token_expires_at,
+                    call.ended_at,
+                    call.end_reason,
+                    call.duration_ms,
+                ),
+            )
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """The call with this id, if any."""
+        async with self.db.session() as s:
+            row = await s.fetchone(
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,)
+            )
+        return None if row is None else CallRecord(*row)
+
+    async def end_call(self, call_id: str, ended_at: float, reason: str, duration_ms: int) -> bool:
+        """Record the end of a call that has not ended yet; False otherwise."""
+        async with self.db.session() as s:
+            changed = await s.execute(
+                "UPDATE calls SET ended_at = ?, end_reason = ?, duration_ms = ?"
+                " WHERE call_id = ? AND ended_at IS NULL",
+                (ended_at, reason, duration_ms, call_id),
+            )
+        return changed == 1
+
+    async def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
+        """Calls, oldest first, optionally of one device."""
+        async with self.db.session() as s:
+            if device_id is None:
+                rows = await s.fetchall(
+                    f"SELECT {_CALL_COLUMNS} FROM calls ORDER BY created_at, call_id"
+                )
+            else:
+                rows = await s.fetchall(
+                    f"SELECT {_CALL_COLUMNS} FROM calls WHERE device_id = ?"
+                    " ORDER BY created_at, call_id",
+                    (device_id,),
+                )
+        return [CallRecord(*row) for row in rows]
+
+    async def count_calls_since(self, device_id: str, since: float) -> tuple[int, float | None]:
+        """How many calls the device started after `since`, and the oldest such start."""
+        async with self.db.session() as s:
+            row = await s.fetchone(
+                "SELECT COUNT(*), MIN(created_at) FROM calls"
+                " WHERE device_id = ? AND created_at > ?",
+                (device_id, since),
+            )
+        if row is None:
+            return 0, None
+        return int(row[0]), row[1]
+
+
+def _device(row: Row) -> Device:
+    device_id, public_key, name, status, created_at = row
+    return Device(
+        device_id=device_id,
+        public_key=bytes(public_key),
+        name=name,
+        status=DeviceStatus(status),
+        created_at=created_at,
+    )
