@@ -1,4 +1,4 @@
-"""Records the core hands around: devices, enrollment codes, calls and call grants."""
+"""Records the core hands around: devices, enrollment codes, calls, call grants, LiveKit events."""
 
 from __future__ import annotations
 
@@ -13,15 +13,29 @@ class DeviceStatus(StrEnum):
     REVOKED = "revoked"
 
 
+class FlagReason(StrEnum):
+    """Why the backend flagged a device for an administrator to look at."""
+
+    # A track that is not audio (e.g. video declaring itself a microphone).
+    NON_AUDIO_TRACK = "non_audio_track"
+    # An audio track from a source other than the microphone.
+    NON_MICROPHONE_SOURCE = "non_microphone_source"
+
+
 @dataclass(frozen=True)
 class Device:
-    """An enrolled device; `public_key` is the raw 32-byte Ed25519 key."""
+    """An enrolled device; `public_key` is the raw 32-byte Ed25519 key.
+
+    `flagged_at`/`flag_reason` are set the first time the backend caught it misbehaving.
+    """
 
     device_id: str
     public_key: bytes = field(repr=False)
     name: str
     status: DeviceStatus
     created_at: float
+    flagged_at: float | None = None
+    flag_reason: FlagReason | None = None
 
     @property
     def identity(self) -> str:
@@ -66,3 +80,17 @@ class CallGrant:
     identity: str
     call_id: str
     expires_at: float
+
+
+@dataclass(frozen=True)
+class LiveKitEventRecord:
+    """A LiveKit webhook event the backend accepted: recorded once per event id.
+
+    `created_at` is LiveKit's own time for the event, `received_at` the backend's.
+    """
+
+    event_id: str
+    event: str
+    room: str
+    created_at: float
+    received_at: float

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
-from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode
+from provisioning.models import (
+    CallRecord,
+    Device,
+    DeviceStatus,
+    EnrollmentCode,
+    FlagReason,
+    LiveKitEventRecord,
+)
 
 Dialect = Literal["sqlite", "postgresql"]
 Row = tuple[Any, ...]
@@ -55,6 +62,10 @@ class Storage(Protocol):
         """Change a device's status; False if there is no such device."""
         ...
 
+    async def flag_device(self, device_id: str, reason: FlagReason, flagged_at: float) -> bool:
+        """Flag a device that is not flagged yet; False if it already is, or does not exist."""
+        ...
+
     async def add_nonce(self, device_id: str, nonce: str, expires_at: float) -> bool:
         """Remember a nonce; False if this device already used it and it is remembered."""
         ...
@@ -85,6 +96,22 @@ class Storage(Protocol):
 
     async def count_calls_since(self, device_id: str, since: float) -> tuple[int, float | None]:
         """How many calls the device started after `since`, and the oldest such start."""
+        ...
+
+    async def add_livekit_event(self, event: LiveKitEventRecord) -> bool:
+        """Record a webhook event; False if its id is already recorded (a duplicate)."""
+        ...
+
+    async def forget_livekit_event(self, event_id: str) -> None:
+        """Drop a recorded event, so that LiveKit's retry of it is handled again."""
+        ...
+
+    async def purge_livekit_events(self, before: float) -> int:
+        """Forget events received before `before`; returns how many."""
+        ...
+
+    async def list_livekit_events(self, room: str | None = None) -> list[LiveKitEventRecord]:
+        """Recorded events in the order they were received, optionally of one room."""
         ...
 
     async def aclose(self) -> None:

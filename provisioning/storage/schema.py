@@ -74,6 +74,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS calls_device_created ON calls (device_id, created_at)",
         ),
     ),
+    Migration(
+        2,
+        "LiveKit webhook events (deduplicated by id), device flags",
+        (
+            """CREATE TABLE IF NOT EXISTS livekit_events (
+                event_id TEXT PRIMARY KEY,
+                event TEXT NOT NULL,
+                room TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS livekit_events_room ON livekit_events (room)",
+            """CREATE INDEX IF NOT EXISTS livekit_events_received_at
+                ON livekit_events (received_at)""",
+            "ALTER TABLE devices ADD COLUMN flagged_at DOUBLE PRECISION",
+            "ALTER TABLE devices ADD COLUMN flag_reason TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

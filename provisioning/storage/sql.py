@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode
+from provisioning.models import (
+    CallRecord,
+    Device,
+    DeviceStatus,
+    EnrollmentCode,
+    FlagReason,
+    LiveKitEventRecord,
+)
 from provisioning.storage.base import Database, Row
 
 _CODE_COLUMNS = "code_hash, label, created_at, expires_at, used_at, device_id"
 _DEVICE_COLUMNS = "device_id, public_key, name, status, created_at"
+_DEVICE_ROW = f"{_DEVICE_COLUMNS}, flagged_at, flag_reason"
+_EVENT_COLUMNS = "event_id, event, room, created_at, received_at"
 _CALL_COLUMNS = (
     "call_id, device_id, room, trigger, created_at, token_expires_at,"
     " ended_at, end_reason, duration_ms"
@@ -84,7 +93,7 @@ class SqlStorage:
         """The device with this id, if any."""
         async with self.db.session() as s:
             row = await s.fetchone(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
+                f"SELECT {_DEVICE_ROW} FROM devices WHERE device_id = ?", (device_id,)
             )
         return None if row is None else _device(row)
 
@@ -92,7 +101,7 @@ class SqlStorage:
         """The device holding this raw public key, if any."""
         async with self.db.session() as s:
             row = await s.fetchone(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE public_key = ?", (public_key,)
+                f"SELECT {_DEVICE_ROW} FROM devices WHERE public_key = ?", (public_key,)
             )
         return None if row is None else _device(row)
 
@@ -100,7 +109,7 @@ class SqlStorage:
         """All devices, oldest first."""
         async with self.db.session() as s:
             rows = await s.fetchall(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY created_at, device_id"
+                f"SELECT {_DEVICE_ROW} FROM devices ORDER BY created_at, device_id"
             )
         return [_device(row) for row in rows]
 
@@ -109,6 +118,16 @@ class SqlStorage:
         async with self.db.session() as s:
             changed = await s.execute(
                 "UPDATE devices SET status = ? WHERE device_id = ?", (status.value, device_id)
+            )
+        return changed == 1
+
+    async def flag_device(self, device_id: str, reason: FlagReason, flagged_at: float) -> bool:
+        """Flag a device that is not flagged yet; False if it already is, or does not exist."""
+        async with self.db.session() as s:
+            changed = await s.execute(
+                "UPDATE devices SET flagged_at = ?, flag_reason = ?"
+                " WHERE device_id = ? AND flagged_at IS NULL",
+                (flagged_at, reason.value, device_id),
             )
         return changed == 1
 
@@ -200,13 +219,52 @@ class SqlStorage:
             return 0, None
         return int(row[0]), row[1]
 
+    # LiveKit webhook events
+
+    async def add_livekit_event(self, event: LiveKitEventRecord) -> bool:
+        """Record a webhook event; False if its id is already recorded (a duplicate)."""
+        async with self.db.session() as s:
+            added = await s.execute(
+                f"INSERT INTO livekit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                (event.event_id, event.event, event.room, event.created_at, event.received_at),
+            )
+        return added == 1
+
+    async def forget_livekit_event(self, event_id: str) -> None:
+        """Drop a recorded event, so that LiveKit's retry of it is handled again."""
+        async with self.db.session() as s:
+            await s.execute("DELETE FROM livekit_events WHERE event_id = ?", (event_id,))
+
+    async def purge_livekit_events(self, before: float) -> int:
+        """Forget events received before `before`; returns how many."""
+        async with self.db.session() as s:
+            return await s.execute("DELETE FROM livekit_events WHERE received_at < ?", (before,))
+
+    async def list_livekit_events(self, room: str | None = None) -> list[LiveKitEventRecord]:
+        """Recorded events in the order they were received, optionally of one room."""
+        async with self.db.session() as s:
+            if room is None:
+                rows = await s.fetchall(
+                    f"SELECT {_EVENT_COLUMNS} FROM livekit_events ORDER BY received_at, event_id"
+                )
+            else:
+                rows = await s.fetchall(
+                    f"SELECT {_EVENT_COLUMNS} FROM livekit_events WHERE room = ?"
+                    " ORDER BY received_at, event_id",
+                    (room,),
+                )
+        return [LiveKitEventRecord(*row) for row in rows]
+
 
 def _device(row: Row) -> Device:
-    device_id, public_key, name, status, created_at = row
+    device_id, public_key, name, status, created_at, flagged_at, flag_reason = row
     return Device(
         device_id=device_id,
         public_key=bytes(public_key),
         name=name,
         status=DeviceStatus(status),
         created_at=created_at,
+        flagged_at=flagged_at,
+        flag_reason=None if flag_reason is None else FlagReason(flag_reason),
     )

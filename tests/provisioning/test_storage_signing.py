@@ -19,7 +19,14 @@ from provisioning.errors import (
     StaleTimestampError,
     StorageConflictError,
 )
-from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode
+from provisioning.models import (
+    CallRecord,
+    Device,
+    DeviceStatus,
+    EnrollmentCode,
+    FlagReason,
+    LiveKitEventRecord,
+)
 from provisioning.signing import (
     SignatureVerifier,
     SignedRequest,
@@ -27,6 +34,7 @@ from provisioning.signing import (
     device_id_for,
 )
 from provisioning.storage import LATEST_VERSION, SqlStorage, open_storage
+from provisioning.storage.schema import MIGRATIONS
 
 from .conftest import FakeClock, TestDevice
 
@@ -112,22 +120,22 @@ async def test_reopen_keeps_one_version_row_per_step(tmp_path: Path) -> None:
 
 
 async def test_version_one_database_of_the_old_backend_is_kept(tmp_path: Path) -> None:
-    # The schema as the first backend wrote it, with a row in it.
+    # The schema as the first backend wrote it, with rows in it.
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         db.execute("INSERT INTO schema_version VALUES (1)")
-        db.execute(
-            "CREATE TABLE enrollment_codes (code_hash TEXT PRIMARY KEY, label TEXT NOT NULL,"
-            " created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,"
-            " used_at DOUBLE PRECISION, device_id TEXT)"
-        )
+        for statement in MIGRATIONS[0].sql("sqlite"):
+            db.execute(statement)
         db.execute("INSERT INTO enrollment_codes VALUES ('h0', 'old', 1, 2, NULL, NULL)")
+        db.execute("INSERT INTO devices VALUES ('d-0', ?, 'old', 'approved', 1)", (b"k" * 32,))
     store = await open_storage(DatabaseConfig(path=path))
     try:
         assert await store.schema_version() == LATEST_VERSION
         kept = await store.get_enrollment_code("h0")
         assert kept is not None and kept.label == "old"
+        device = await store.get_device("d-0")
+        assert device is not None and device.name == "old" and device.flagged_at is None
     finally:
         await store.aclose()
 
@@ -200,6 +208,36 @@ async def test_calls_round_trip(storage: SqlStorage) -> None:
     assert await storage.list_calls("d-other") == []
     assert await storage.set_device_status("d-1", DeviceStatus.REVOKED)
     assert not await storage.set_device_status("d-none", DeviceStatus.REVOKED)
+
+
+async def test_a_device_is_flagged_once(storage: SqlStorage) -> None:
+    await storage.add_enrollment_code(code())
+    assert await storage.enroll_device(a_device(), "h1", now=1.1e9)
+    assert (await storage.list_devices())[0].flagged_at is None
+    assert await storage.flag_device("d-1", FlagReason.NON_AUDIO_TRACK, 1.2e9)
+    # The first flag stays: when and why the device was first caught.
+    assert not await storage.flag_device("d-1", FlagReason.NON_MICROPHONE_SOURCE, 1.3e9)
+    assert not await storage.flag_device("d-none", FlagReason.NON_AUDIO_TRACK, 1.2e9)
+    device = await storage.get_device("d-1")
+    assert device is not None
+    assert (device.flagged_at, device.flag_reason) == (1.2e9, FlagReason.NON_AUDIO_TRACK)
+
+
+async def test_livekit_events_recorded_once_forgotten_and_purged(storage: SqlStorage) -> None:
+    first = LiveKitEventRecord("EV_1", "track_published", "call-c-1", 1.0e9, 1.1e9)
+    assert await storage.add_livekit_event(first)
+    assert not await storage.add_livekit_event(
+        LiveKitEventRecord("EV_1", "room_finished", "call-c-2", 1.0e9, 1.2e9)
+    )
+    assert await storage.add_livekit_event(
+        LiveKitEventRecord("EV_2", "room_finished", "", 1.0e9, 1.3e9)
+    )
+    assert await storage.list_livekit_events("call-c-1") == [first]
+    assert [e.event_id for e in await storage.list_livekit_events()] == ["EV_1", "EV_2"]
+    await storage.forget_livekit_event("EV_1")
+    assert await storage.add_livekit_event(first)
+    assert await storage.purge_livekit_events(before=1.2e9) == 1
+    assert [e.event_id for e in await storage.list_livekit_events()] == ["EV_2"]
 
 
 def make_request(device: TestDevice, timestamp: int, **overrides: str) -> SignedRequest:
