@@ -37,6 +37,7 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_JSON_DEPTH = 8
 MAX_NUMBER_CHARS = 20
 STORAGE_RETRY_AFTER_S = 2
+LINGERING_S = 1.0
 CORE_KEY = web.AppKey("core", ProvisioningCore)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
 
@@ -298,7 +299,13 @@ class BackendServer:
             self._core = backend.core
             app = create_app(backend.core, body_timeout_s=server.body_timeout_s)
             # No access log: one line per request is a flood under load; refusals are logged.
-            runner = web.AppRunner(app, access_log=None, keepalive_timeout=server.header_timeout_s)
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                keepalive_timeout=server.header_timeout_s,
+                # A body left unread after a refusal is drained for at most this long.
+                lingering_time=LINGERING_S,
+            )
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
             site = GuardedSite(

@@ -30,7 +30,7 @@ def printable(value: object, limit: int = _MAX_VALUE_CHARS) -> str:
 def _field(value: object) -> str:
     text = printable(value)
     if not text or any(ch in text for ch in ' "='):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + text.replace('"', '\\"') + '"'
     return text
 
 
