@@ -86,9 +86,10 @@ def build_config(
     api_key: str,
     api_secret: str,
     webhook_urls: list[str] | None = None,
+    redis_address: str | None = None,
     log_level: str = "info",
 ) -> dict[str, Any]:
-    """Build a loopback-only single-node server config (keys as in livekit's config.go)."""
+    """Build a loopback-only server config (keys as in livekit's config.go); Redis: one node."""
     config: dict[str, Any] = {
         "port": port,
         "bind_addresses": [LOOPBACK],
@@ -108,17 +109,28 @@ def build_config(
     }
     if webhook_urls:
         config["webhook"] = {"api_key": api_key, "urls": list(webhook_urls)}
+    if redis_address:
+        # Nodes on one Redis share rooms, routing and agent workers; they need the same keys.
+        # Nothing else is required: node IDs are random, the default selector ("any") needs
+        # no region, and every node advertises its own rtc.node_ip and ports.
+        config["redis"] = {"address": redis_address}
     return config
 
 
 class LiveKitServer(AsyncResource):
-    """A LiveKit server subprocess bound to loopback; use as `async with LiveKitServer() as lk:`."""
+    """A LiveKit server subprocess bound to loopback; use as `async with LiveKitServer() as lk:`.
+
+    Nodes of one cluster get the same `api_key`/`api_secret` and `redis_address` (host:port).
+    """
 
     def __init__(
         self,
         *,
         binary: str | os.PathLike[str] | None = None,
         webhook_urls: list[str] | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        redis_address: str | None = None,
         startup_timeout: float = 20.0,
         stop_timeout: float = 5.0,
         log_level: str = "info",
@@ -130,8 +142,12 @@ class LiveKitServer(AsyncResource):
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._log_level = log_level
-        self.api_key = "API" + secrets.token_hex(6)
-        self.api_secret = secrets.token_urlsafe(36)
+        if (api_key is None) != (api_secret is None):
+            raise ValueError("api_key and api_secret go together")
+        self.api_key = api_key or "API" + secrets.token_hex(6)
+        self.api_secret = api_secret or secrets.token_urlsafe(36)
+        self.redis_address = redis_address
+        self.node_id = ""  # known once started; Redis maps rooms to it
         self.port = 0
         self.rtc_udp_port = 0
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
@@ -174,6 +190,7 @@ class LiveKitServer(AsyncResource):
             api_key=self.api_key,
             api_secret=self.api_secret,
             webhook_urls=self._webhook_urls,
+            redis_address=self.redis_address,
             log_level=self._log_level,
         )
         config_path = workdir / "livekit.yaml"
@@ -216,6 +233,7 @@ class LiveKitServer(AsyncResource):
                         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                             async with http.get(self.http_url + "/") as resp:
                                 if resp.status == 200 and (await resp.text()).strip() == "OK":
+                                    self.node_id = self._logged_node_id()
                                     return
                         await asyncio.sleep(0.1)
             except TimeoutError as exc:
@@ -223,6 +241,20 @@ class LiveKitServer(AsyncResource):
                     f"LiveKit server did not answer on {self.http_url} within "
                     f"{self._startup_timeout:.0f} s; log tail:\n{self.log_tail()}"
                 ) from exc
+
+    def _logged_node_id(self) -> str:
+        """The node ID from the start-up line (random per start, no config sets it), or ""."""
+        assert self.log_path is not None
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            # Console format: time, level, logger, caller, message, then the fields as JSON.
+            fields = line.split("\t")
+            if len(fields) >= 6 and fields[4] == "starting LiveKit server":
+                with contextlib.suppress(ValueError):
+                    fields_json = json.loads(fields[5])
+                    if isinstance(fields_json, dict) and isinstance(fields_json.get("nodeID"), str):
+                        return str(fields_json["nodeID"])
+        logger.warning("LiveKit server logged no node ID", extra={"port": self.port})
+        return ""
 
     async def aclose(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its temp dir."""

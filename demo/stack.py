@@ -19,6 +19,7 @@ from appliance.settings import Settings, load_settings
 from demo.agent import DemoAgent
 from demo.agent_session import SessionOptions
 from demo.livekit_server import LiveKitServer
+from demo.redis_server import RedisServer
 from provisioning.config import load_config
 from provisioning.http import BackendServer
 
@@ -37,22 +38,39 @@ class DeviceFiles:
 
 
 class LocalStack(AsyncResource):
-    """`async with LocalStack() as stack:` starts everything; leaving stops it in reverse order."""
+    """`async with LocalStack() as stack:` starts everything; leaving stops it in reverse order.
+
+    With `livekit_nodes=2` or more, the LiveKit nodes share one Redis; the backend sends devices
+    to `livekit_nodes[device_node]` and the agent registers with `livekit_nodes[agent_node]`.
+    """
 
     def __init__(
         self,
         *,
         workdir: Path | None = None,
+        livekit_nodes: int = 1,
+        device_node: int = 0,
+        agent_node: int = -1,
         token_ttl_s: int = 600,
         end_after_turns: int | None = None,
         agent_greeting: str | None = None,
     ) -> None:
+        if livekit_nodes < 1:
+            raise ValueError("livekit_nodes must be at least 1")
+        for name, index in (("device_node", device_node), ("agent_node", agent_node)):
+            if not -livekit_nodes <= index < livekit_nodes:
+                raise ValueError(f"{name}={index} is not one of {livekit_nodes} LiveKit nodes")
         self._stack = AsyncExitStack()
+        self._livekit_count = livekit_nodes
+        self._device_node = device_node
+        self._agent_node = agent_node
         self._workdir_arg = workdir
         self._token_ttl_s = token_ttl_s
         self._end_after_turns = end_after_turns
         self._agent_greeting = agent_greeting
         self.workdir = Path()
+        self.redis: RedisServer | None = None
+        self.livekit_nodes: list[LiveKitServer] = []
         self.livekit: LiveKitServer
         self.backend: BackendServer
         self.agent: DemoAgent
@@ -70,14 +88,14 @@ class LocalStack(AsyncResource):
         else:
             self.workdir = self._workdir_arg
             self.workdir.mkdir(parents=True, exist_ok=True)
-        self.livekit = await self._stack.enter_async_context(LiveKitServer())
+        await self._start_livekit()
         self.backend_config = self._write_backend_config()
         self.backend = await self._stack.enter_async_context(
             BackendServer(load_config(self.backend_config), port=0)
         )
         self.agent = await self._stack.enter_async_context(
             DemoAgent(
-                url=self.livekit.url,
+                url=self.agent_livekit.url,
                 api_key=self.livekit.api_key,
                 api_secret=self.livekit.api_secret,
                 agent_name=AGENT_NAME,
@@ -86,6 +104,33 @@ class LocalStack(AsyncResource):
             )
         )
         await self.agent.wait_registered(timeout=20)
+
+    async def _start_livekit(self) -> None:
+        redis_address = None
+        if self._livekit_count > 1:
+            self.redis = await self._stack.enter_async_context(RedisServer())
+            redis_address = self.redis.address
+        self.livekit = await self._stack.enter_async_context(
+            LiveKitServer(redis_address=redis_address)
+        )
+        self.livekit_nodes = [self.livekit]
+        for _ in range(1, self._livekit_count):
+            node = LiveKitServer(
+                api_key=self.livekit.api_key,
+                api_secret=self.livekit.api_secret,
+                redis_address=redis_address,
+            )
+            self.livekit_nodes.append(await self._stack.enter_async_context(node))
+
+    @property
+    def device_livekit(self) -> LiveKitServer:
+        """The LiveKit node whose URL the backend hands to devices."""
+        return self.livekit_nodes[self._device_node]
+
+    @property
+    def agent_livekit(self) -> LiveKitServer:
+        """The LiveKit node the demo agent registers with."""
+        return self.livekit_nodes[self._agent_node]
 
     def _write_backend_config(self) -> Path:
         secret_file = self.workdir / "livekit-api-secret"
@@ -96,7 +141,7 @@ class LocalStack(AsyncResource):
         path.write_text(
             '[server]\nhost = "127.0.0.1"\nport = 0\n\n'
             '[database]\npath = "provisioning.sqlite3"\n\n'
-            f"[livekit]\nurl = {json.dumps(self.livekit.url)}\n"
+            f"[livekit]\nurl = {json.dumps(self.device_livekit.url)}\n"
             f"api_key = {json.dumps(self.livekit.api_key)}\n"
             'api_secret_file = "livekit-api-secret"\n\n'
             f'[calls]\nagent_name = "{AGENT_NAME}"\ntoken_ttl_s = {self._token_ttl_s}\n'
