@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.errors import NotEnrolledError, SettingsError
+from appliance.files import write_private
 
 ENROLLMENT_FILE_NAME = "enrollment.json"
 
@@ -39,11 +39,9 @@ class Enrollment:
             raise SettingsError(path, str(exc.args[0]), "missing key") from exc
 
     def save(self, state_dir: Path) -> None:
-        """Write the enrollment atomically."""
+        """Write the enrollment atomically, durably and readable by the daemon's user only."""
         path = Path(state_dir) / ENROLLMENT_FILE_NAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_private(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
 
 async def enroll_device(

@@ -12,16 +12,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.errors import DeviceKeyError
+from appliance.files import fsync_dir
 
 KEY_FILE_NAME = "device_key.pem"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def b64url(data: bytes) -> str:
@@ -64,7 +57,7 @@ class DeviceKey:
                 os.link(tmp, path)
             finally:
                 tmp.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return cls(key)
         except FileExistsError:
             return cls._load(path)

@@ -21,6 +21,11 @@ from appliance.errors import (
     RateLimitedError,
 )
 from appliance.provisioning_client import DeviceKey, ProvisioningClient
+from appliance.provisioning_client.enrollment import (
+    ENROLLMENT_FILE_NAME,
+    Enrollment,
+    enroll_device,
+)
 from appliance.provisioning_client.keys import KEY_FILE_NAME
 from provisioning.config import load_config
 from provisioning.http import BackendServer
@@ -68,6 +73,19 @@ def test_a_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE_NAME).chmod(0o644)
     with pytest.raises(DeviceKeyError, match="0600"):
         DeviceKey.load_or_create(tmp_path)
+
+
+async def test_enrollment_record_is_private_and_written_whole(
+    backend: BackendServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    code = await backend.core.create_enrollment_code(ttl_s=60)
+    async with asyncio.timeout(5):
+        enrollment = await enroll_device(state, backend.url, "lobby", code)
+    path = state / ENROLLMENT_FILE_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Enrollment.load(state) == enrollment
+    assert sorted(p.name for p in state.iterdir()) == [KEY_FILE_NAME, ENROLLMENT_FILE_NAME]
 
 
 async def test_enroll_check_in_and_call_token(backend: BackendServer, tmp_path: Path) -> None:
