@@ -175,7 +175,7 @@ class LocalStack(AsyncResource):
     async def enroll(self, files: DeviceFiles) -> Settings:
         """Issue a one-time code as the admin would, and enroll the device with it."""
         settings = load_settings(files.config)
-        code = self.backend.core.create_enrollment_code(ttl_s=600, label=settings.device.name)
+        code = await self.backend.core.create_enrollment_code(ttl_s=600, label=settings.device.name)
         await enroll_device(
             settings.device.state_dir, settings.backend.url, settings.device.name, code
         )
