@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
+from provisioning.rooms import LiveKitRoomService, RoomService
 from provisioning.storage import SqlStorage, open_storage
 from provisioning.tokens import LiveKitTokenMinter
 
@@ -23,17 +24,27 @@ class Backend:
 
 
 @asynccontextmanager
-async def open_backend(config: Config, *, clock: Clock = time.time) -> AsyncIterator[Backend]:
-    """Open the configured database (migrating it) and wire the core; close it on exit."""
-    storage = await open_storage(config.database)
-    try:
+async def open_backend(
+    config: Config, *, clock: Clock = time.time, rooms: RoomService | None = None
+) -> AsyncIterator[Backend]:
+    """Open the configured database (migrating it) and wire the core; close both on exit.
+
+    `rooms` replaces the client of the configured LiveKit server's room service (tests).
+    """
+    async with AsyncExitStack() as stack:
+        storage = await open_storage(config.database)
+        stack.push_async_callback(storage.aclose)
+        if rooms is None:
+            rooms = await stack.enter_async_context(
+                LiveKitRoomService(
+                    config.livekit.url, config.livekit.api_key, config.livekit.api_secret
+                )
+            )
         minter = LiveKitTokenMinter(
             api_key=config.livekit.api_key,
             api_secret=config.livekit.api_secret,
             agent_name=config.calls.agent_name,
             ttl_s=config.calls.token_ttl_s,
         )
-        core = ProvisioningCore(storage, config, minter=minter, clock=clock)
+        core = ProvisioningCore(storage, config, minter=minter, rooms=rooms, clock=clock)
         yield Backend(config=config, storage=storage, core=core)
-    finally:
-        await storage.aclose()

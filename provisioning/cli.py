@@ -73,9 +73,16 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             print(await core.create_enrollment_code(ttl_s=args.ttl, label=args.label))
         elif args.command == "devices" and args.action == "list":
             _print_table(
-                ("DEVICE_ID", "STATUS", "CREATED", "NAME"),
+                ("DEVICE_ID", "STATUS", "CREATED", "FLAGGED", "FLAG", "NAME"),
                 (
-                    (d.device_id, d.status.value, _when(d.created_at), d.name)
+                    (
+                        d.device_id,
+                        d.status.value,
+                        _when(d.created_at),
+                        _when(d.flagged_at),
+                        d.flag_reason or "-",
+                        d.name,
+                    )
                     for d in await core.list_devices()
                 ),
             )

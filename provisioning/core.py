@@ -23,7 +23,17 @@ from provisioning.errors import (
     UnknownDeviceError,
     UnknownDeviceIdError,
 )
-from provisioning.models import CallGrant, CallRecord, Device, DeviceStatus, EnrollmentCode
+from provisioning.livekit_events import LiveKitEvents, WebhookOutcome
+from provisioning.models import (
+    CallGrant,
+    CallRecord,
+    Device,
+    DeviceStatus,
+    EnrollmentCode,
+    LiveKitEventRecord,
+    room_of_call,
+)
+from provisioning.rooms import RoomService
 from provisioning.signing import SignatureVerifier, SignedRequest, device_id_for, parse_public_key
 from provisioning.storage.base import Storage
 from provisioning.tokens import TokenMinter
@@ -56,8 +66,8 @@ def hash_code(code: str) -> str:
 class ProvisioningCore:
     """Enrolls devices, authenticates their requests and hands out call tokens.
 
-    Its collaborators come in: the storage and the token minter are chosen by
-    `provisioning.backend.open_backend`, never here.
+    Its collaborators come in: the storage, the token minter and LiveKit's room service
+    are chosen by `provisioning.backend.open_backend`, never here.
     """
 
     def __init__(
@@ -66,6 +76,7 @@ class ProvisioningCore:
         config: Config,
         *,
         minter: TokenMinter,
+        rooms: RoomService,
         clock: Clock = time.time,
     ) -> None:
         self._storage = storage
@@ -75,6 +86,13 @@ class ProvisioningCore:
             storage, clock=clock, max_clock_skew_s=config.auth.max_clock_skew_s
         )
         self._minter = minter
+        self._livekit_events = LiveKitEvents(
+            storage,
+            rooms,
+            api_key=config.livekit.api_key,
+            api_secret=config.livekit.api_secret,
+            clock=clock,
+        )
 
     @property
     def agent_name(self) -> str:
@@ -117,6 +135,10 @@ class ProvisioningCore:
     async def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
         """All calls, oldest first, optionally of one device."""
         return await self._storage.list_calls(device_id)
+
+    async def list_livekit_events(self, room: str | None = None) -> list[LiveKitEventRecord]:
+        """LiveKit webhook events recorded, in the order received, optionally of one room."""
+        return await self._storage.list_livekit_events(room)
 
     async def revoke_device(self, device_id: str) -> Device:
         """Refuse the device from now on; raises `UnknownDeviceIdError` if there is none."""
@@ -187,7 +209,7 @@ class ProvisioningCore:
             logger.warning("call rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many calls, try again later", retry_after_s=retry_after)
         call_id = "c-" + secrets.token_hex(8)
-        room = f"call-{call_id}"
+        room = room_of_call(call_id)
         token = self._minter.mint(
             identity=device.identity,
             name=device.name or device.device_id,
@@ -240,6 +262,14 @@ class ProvisioningCore:
         ended = await self._storage.get_call(call_id)
         assert ended is not None
         return ended
+
+    # LiveKit
+
+    async def receive_livekit_webhook(
+        self, body: bytes, authorization: str | None
+    ) -> WebhookOutcome:
+        """Verify, record (once per event id) and act on one of LiveKit's webhooks."""
+        return await self._livekit_events.receive(body, authorization)
 
 
 def _choices(vocabulary: type[Trigger] | type[EndReason]) -> str:

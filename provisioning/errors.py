@@ -155,6 +155,13 @@ class StorageConflictError(StorageError):
     code = "conflict"
 
 
+class LiveKitUnavailableError(ProvisioningError, ConnectionError):
+    """LiveKit's server API could not be reached or failed (503); the caller may retry."""
+
+    status = 503
+    code = "livekit_unavailable"
+
+
 class SchemaTooNewError(StorageError):
     """The database was migrated by a newer version of the backend."""
 

@@ -26,8 +26,10 @@ from provisioning.errors import (
     StorageUnavailableError,
 )
 from provisioning.http_server import GuardedSite
+from provisioning.livekit_events import WEBHOOK_PATH
 from provisioning.logs import printable
 from provisioning.models import Device
+from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
 
 logger = logging.getLogger(__name__)
@@ -230,6 +232,15 @@ async def _end_call(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call.call_id, "ended_at": iso_utc(call.ended_at)})
 
 
+async def _livekit_webhook(request: web.Request) -> web.Response:
+    # LiveKit's signed event; the bare JWT in Authorization is never logged.
+    body = await _body(request)
+    outcome = await request.app[CORE_KEY].receive_livekit_webhook(
+        body, request.headers.get("Authorization")
+    )
+    return web.json_response({"outcome": outcome.value})
+
+
 def create_app(
     core: ProvisioningCore,
     *,
@@ -244,6 +255,7 @@ def create_app(
     app.router.add_get("/v1/device", _device, allow_head=False)
     app.router.add_post("/v1/calls", _start_call)
     app.router.add_post("/v1/calls/{call_id}/end", _end_call)
+    app.router.add_post(WEBHOOK_PATH, _livekit_webhook)
     return app
 
 
@@ -251,6 +263,7 @@ class BackendServer:
     """Runs the HTTP API over `open_backend(config)`: `async with BackendServer(cfg) as s`.
 
     `host` and `port` override the config; port 0 picks a free port, see `port`/`url`.
+    `rooms` replaces the LiveKit room service client (tests).
     """
 
     def __init__(
@@ -260,8 +273,10 @@ class BackendServer:
         host: str | None = None,
         port: int | None = None,
         clock: Clock = time.time,
+        rooms: RoomService | None = None,
     ) -> None:
         self.config = config
+        self._rooms = rooms
         self._host = config.server.host if host is None else host
         self._port = config.server.port if port is None else port
         self._clock = clock
@@ -294,7 +309,7 @@ class BackendServer:
         server = self.config.server
         try:
             backend = await self._stack.enter_async_context(
-                open_backend(self.config, clock=self._clock)
+                open_backend(self.config, clock=self._clock, rooms=self._rooms)
             )
             self._core = backend.core
             app = create_app(backend.core, body_timeout_s=server.body_timeout_s)

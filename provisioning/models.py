@@ -5,6 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+IDENTITY_PREFIX = "device-"
+ROOM_PREFIX = "call-"
+
+
+def device_id_of_identity(identity: str) -> str | None:
+    """The device id in a participant identity the backend assigned, or None for anyone else."""
+    device_id = identity.removeprefix(IDENTITY_PREFIX)
+    return device_id if device_id and device_id != identity else None
+
+
+def room_of_call(call_id: str) -> str:
+    """The one LiveKit room of a call."""
+    return f"{ROOM_PREFIX}{call_id}"
+
+
+def call_id_of_room(room: str) -> str | None:
+    """The call id in a room name the backend chose, or None for any other room."""
+    call_id = room.removeprefix(ROOM_PREFIX)
+    return call_id if call_id and call_id != room else None
+
 
 class DeviceStatus(StrEnum):
     """Whether a device may still get tokens."""
@@ -40,7 +60,7 @@ class Device:
     @property
     def identity(self) -> str:
         """The LiveKit participant identity the backend assigns to this device."""
-        return f"device-{self.device_id}"
+        return f"{IDENTITY_PREFIX}{self.device_id}"
 
 
 @dataclass(frozen=True)

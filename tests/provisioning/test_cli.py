@@ -16,7 +16,7 @@ import pytest
 from provisioning.cli import main
 from provisioning.config import load_config
 from provisioning.core import CODE_ALPHABET, hash_code
-from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode
+from provisioning.models import CallRecord, Device, DeviceStatus, EnrollmentCode, FlagReason
 from provisioning.storage import SqlStorage, open_storage
 
 from .conftest import TIMEOUT_S, TestDevice, write_config
@@ -101,6 +101,23 @@ def test_devices_list_and_revoke(config_path: Path, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().out.strip() == f"{device.device_id} revoked"
     stored = with_storage(config_path, lambda s: s.get_device(device.device_id))
     assert stored is not None and stored.status is DeviceStatus.REVOKED
+
+
+def test_devices_list_shows_the_flag(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    device = add_device(config_path, name="lobby")
+    other = add_device(config_path, name="hall")
+    flagged_at = 1.5e9  # 2017-07-14T02:40:00Z
+    assert with_storage(
+        config_path,
+        lambda s: s.flag_device(device.device_id, FlagReason.NON_AUDIO_TRACK, flagged_at),
+    )
+    assert main(["--config", str(config_path), "devices", "list"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["DEVICE_ID", "STATUS", "CREATED", "FLAGGED", "FLAG", "NAME"]
+    flagged = next(row for row in rows if device.device_id in row)
+    assert "2017-07-14T02:40:00Z" in flagged and "non_audio_track" in flagged
+    clean = next(row for row in rows if other.device_id in row)
+    assert clean.split()[3:5] == ["-", "-"]
 
 
 def test_revoke_unknown_device_fails(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,225 @@
+"""LiveKit's webhooks: verified, recorded once per event id, and handled by event type.
+
+LiveKit signs each webhook (an `Authorization` JWT whose `sha256` claim hashes the raw
+body) and may send one twice, late, out of order or not at all. An event is recorded
+before it is handled, and forgotten again if handling fails, so that LiveKit's retry
+of it (it retries a 5xx) is handled rather than skipped as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+
+import jwt
+from google.protobuf.json_format import ParseError
+from livekit.api import TokenVerifier, WebhookEvent, WebhookReceiver
+from livekit.protocol.models import TrackInfo, TrackSource, TrackType
+
+from provisioning.errors import BadRequestError, BadSignatureError, MissingSignatureError
+from provisioning.models import (
+    CallRecord,
+    FlagReason,
+    LiveKitEventRecord,
+    call_id_of_room,
+    device_id_of_identity,
+)
+from provisioning.rooms import RoomService
+from provisioning.storage.base import Storage
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/v1/livekit/webhook"
+# Long past LiveKit's retries (and its 5-minute signature) and long enough to look back.
+EVENT_RETENTION_S = 7 * 24 * 3600
+PURGE_INTERVAL_S = 600.0
+
+
+class LiveKitEvent(StrEnum):
+    """The webhook event types of a LiveKit server that the backend knows by name."""
+
+    ROOM_STARTED = "room_started"
+    ROOM_FINISHED = "room_finished"
+    PARTICIPANT_JOINED = "participant_joined"
+    PARTICIPANT_LEFT = "participant_left"
+    PARTICIPANT_CONNECTION_ABORTED = "participant_connection_aborted"
+    TRACK_PUBLISHED = "track_published"
+    TRACK_UNPUBLISHED = "track_unpublished"
+
+
+class WebhookOutcome(StrEnum):
+    """What the backend did with an accepted webhook (the answer's `outcome`)."""
+
+    ENFORCED = "enforced"  # a device broke a rule: removed from its room and flagged
+    RECORDED = "recorded"  # recorded; nothing to do
+    IGNORED = "ignored"  # recorded; about a room or participant that is not one of ours
+    DUPLICATE = "duplicate"  # this event id was already recorded
+
+
+class WebhookVerifier:
+    """Checks a webhook's signature with the LiveKit API key pair; never logs the header."""
+
+    def __init__(self, api_key: str, api_secret: str) -> None:
+        self._receiver = WebhookReceiver(TokenVerifier(api_key, api_secret))
+
+    def verify(self, body: bytes, authorization: str | None) -> WebhookEvent:
+        """The event in `body`; `MissingSignatureError`/`BadSignatureError` if not LiveKit's."""
+        if not authorization:
+            _refused("missing_authorization")
+            raise MissingSignatureError("webhook has no Authorization header")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _refused("body_not_utf8")
+            raise BadSignatureError("webhook signature does not verify") from exc
+        try:
+            return self._receiver.receive(text, authorization)
+        except ParseError as exc:
+            # Only reached once the signature and the body hash have verified.
+            raise BadRequestError("webhook body is not a LiveKit event") from exc
+        except jwt.ExpiredSignatureError as exc:
+            _refused("expired")
+            raise BadSignatureError("webhook signature has expired") from exc
+        except jwt.PyJWTError as exc:
+            _refused("bad_token")
+            raise BadSignatureError("webhook signature does not verify") from exc
+        except Exception as exc:
+            # livekit-api raises a bare Exception for a missing or mismatching body hash.
+            _refused("body_mismatch")
+            raise BadSignatureError("webhook signature does not verify") from exc
+
+
+def _refused(reason: str) -> None:
+    logger.warning("webhook refused", extra={"reason": reason})
+
+
+def forbidden_track(track: TrackInfo) -> FlagReason | None:
+    """Why a device may not publish `track`, or None for its microphone's audio."""
+    if track.type != TrackType.AUDIO:
+        return FlagReason.NON_AUDIO_TRACK
+    if track.source != TrackSource.MICROPHONE:
+        return FlagReason.NON_MICROPHONE_SOURCE
+    return None
+
+
+Handler = Callable[[WebhookEvent], Awaitable[WebhookOutcome]]
+
+
+class LiveKitEvents:
+    """Receives LiveKit's webhooks for the core: verify, record once, dispatch by type."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        rooms: RoomService,
+        *,
+        api_key: str,
+        api_secret: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self._storage = storage
+        self._rooms = rooms
+        self._clock = clock
+        self._verifier = WebhookVerifier(api_key, api_secret)
+        self._last_purge = float("-inf")
+        # One handler per event type; the others are recorded only.
+        self._handlers: dict[str, Handler] = {
+            LiveKitEvent.TRACK_PUBLISHED: self._track_published,
+            LiveKitEvent.PARTICIPANT_LEFT: self._participant_left,
+            LiveKitEvent.ROOM_FINISHED: self._room_finished,
+        }
+
+    async def receive(self, body: bytes, authorization: str | None) -> WebhookOutcome:
+        """Verify, record and handle one webhook; a duplicate event id is not handled again."""
+        event = self._verifier.verify(body, authorization)
+        if not event.id:
+            raise BadRequestError("webhook event has no id")
+        now = self._clock()
+        record = LiveKitEventRecord(
+            event_id=event.id,
+            event=event.event,
+            room=event.room.name,
+            created_at=float(event.created_at),
+            received_at=now,
+        )
+        context = {"event": event.event, "event_id": event.id, "room": event.room.name}
+        if not await self._storage.add_livekit_event(record):
+            logger.info("LiveKit event already handled", extra=context)
+            return WebhookOutcome.DUPLICATE
+        try:
+            outcome = await self.handle(event)
+        except BaseException:
+            await self._storage.forget_livekit_event(event.id)
+            raise
+        logger.debug("LiveKit event handled", extra={**context, "outcome": outcome.value})
+        if now - self._last_purge >= PURGE_INTERVAL_S:
+            self._last_purge = now
+            await self._storage.purge_livekit_events(now - EVENT_RETENTION_S)
+        return outcome
+
+    async def handle(self, event: WebhookEvent) -> WebhookOutcome:
+        """Act on one verified event, by its type."""
+        handler = self._handlers.get(event.event)
+        if handler is None:
+            return WebhookOutcome.RECORDED
+        return await handler(event)
+
+    async def _track_published(self, event: WebhookEvent) -> WebhookOutcome:
+        """A device publishing anything but microphone audio leaves its call and is flagged.
+
+        The token allows the microphone source only, but LiveKit checks the declared source,
+        not the media: a video track that declares itself a microphone gets through.
+        """
+        device_id = device_id_of_identity(event.participant.identity)
+        if device_id is None:
+            return WebhookOutcome.IGNORED  # the agent, or someone who is not a device
+        reason = forbidden_track(event.track)
+        if reason is None:
+            return WebhookOutcome.RECORDED
+        room = event.room.name
+        call = await self._call_of(room, device_id)
+        if call is None:
+            logger.warning(
+                "forbidden track outside the device's calls: ignored",
+                extra={"device_id": device_id, "room": room, "flag_reason": reason.value},
+            )
+            return WebhookOutcome.IGNORED
+        identity = event.participant.identity
+        # Rights first: the tracks stop at once and the token LiveKit refreshes for the client
+        # carries no grants, so coming back with it gains nothing. Then out, and the room ends.
+        await self._rooms.revoke_participant(room, identity)
+        await self._rooms.remove_participant(room, identity)
+        await self._rooms.delete_room(room)
+        newly = await self._storage.flag_device(device_id, reason, self._clock())
+        logger.warning(
+            "forbidden track: device removed from its call and flagged",
+            extra={
+                "device_id": device_id,
+                "call_id": call.call_id,
+                "room": room,
+                "flag_reason": reason.value,
+                "track_type": TrackType.Name(event.track.type),
+                "track_source": TrackSource.Name(event.track.source),
+                "first_flag": newly,
+            },
+        )
+        return WebhookOutcome.ENFORCED
+
+    async def _participant_left(self, event: WebhookEvent) -> WebhookOutcome:
+        """Recorded only. Extension point: a device that left without reporting its end."""
+        return WebhookOutcome.RECORDED
+
+    async def _room_finished(self, event: WebhookEvent) -> WebhookOutcome:
+        """Recorded only. Extension point: close the room's call if its device never did."""
+        return WebhookOutcome.RECORDED
+
+    async def _call_of(self, room: str, device_id: str) -> CallRecord | None:
+        """The call held in `room`, if it is one of `device_id`'s."""
+        call_id = call_id_of_room(room)
+        if call_id is None:
+            return None
+        call = await self._storage.get_call(call_id)
+        if call is None or call.device_id != device_id or call.room != room:
+            return None
+        return call
