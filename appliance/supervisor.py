@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from appliance.aio import cancel_and_wait, join_tasks
 from appliance.backoff import Backoff
 from appliance.call.events import (
     AgentAudioStarted,
@@ -198,7 +199,7 @@ class Supervisor:
         self._redial = None
         if self._call_task is not None:
             self._call_events.put_nowait(EndRequested(EndReason.SHUTDOWN))
-            await asyncio.gather(self._call_task, return_exceptions=True)
+            await join_tasks(self._call_task)
         await self._cancel_recovery()
         self._set_state(State.STOPPING)
 
@@ -306,10 +307,7 @@ class Supervisor:
         try:
             await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleeper.cancel()
-            if not getter.done():
-                getter.cancel()
-            await asyncio.gather(getter, sleeper, return_exceptions=True)
+            await cancel_and_wait(getter, sleeper)  # a getter that got an event keeps it
         return getter.result() if getter.done() and not getter.cancelled() else None
 
     def _pending_end(self) -> EndReason | None:
@@ -360,8 +358,7 @@ class Supervisor:
     async def _cancel_recovery(self) -> None:
         task, self._recovery_task = self._recovery_task, None
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
     async def _recover(self, cause: BackendError | None) -> None:
         """Check in until the backend accepts us, backing off; then the device is READY."""
