@@ -108,6 +108,11 @@ class TaskSet:
         task.add_done_callback(self._task_done)
         return task
 
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` was called (and `spawn` refuses)."""
+        return self._closed
+
     def __len__(self) -> int:
         return len(self._tasks)
 

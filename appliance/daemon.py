@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 
 import httpx
 
-from appliance.aio import AsyncResource
+from appliance.aio import AsyncResource, cancel_and_wait
 from appliance.board import Board, open_board
 from appliance.call.events import CallEvent
 from appliance.call.livekit_call import LiveKitCall
@@ -167,6 +167,5 @@ class Daemon(AsyncResource):
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.supervisor.stop()
-            stopper.cancel()
-            await asyncio.gather(stopper, return_exceptions=True)
+            await cancel_and_wait(stopper)
             await runner

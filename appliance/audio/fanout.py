@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 
+from appliance.aio import cancel_and_wait
 from appliance.audio.base import Frame, Microphone
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class CaptureFanout:
     async def aclose(self) -> None:
         """Stop reading (the microphone itself is closed by its owner)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _pump(self) -> None:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from appliance.aio import cancel_and_wait
 from appliance.audio.base import SAMPLES_PER_FRAME, Frame
 from appliance.audio.jitter import JitterBuffer
 from appliance.audio.processing import AudioProcessor
@@ -121,9 +122,7 @@ class AudioPipeline:
     async def aclose(self) -> None:
         """Stop retrying, stop the threads and release the devices."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._close_session()
 

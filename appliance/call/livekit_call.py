@@ -7,10 +7,12 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 from livekit import rtc
 
+from appliance.aio import TaskSet
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Speaker
 from appliance.audio.fanout import CaptureFanout
 from appliance.call.events import (
@@ -71,7 +73,7 @@ class LiveKitCall:
         self._agent_speech = ActivityMeter()
         self._room = rtc.Room()
         self._mic_publication: rtc.LocalTrackPublication | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(on_error=self._task_failed)
         self._status_queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._status_seq = 0
         self._agent_identity: str | None = None
@@ -122,9 +124,7 @@ class LiveKitCall:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_DRAIN_S):
                 await self._status_queue.join()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if self._mic_publication is not None and self._room.isconnected():
             try:
                 await self._room.local_participant.unpublish_track(self._mic_publication.sid)
@@ -145,21 +145,17 @@ class LiveKitCall:
         if self._closing:
             coro.close()  # a track subscribed while we leave: nothing to play it to
             return
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        self._tasks.spawn(coro, name)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "call task %s failed",
-                task.get_name(),
-                exc_info=task.exception(),
-                extra={"CALL_ID": self.grant.call_id, "ROOM": self.grant.room},
-            )
-            # A call whose audio or status task died is broken: end it, don't limp on.
-            self._on_event(EndRequested(EndReason.CONNECTION_LOST))
+    def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        logger.error(
+            "call task %s failed",
+            task.get_name(),
+            exc_info=exc,
+            extra={"CALL_ID": self.grant.call_id, "ROOM": self.grant.room},
+        )
+        # A call whose audio or status task died is broken: end it, don't limp on.
+        self._on_event(EndRequested(EndReason.CONNECTION_LOST))
 
     async def _pump_microphone(self, source: rtc.AudioSource) -> None:
         # Subscribed only now: no audio is taken for the call before it is connected.

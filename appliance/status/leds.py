@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
-from appliance.aio import AsyncResource
+from appliance.aio import AsyncResource, TaskSet
 from appliance.clock import Clock
 from appliance.state import State, StateChange
 
@@ -123,7 +123,7 @@ class StatusLed(AsyncResource):
         self._initial = initial
         self._pattern: Pattern | None = None
         self._task: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()  # the pattern playing, and any still stopping
         self._closed = False
 
     @property
@@ -144,7 +144,7 @@ class StatusLed(AsyncResource):
         self._closed = True
         self._pattern = None
         self._stop_task()
-        await asyncio.gather(*list(self._retiring), return_exceptions=True)
+        await self._tasks.aclose()
         self._led.value = 0.0
 
     def _show(self, pattern: Pattern, state: State) -> None:
@@ -156,14 +156,12 @@ class StatusLed(AsyncResource):
         self._led.value = pattern.steps[0][0]
         logger.debug("status LED: %s", pattern.name, extra={"STATE": state.value})
         if not pattern.steady:
-            self._task = asyncio.create_task(self._play(pattern), name="status-led")
+            self._task = self._tasks.spawn(self._play(pattern), "status-led")
 
     def _stop_task(self) -> None:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
 
     async def _play(self, pattern: Pattern) -> None:
         """Step through `pattern` forever; its first level is already showing."""

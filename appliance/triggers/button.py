@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from appliance.aio import TaskSet, cancel_and_wait
 from appliance.clock import Clock
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,7 @@ class Debouncer:
 
     async def aclose(self) -> None:
         """Drop a change that has not settled yet."""
-        if self._settling is not None:
-            self._settling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._settling
+        await cancel_and_wait(self._settling)
 
 
 class PressLogic:
@@ -69,6 +66,7 @@ class PressLogic:
         self._on_short = on_short
         self._on_long = on_long
         self._timer: asyncio.Task[None] | None = None
+        self._timers = TaskSet()  # the hold timer, and any still stopping
         self._long_fired = False
 
     def level(self, pressed: bool) -> None:
@@ -76,7 +74,8 @@ class PressLogic:
         if pressed:
             self._long_fired = False
             self._cancel_timer()
-            self._timer = asyncio.create_task(self._hold(), name="button-long-press")
+            if not self._timers.closed:  # a press after aclose has no long press
+                self._timer = self._timers.spawn(self._hold(), "button-long-press")
             return
         self._cancel_timer()
         if not self._long_fired:
@@ -98,8 +97,5 @@ class PressLogic:
 
     async def aclose(self) -> None:
         """Forget a press in progress."""
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+        self._timer = None
+        await self._timers.aclose()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import numpy as np
 
+from appliance.aio import cancel_and_wait, join_tasks
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame, Speaker
 from appliance.clock import Clock
 
@@ -47,15 +47,11 @@ class Earcon:
 
     async def wait(self) -> None:
         """Until the chime in progress, if any, has been written."""
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await join_tasks(self._task)
 
     async def aclose(self) -> None:
         """Stop a chime in progress."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _play(self) -> None:
         frame_s = SAMPLES_PER_FRAME / SAMPLE_RATE

@@ -6,10 +6,12 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from livekit import rtc
 
+from appliance.aio import TaskSet
 from appliance.audio.base import SAMPLE_RATE
 from appliance.audio.fanout import CaptureFanout
 from appliance.clock import Clock
@@ -40,33 +42,38 @@ class WakeListener:
         self._on_wake = on_wake
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(on_error=self._failed)  # the listener, and any still stopping
         # The most recent detections, for wake-test and tests; bounded for a long-lived daemon.
         self.detections: collections.deque[Detection] = collections.deque(maxlen=100)
         self.last_frame_at: float | None = None
 
     @property
     def active(self) -> bool:
-        """Whether the microphone is being listened to now."""
-        return self._task is not None
+        """Whether the microphone is being listened to now (not once the listening task ended)."""
+        return self._task is not None and not self._task.done()
 
     def set_active(self, active: bool) -> None:
-        """Start or stop listening; nothing is taken from the microphone while stopped."""
-        if active and self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="wake-listener")
+        """Start or stop listening; nothing is taken from the microphone while stopped.
+
+        Starting again after the listening task died (an engine error, say) starts a new one.
+        """
+        if active and not self.active and not self._tasks.closed:
+            self._task = self._tasks.spawn(self._listen(), "wake-listener")
             logger.debug("wake word listening")
         elif not active and self._task is not None:
             task, self._task = self._task, None
             task.cancel()
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
             logger.debug("wake word off")
 
     async def aclose(self) -> None:
         """Stop listening and release the engine."""
         self.set_active(False)
-        await asyncio.gather(*self._stopping, return_exceptions=True)
+        await self._tasks.aclose()
         self._detector.engine.close()
+
+    def _failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        # The task boundary: the listener is inactive from now until switched on again.
+        logger.error("wake word listener failed", exc_info=exc)
 
     async def _listen(self) -> None:
         # A fresh subscription and engine state each time: audio heard before a call (or
@@ -87,9 +94,6 @@ class WakeListener:
                 pcm = np.frombuffer(b"".join(o.data for o in out), dtype=np.int16)
                 for detection in self._detector.process(pcm):
                     self._detected(detection)
-        except Exception:
-            logger.exception("wake word listener failed")
-            raise
         finally:
             await subscription.aclose()
 
