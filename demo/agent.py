@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import logging
 import os
@@ -22,7 +21,7 @@ from livekit import api
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models as models_pb
 
-from appliance.aio import AsyncResource
+from appliance.aio import AsyncResource, cancel_and_wait
 from demo.agent_session import AGENT_STATE_ATTRIBUTE, AgentSession, AgentState, SessionOptions
 from demo.errors import DemoError
 from demo.tts import SpeechSynthesizer
@@ -117,14 +116,9 @@ class DemoAgent(AsyncResource):
             session.request_stop()
         if self._job_tasks:
             _done, pending = await asyncio.wait(self._job_tasks, timeout=10.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._job_tasks, return_exceptions=True)
-        if self._worker_task is not None:
-            self._worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker_task
-            self._worker_task = None
+            await cancel_and_wait(*pending)
+        await cancel_and_wait(self._worker_task)
+        self._worker_task = None
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -199,9 +193,7 @@ class DemoAgent(AsyncResource):
                     await self._handle(message)
             finally:
                 self._ws = None
-                status.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await status
+                await cancel_and_wait(status)
 
     def _register_message(self) -> agent_pb.WorkerMessage:
         return agent_pb.WorkerMessage(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
+from appliance.aio import TaskSet
 from demo.conversation import (
     AGENT_STATE_ATTRIBUTE,
     FRAME_SAMPLES,
@@ -87,7 +88,7 @@ class AgentSession:
         self._subscribed = asyncio.Event()
         self._stop = asyncio.Event()
         self._waiters: list[tuple[Callable[[ReceivedMessage], bool], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(on_error=self._task_failed)
         self._run_task: asyncio.Task[None] | None = None
         self._room.on("data_received", self._on_data_received)
         self._room.on("track_subscribed", self._on_track_subscribed)
@@ -297,10 +298,7 @@ class AgentSession:
         if self.ended.is_set():
             return
         try:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks.clear()
+            await self._tasks.aclose()
             try:
                 await self._room.disconnect()
             except Exception:
@@ -343,20 +341,19 @@ class AgentSession:
         self._spawn(self._read_microphone(track), f"agent-mic-{self.job_id}-{publication.sid}")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._on_task_done)
+        if self._tasks.closed:
+            coro.close()  # a track subscribed while the session ends: nobody to read it
+            return
+        self._tasks.spawn(coro, name)
 
-    def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "agent session task failed; ending session",
-                exc_info=task.exception(),
-                extra={"job_id": self.job_id, "task": task.get_name()},
-            )
-            self.error = task.exception()
-            self._stop.set()
+    def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        logger.error(
+            "agent session task failed; ending session",
+            exc_info=exc,
+            extra={"job_id": self.job_id, "task": task.get_name()},
+        )
+        self.error = exc
+        self._stop.set()
 
     def _on_local_track_subscribed(self, track: rtc.Track) -> None:
         self._subscribed.set()
