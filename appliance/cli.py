@@ -17,6 +17,7 @@ from appliance.provisioning_client import DeviceKey, Enrollment
 from appliance.provisioning_client.enrollment import enroll_device
 from appliance.settings import Settings, load_settings
 from appliance.status.journal import setup_logging
+from appliance.status.redact import install_everywhere
 
 DEFAULT_CONFIG = Path("/etc/kiosk-voice/appliance.toml")
 
@@ -28,6 +29,7 @@ EXIT_FAILED = 1
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `appliance` command."""
     args = _parser().parse_args(argv)
+    install_everywhere()  # logging's last resort too, for commands that configure none
     try:
         settings = load_settings(args.config)
         return int(args.func(settings, args))

@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from appliance.status.redact import install, install_everywhere
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -89,8 +91,10 @@ class FloodFilter(logging.Filter):
 
 
 def configure_logging(level: int) -> None:
-    """One stderr handler with context fields and flood control, for every logger."""
+    """One stderr handler with context fields, flood control and secrets masked, for every
+    logger (the flood filter first: it counts by the static message, before masking)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ContextFormatter())
     handler.addFilter(FloodFilter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[install(handler)], force=True)
+    install_everywhere()

@@ -30,6 +30,7 @@ from appliance.clock import Clock
 from appliance.errors import CallError
 from appliance.provisioning_client import CallGrant
 from appliance.state import EndReason, StateChange
+from appliance.status.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,9 @@ class LiveKitCall:
                 self._mic_publication = await room.local_participant.publish_track(track, options)
         except (TimeoutError, rtc.ConnectError, rtc.participant.PublishTrackError) as exc:
             await self._disconnect_quietly()
-            raise CallError(f"could not join room {self.grant.room}: {exc or 'timed out'}") from exc
+            # LiveKit's refusal quotes the token it refused: keep it out of our error's text.
+            detail = redact(str(exc)) or "timed out"
+            raise CallError(f"could not join room {self.grant.room}: {detail}") from exc
         self._spawn(self._pump_microphone(source), "call-microphone")
         self._spawn(self._send_status_messages(), "call-status")
         for participant in room.remote_participants.values():

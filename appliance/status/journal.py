@@ -1,4 +1,4 @@
-"""Logging to journald with real fields (DEVICE_ID, CALL_ID, ROOM, STATE), or to stderr."""
+"""Logging to journald with real fields (DEVICE_ID, CALL_ID, ROOM, STATE) or to stderr, redacted."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from appliance.settings import LoggingSettings
+from appliance.status.redact import install, install_everywhere
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 FIELDS = ("DEVICE_ID", "STATE", "CALL_ID", "ROOM")
@@ -34,7 +35,11 @@ class _FieldsFormatter(logging.Formatter):
 
 
 def setup_logging(settings: LoggingSettings, *, device_id: str) -> None:
-    """Send the device's logs to the journal when it is there, else to stderr."""
+    """Send the device's logs to the journal when it is there, else to stderr.
+
+    Every handler masks secrets: records of the LiveKit SDK's loggers (`livekit`, which
+    adds no handler of its own) propagate to this one.
+    """
     root = logging.getLogger()
     root.setLevel(settings.level.upper())
     for old in list(root.handlers):
@@ -50,4 +55,5 @@ def setup_logging(settings: LoggingSettings, *, device_id: str) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(_FieldsFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_DeviceFields(device_id))
-    root.addHandler(handler)
+    root.addHandler(install(handler))
+    install_everywhere()
