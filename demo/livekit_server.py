@@ -19,7 +19,8 @@ from typing import Any
 
 import aiohttp
 
-from appliance.aio import AsyncResource
+from appliance.aio import AsyncResource, join_tasks
+from appliance.status.redact import redact
 from demo.errors import LiveKitServerError, LiveKitServerNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ LIVEKIT_SERVER_VERSION = "v1.13.5"
 CACHED_BINARY = Path(f"/root/.cache/kiosk-voice/livekit-server/{LIVEKIT_SERVER_VERSION}/server")
 BINARY_ENV_VAR = "LIVEKIT_SERVER_BIN"
 LOOPBACK = "127.0.0.1"
+# How long closing waits for the last of the server's output to reach its log file.
+LOG_DRAIN_S = 2.0
 
 
 def find_livekit_server(
@@ -152,6 +155,7 @@ class LiveKitServer(AsyncResource):
         self.rtc_udp_port = 0
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._log_task: asyncio.Task[None] | None = None
         self.log_path: Path | None = None
 
     @property
@@ -198,16 +202,23 @@ class LiveKitServer(AsyncResource):
         config_path.write_text(json.dumps(config, indent=2))
         config_path.chmod(0o600)
         self.log_path = workdir / "livekit-server.log"
-        with self.log_path.open("wb") as log_file:
-            self._proc = await asyncio.create_subprocess_exec(
-                str(binary),
-                "--config",
-                str(config_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # The server logs every token it refuses ("invalid token: <jwt>"), and a refused
+        # token may still be valid later (not yet valid, or refused for the wrong room):
+        # its output goes through the same redaction as ours on the way to the file.
+        self._proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "--config",
+            str(config_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            limit=1 << 20,
+        )
+        assert self._proc.stdout is not None
+        self._log_task = asyncio.create_task(
+            _copy_redacted(self._proc.stdout, self.log_path), name="livekit-server-log"
+        )
         logger.info(
             "LiveKit server starting",
             extra={"pid": self._proc.pid, "port": self.port, "binary": str(binary)},
@@ -233,7 +244,7 @@ class LiveKitServer(AsyncResource):
                         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                             async with http.get(self.http_url + "/") as resp:
                                 if resp.status == 200 and (await resp.text()).strip() == "OK":
-                                    self.node_id = self._logged_node_id()
+                                    self.node_id = await self._wait_node_id()
                                     return
                         await asyncio.sleep(0.1)
             except TimeoutError as exc:
@@ -241,6 +252,15 @@ class LiveKitServer(AsyncResource):
                     f"LiveKit server did not answer on {self.http_url} within "
                     f"{self._startup_timeout:.0f} s; log tail:\n{self.log_tail()}"
                 ) from exc
+
+    async def _wait_node_id(self) -> str:
+        """The node ID, once the log copy has written the start-up line, or ""."""
+        for _ in range(40):
+            if node_id := self._logged_node_id():
+                return node_id
+            await asyncio.sleep(0.05)
+        logger.warning("LiveKit server logged no node ID", extra={"port": self.port})
+        return ""
 
     def _logged_node_id(self) -> str:
         """The node ID from the start-up line (random per start, no config sets it), or ""."""
@@ -253,7 +273,6 @@ class LiveKitServer(AsyncResource):
                     fields_json = json.loads(fields[5])
                     if isinstance(fields_json, dict) and isinstance(fields_json.get("nodeID"), str):
                         return str(fields_json["nodeID"])
-        logger.warning("LiveKit server logged no node ID", extra={"port": self.port})
         return ""
 
     async def aclose(self) -> None:
@@ -277,6 +296,12 @@ class LiveKitServer(AsyncResource):
                 await proc.wait()
         elif proc is not None:
             await proc.wait()
+        log_task, self._log_task = self._log_task, None
+        if log_task is not None:
+            # Ends at the end of the output; a grandchild holding the pipe could keep it open.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOG_DRAIN_S):
+                    await join_tasks(log_task)
         if self._tmpdir is not None:
             tmpdir, self._tmpdir = self._tmpdir, None
             if self._keep_log and self.log_path is not None and self.log_path.exists():
@@ -286,3 +311,17 @@ class LiveKitServer(AsyncResource):
             else:
                 self.log_path = None
             tmpdir.cleanup()
+
+
+async def _copy_redacted(output: asyncio.StreamReader, path: Path) -> None:
+    """Write `output` to `path` line by line, flushed, with secrets masked."""
+    with path.open("w", encoding="utf-8") as log_file:
+        while True:
+            try:
+                line = await output.readline()
+            except ValueError:  # a line longer than the stream's limit: take what there is
+                line = await output.read(1 << 20)
+            if not line:
+                return
+            log_file.write(redact(line.decode(errors="replace")))
+            log_file.flush()

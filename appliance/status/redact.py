@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 JWT_MASK = "[redacted jwt]"
 PEM_MASK = "[redacted pem]"
@@ -34,6 +35,8 @@ _PLAIN_ATTRIBUTES = frozenset(
     | {"processName", "taskName", "msg", "exc_text", "stack_info"}  # the last three: above
 )
 _FORMATTER = logging.Formatter()
+
+H = TypeVar("H", bound=logging.Handler)
 
 
 def _is_key(run: str) -> bool:
@@ -117,7 +120,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install(handler: logging.Handler) -> logging.Handler:
+def install(handler: H) -> H:
     """Add the redaction filter to `handler` (once, and last); return the handler.
 
     The handler's `handleError` is wrapped too: when emitting fails, logging prints the

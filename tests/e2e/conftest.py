@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from appliance.daemon import Daemon
@@ -43,10 +44,12 @@ class RunningDevice:
 
 
 @asynccontextmanager
-async def run_device(settings: Settings) -> AsyncIterator[RunningDevice]:
+async def run_device(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[RunningDevice]:
     """Run the daemon until the block ends, then stop it as SIGTERM would."""
     watcher = StateWatcher()
-    async with Daemon(settings) as daemon:
+    async with Daemon(settings, transport=transport) as daemon:
         running = RunningDevice(daemon, watcher)
         daemon.supervisor.add_observer(watcher)
         daemon.supervisor.add_timeline_observer(running.timelines.append)
