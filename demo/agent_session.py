@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from appliance.aio import TaskSet
+from appliance.aio import TaskSet, join_tasks
 from demo.conversation import (
     AGENT_STATE_ATTRIBUTE,
     FRAME_SAMPLES,
@@ -139,9 +139,7 @@ class AgentSession:
     async def aclose(self) -> None:
         """Leave, and await every task the session owns."""
         await self.leave()
-        if self._run_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._run_task
+        await join_tasks(self._run_task)
 
     async def wait_for_message(
         self,
