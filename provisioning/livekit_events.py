@@ -96,11 +96,21 @@ def _refused(reason: str) -> None:
 
 def forbidden_track(track: TrackInfo) -> FlagReason | None:
     """Why a device may not publish `track`, or None for its microphone's audio."""
-    if track.type != TrackType.AUDIO:
+    # The type is what the client declared; the MIME type is the codec LiveKit received.
+    mime_type = track.mime_type.lower()
+    if track.type != TrackType.AUDIO or (mime_type and not mime_type.startswith("audio/")):
         return FlagReason.NON_AUDIO_TRACK
     if track.source != TrackSource.MICROPHONE:
         return FlagReason.NON_MICROPHONE_SOURCE
     return None
+
+
+def _name(enum: type[TrackType] | type[TrackSource], value: int) -> str:
+    """The enum member's name, or the number for a value newer than our livekit-protocol."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
 
 
 Handler = Callable[[WebhookEvent], Awaitable[WebhookOutcome]]
@@ -171,10 +181,20 @@ class LiveKitEvents:
         The token allows the microphone source only, but LiveKit checks the declared source,
         not the media: a video track that declares itself a microphone gets through.
         """
+        track = event.track
+        track_fields = {
+            "track_type": _name(TrackType, track.type),
+            "track_source": _name(TrackSource, track.source),
+            "mime_type": track.mime_type,
+        }
+        logger.debug(
+            "track published",
+            extra={"identity": event.participant.identity, "room": event.room.name, **track_fields},
+        )
         device_id = device_id_of_identity(event.participant.identity)
         if device_id is None:
             return WebhookOutcome.IGNORED  # the agent, or someone who is not a device
-        reason = forbidden_track(event.track)
+        reason = forbidden_track(track)
         if reason is None:
             return WebhookOutcome.RECORDED
         room = event.room.name
@@ -199,9 +219,8 @@ class LiveKitEvents:
                 "call_id": call.call_id,
                 "room": room,
                 "flag_reason": reason.value,
-                "track_type": TrackType.Name(event.track.type),
-                "track_source": TrackSource.Name(event.track.source),
                 "first_flag": newly,
+                **track_fields,
             },
         )
         return WebhookOutcome.ENFORCED

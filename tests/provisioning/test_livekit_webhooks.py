@@ -27,10 +27,18 @@ from .conftest import API_KEY, API_SECRET, TIMEOUT_S, Api, FakeClock, TestDevice
 
 pytestmark = pytest.mark.integration
 
+# As LiveKit 1.13.5 reports them in track_published.
 VIDEO_AS_MICROPHONE = TrackInfo(
-    sid="TR_video", type=TrackType.VIDEO, source=TrackSource.MICROPHONE, width=640, height=480
+    sid="TR_video",
+    type=TrackType.VIDEO,
+    source=TrackSource.MICROPHONE,
+    mime_type="video/VP8",
+    width=640,
+    height=480,
 )
-MICROPHONE = TrackInfo(sid="TR_audio", type=TrackType.AUDIO, source=TrackSource.MICROPHONE)
+MICROPHONE = TrackInfo(
+    sid="TR_audio", type=TrackType.AUDIO, source=TrackSource.MICROPHONE, mime_type="audio/red"
+)
 
 
 @pytest.fixture
@@ -339,6 +347,18 @@ def test_only_microphone_audio_is_allowed() -> None:
     assert forbidden_track(camera) is FlagReason.NON_AUDIO_TRACK
     unknown = TrackInfo(type=TrackType.AUDIO, source=TrackSource.UNKNOWN)
     assert forbidden_track(unknown) is FlagReason.NON_MICROPHONE_SOURCE
+    # The MIME type is the codec LiveKit received, whatever type the client declared.
+    for mime_type, verdict in [
+        ("audio/red", None),
+        ("audio/opus", None),
+        ("Audio/Opus", None),
+        ("video/VP8", FlagReason.NON_AUDIO_TRACK),
+        ("application/octet-stream", FlagReason.NON_AUDIO_TRACK),
+    ]:
+        declared_audio = TrackInfo(
+            type=TrackType.AUDIO, source=TrackSource.MICROPHONE, mime_type=mime_type
+        )
+        assert forbidden_track(declared_audio) is verdict, mime_type
 
 
 async def test_unreachable_livekit_is_unavailable_not_a_crash() -> None:
