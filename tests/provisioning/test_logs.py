@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from provisioning.logs import ContextFormatter, FloodFilter, printable
+from appliance.status.redact import JWT_MASK, RedactingFilter
+from provisioning.logs import ContextFormatter, FloodFilter, configure_logging, printable
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +45,25 @@ def test_flood_filter_caps_each_message_and_counts_what_it_dropped() -> None:
     resumed = record()
     assert flood.filter(resumed)
     assert resumed.suppressed == 7
+
+
+def test_the_backend_handler_masks_secrets_after_counting_floods(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZXZpY2UtZC0wMTIzIn0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+    try:
+        configure_logging(logging.INFO)
+        [handler] = root.handlers
+        kinds = [type(f) for f in handler.filters]
+        assert kinds == [FloodFilter, RedactingFilter], "floods are counted by the static message"
+        logging.getLogger("provisioning.test").warning("token %s refused", token)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+    err = capsys.readouterr().err
+    assert f"token {JWT_MASK} refused" in err and token not in err
