@@ -18,10 +18,11 @@ from appliance.provisioning_client.enrollment import enroll_device
 from appliance.settings import Settings, load_settings
 from demo.agent import DemoAgent
 from demo.agent_session import SessionOptions
-from demo.livekit_server import LiveKitServer
+from demo.livekit_server import LOOPBACK, LiveKitServer, free_port
 from demo.redis_server import RedisServer
 from provisioning.config import load_config
 from provisioning.http import BackendServer
+from provisioning.livekit_events import WEBHOOK_PATH
 
 AGENT_NAME = "demo-agent"
 USER_SENTENCE = "Hello, I would like to know when the library opens tomorrow morning."
@@ -75,6 +76,7 @@ class LocalStack(AsyncResource):
         self.backend: BackendServer
         self.agent: DemoAgent
         self.backend_config = Path()
+        self.webhook_url = ""
 
     async def aclose(self) -> None:
         """Stop everything in reverse order of starting."""
@@ -88,10 +90,13 @@ class LocalStack(AsyncResource):
         else:
             self.workdir = self._workdir_arg
             self.workdir.mkdir(parents=True, exist_ok=True)
+        # The backend's port is chosen first: LiveKit's config names its webhook URL.
+        backend_port = free_port()
+        self.webhook_url = f"http://{LOOPBACK}:{backend_port}{WEBHOOK_PATH}"
         await self._start_livekit()
         self.backend_config = self._write_backend_config()
         self.backend = await self._stack.enter_async_context(
-            BackendServer(load_config(self.backend_config), port=0)
+            BackendServer(load_config(self.backend_config), port=backend_port)
         )
         self.agent = await self._stack.enter_async_context(
             DemoAgent(
@@ -111,7 +116,7 @@ class LocalStack(AsyncResource):
             self.redis = await self._stack.enter_async_context(RedisServer())
             redis_address = self.redis.address
         self.livekit = await self._stack.enter_async_context(
-            LiveKitServer(redis_address=redis_address)
+            LiveKitServer(redis_address=redis_address, webhook_urls=[self.webhook_url])
         )
         self.livekit_nodes = [self.livekit]
         for _ in range(1, self._livekit_count):
@@ -119,6 +124,7 @@ class LocalStack(AsyncResource):
                 api_key=self.livekit.api_key,
                 api_secret=self.livekit.api_secret,
                 redis_address=redis_address,
+                webhook_urls=[self.webhook_url],
             )
             self.livekit_nodes.append(await self._stack.enter_async_context(node))
 
