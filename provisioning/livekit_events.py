@@ -20,6 +20,7 @@ from livekit.protocol.models import TrackInfo, TrackSource, TrackType
 from provisioning.errors import BadRequestError, BadSignatureError, MissingSignatureError
 from provisioning.models import (
     CallRecord,
+    DeviceStatus,
     FlagReason,
     LiveKitEventRecord,
     call_id_of_room,
@@ -136,6 +137,7 @@ class LiveKitEvents:
         # One handler per event type; the others are recorded only.
         self._handlers: dict[str, Handler] = {
             LiveKitEvent.TRACK_PUBLISHED: self._track_published,
+            LiveKitEvent.PARTICIPANT_JOINED: self._participant_joined,
             LiveKitEvent.PARTICIPANT_LEFT: self._participant_left,
             LiveKitEvent.ROOM_FINISHED: self._room_finished,
         }
@@ -207,7 +209,8 @@ class LiveKitEvents:
             return WebhookOutcome.IGNORED
         identity = event.participant.identity
         # Rights first: the tracks stop at once and the token LiveKit refreshes for the client
-        # carries no grants, so coming back with it gains nothing. Then out, and the room ends.
+        # has no publish, subscribe or data rights, so coming back with it gains nothing.
+        # Then out, and the room ends.
         await self._rooms.revoke_participant(room, identity)
         await self._rooms.remove_participant(room, identity)
         await self._rooms.delete_room(room)
@@ -225,6 +228,26 @@ class LiveKitEvents:
         )
         return WebhookOutcome.ENFORCED
 
+    async def _participant_joined(self, event: WebhookEvent) -> WebhookOutcome:
+        """A revoked (or deleted) device that joins with a token minted before its revocation
+        is put out at once, and its room ended: a stolen token buys a webhook's delay."""
+        identity = event.participant.identity
+        device_id = device_id_of_identity(identity)
+        if device_id is None:
+            return WebhookOutcome.IGNORED
+        device = await self._storage.get_device(device_id)
+        if device is not None and device.status is DeviceStatus.APPROVED:
+            return WebhookOutcome.RECORDED
+        room = event.room.name
+        await self._rooms.revoke_participant(room, identity)
+        await self._rooms.remove_participant(room, identity)
+        await self._rooms.delete_room(room)
+        logger.warning(
+            "revoked device joined a room: removed, room ended",
+            extra={"device_id": device_id, "room": room},
+        )
+        return WebhookOutcome.ENFORCED
+
     async def _participant_left(self, event: WebhookEvent) -> WebhookOutcome:
         """Recorded only. Extension point: a device that left without reporting its end."""
         return WebhookOutcome.RECORDED
@@ -239,6 +262,14 @@ class LiveKitEvents:
         if call_id is None:
             return None
         call = await self._storage.get_call(call_id)
-        if call is None or call.device_id != device_id or call.room != room:
+        if call is None:
+            # A held grant's room before the device's start report has arrived.
+            grant = await self._storage.get_grant(call_id)
+            if grant is not None and grant.device_id == device_id and grant.room == room:
+                return CallRecord(
+                    grant.call_id, device_id, room, "held", grant.created_at, grant.expires_at
+                )
+            return None
+        if call.device_id != device_id or call.room != room:
             return None
         return call

@@ -35,7 +35,7 @@ class RoomService(Protocol):
 
     async def revoke_participant(self, room: str, identity: str) -> None:
         """Take every right away (publish, subscribe, data): its tracks are unpublished at once
-        and the token LiveKit refreshes for it carries no grants."""
+        and the token LiveKit refreshes for it has none of these rights."""
         ...
 
     async def remove_participant(self, room: str, identity: str) -> None:
