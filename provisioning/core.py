@@ -14,8 +14,10 @@ from provisioning.config import Config
 from provisioning.errors import (
     AlreadyEnrolledError,
     BadRequestError,
+    CallEndedError,
     DeviceRevokedError,
     InvalidEnrollmentCodeError,
+    LiveKitUnavailableError,
     MissingSignatureError,
     RateLimitedError,
     StorageConflictError,
@@ -30,13 +32,14 @@ from provisioning.models import (
     Device,
     DeviceStatus,
     EnrollmentCode,
+    HeldGrant,
     LiveKitEventRecord,
     room_of_call,
 )
 from provisioning.rooms import RoomService
 from provisioning.signing import SignatureVerifier, SignedRequest, device_id_for, parse_public_key
 from provisioning.storage.base import Storage
-from provisioning.tokens import TokenMinter
+from provisioning.tokens import MintedToken, TokenMinter
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ MAX_NAME_LEN = 100
 MAX_LABEL_LEN = 100
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 RATE_WINDOW_S = 60.0
+# A device renews its held grant every few minutes; this only stops a runaway one.
+MAX_GRANTS_PER_MINUTE = 6
+# Unused grants are kept this long past their expiry (a late start report still finds it).
+GRANT_RETENTION_S = 3600.0
 
 
 def normalize_code(code: str) -> str:
@@ -86,6 +93,7 @@ class ProvisioningCore:
             storage, clock=clock, max_clock_skew_s=config.auth.max_clock_skew_s
         )
         self._minter = minter
+        self._rooms = rooms
         self._livekit_events = LiveKitEvents(
             storage,
             rooms,
@@ -141,10 +149,27 @@ class ProvisioningCore:
         return await self._storage.list_livekit_events(room)
 
     async def revoke_device(self, device_id: str) -> Device:
-        """Refuse the device from now on; raises `UnknownDeviceIdError` if there is none."""
+        """Refuse the device from now on and end its live call; `UnknownDeviceIdError` if none.
+
+        Its held grants are forgotten (they can no longer become calls) and the rooms of
+        its open calls and grants are deleted through LiveKit, which disconnects the device
+        at once. A room that cannot be deleted now is logged; LiveKit's webhook for the
+        device joining any room is refused the same way (`LiveKitEvents`).
+        """
         if not await self._storage.set_device_status(device_id, DeviceStatus.REVOKED):
             raise UnknownDeviceIdError(f"no device {device_id}")
         logger.info("device revoked", extra={"device_id": device_id})
+        grants = await self._storage.delete_grants(device_id)
+        calls = await self._storage.list_open_calls(device_id)
+        for room in sorted({c.room for c in calls} | {g.room for g in grants}):
+            try:
+                await self._rooms.delete_room(room)
+            except LiveKitUnavailableError as exc:
+                logger.warning(
+                    "revoked device's room not deleted: %s",
+                    exc.message,
+                    extra={"device_id": device_id, "room": room},
+                )
         device = await self._storage.get_device(device_id)
         assert device is not None
         return device
@@ -182,8 +207,11 @@ class ProvisioningCore:
         logger.info("device enrolled", extra={"device_id": device_id})
         return device
 
-    async def authenticate(self, request: SignedRequest) -> Device:
-        """The approved device that signed `request`, or an `AuthError`/`DeviceRevokedError`."""
+    async def authenticate(self, request: SignedRequest, *, allow_revoked: bool = False) -> Device:
+        """The approved device that signed `request`, or an `AuthError`/`DeviceRevokedError`.
+
+        `allow_revoked` accepts a revoked device too (it may still report its calls' ends).
+        """
         if not request.device_id:
             raise MissingSignatureError("X-Device-Id is missing")
         device = await self._storage.get_device(request.device_id)
@@ -192,14 +220,13 @@ class ProvisioningCore:
         await self._verifier.verify(
             request, public_key=device.public_key, device_id=device.device_id
         )
-        if device.status is not DeviceStatus.APPROVED:
+        if device.status is not DeviceStatus.APPROVED and not allow_revoked:
             raise DeviceRevokedError()
         return device
 
     async def start_call(self, device: Device, trigger: str) -> CallGrant:
         """Record a new call for `device` and mint its token; `trigger` is informational."""
-        if trigger not in Trigger.__members__.values():
-            raise BadRequestError(f"trigger must be one of {_choices(Trigger)}")
+        _check_trigger(trigger)
         now = self._clock()
         recent, oldest = await self._storage.count_calls_since(
             device.device_id, now - RATE_WINDOW_S
@@ -208,15 +235,9 @@ class ProvisioningCore:
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("call rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many calls, try again later", retry_after_s=retry_after)
-        call_id = "c-" + secrets.token_hex(8)
+        call_id = new_call_id()
         room = room_of_call(call_id)
-        token = self._minter.mint(
-            identity=device.identity,
-            name=device.name or device.device_id,
-            room=room,
-            device_id=device.device_id,
-            call_id=call_id,
-        )
+        token = self._mint(device, call_id)
         await self._storage.add_call(
             CallRecord(
                 call_id=call_id,
@@ -231,10 +252,72 @@ class ProvisioningCore:
             "call started",
             extra={"device_id": device.device_id, "call_id": call_id, "trigger": trigger},
         )
+        return self._grant(device, call_id, token)
+
+    async def hold_grant(self, device: Device) -> CallGrant:
+        """A call token for an idle device to hold, so a press goes straight to LiveKit.
+
+        It is recorded as a grant, not a call: it becomes a call only when the device
+        reports it used (`start_held_call`, or `rejoin_call`). Unused grants are forgotten
+        an hour after they expire, when the device is given its next one.
+        """
+        now = self._clock()
+        recent, oldest = await self._storage.count_grants_since(
+            device.device_id, now - RATE_WINDOW_S
+        )
+        if recent >= MAX_GRANTS_PER_MINUTE:
+            retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
+            logger.warning("grant rate limited", extra={"device_id": device.device_id})
+            raise RateLimitedError("too many grants, try again later", retry_after_s=retry_after)
+        call_id = new_call_id()
+        token = self._mint(device, call_id)
+        await self._storage.add_grant(
+            HeldGrant(call_id, device.device_id, room_of_call(call_id), now, token.expires_at),
+            keep_since=now - GRANT_RETENTION_S,
+        )
+        logger.info("grant held", extra={"device_id": device.device_id, "call_id": call_id})
+        return self._grant(device, call_id, token)
+
+    async def start_held_call(self, device: Device, call_id: str, trigger: str) -> CallRecord:
+        """Record the call a device began with its held grant; again, the same call."""
+        _check_trigger(trigger)
+        if await self._storage.use_grant(device.device_id, call_id, trigger, self._clock()):
+            logger.info(
+                "call started",
+                extra={"device_id": device.device_id, "call_id": call_id, "trigger": trigger},
+            )
+        call = await self._storage.get_call(call_id)
+        if call is None or call.device_id != device.device_id:
+            raise UnknownCallError("no such call or grant for this device")
+        return call
+
+    async def rejoin_call(self, device: Device, call_id: str, trigger: str) -> CallGrant:
+        """A fresh token for the room of one of the device's calls that has not ended.
+
+        A call begun with a held grant whose start report has not arrived yet is recorded
+        now. Joining creates the room again if LiveKit lost it, and that dispatches the agent.
+        """
+        call = await self.start_held_call(device, call_id, trigger)
+        if call.ended_at is not None:
+            raise CallEndedError("the call has ended")
+        token = self._mint(device, call_id)
+        logger.info("call rejoined", extra={"device_id": device.device_id, "call_id": call_id})
+        return self._grant(device, call_id, token)
+
+    def _mint(self, device: Device, call_id: str) -> MintedToken:
+        return self._minter.mint(
+            identity=device.identity,
+            name=device.name or device.device_id,
+            room=room_of_call(call_id),
+            device_id=device.device_id,
+            call_id=call_id,
+        )
+
+    def _grant(self, device: Device, call_id: str, token: MintedToken) -> CallGrant:
         return CallGrant(
             server_url=self._config.livekit.url,
             token=token.jwt,
-            room=room,
+            room=room_of_call(call_id),
             identity=device.identity,
             call_id=call_id,
             expires_at=token.expires_at,
@@ -270,6 +353,16 @@ class ProvisioningCore:
     ) -> WebhookOutcome:
         """Verify, record (once per event id) and act on one of LiveKit's webhooks."""
         return await self._livekit_events.receive(body, authorization)
+
+
+def new_call_id() -> str:
+    """`c-` + 16 random hex digits."""
+    return "c-" + secrets.token_hex(8)
+
+
+def _check_trigger(trigger: str) -> None:
+    if trigger not in Trigger.__members__.values():
+        raise BadRequestError(f"trigger must be one of {_choices(Trigger)}")
 
 
 def _choices(vocabulary: type[Trigger] | type[EndReason]) -> str:

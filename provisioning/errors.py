@@ -104,6 +104,13 @@ class UnknownCallError(ProvisioningError, LookupError):
     code = "unknown_call"
 
 
+class CallEndedError(ProvisioningError):
+    """The call has ended: no token to rejoin it (HTTP 409)."""
+
+    status = 409
+    code = "call_ended"
+
+
 class AlreadyEnrolledError(ProvisioningError):
     """This public key already has a device (HTTP 409)."""
 

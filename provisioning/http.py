@@ -28,7 +28,7 @@ from provisioning.errors import (
 from provisioning.http_server import GuardedSite
 from provisioning.livekit_events import WEBHOOK_PATH
 from provisioning.logs import printable
-from provisioning.models import Device
+from provisioning.models import CallGrant, Device
 from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
 
@@ -199,12 +199,7 @@ async def _device(request: web.Request) -> web.Response:
     )
 
 
-async def _start_call(request: web.Request) -> web.Response:
-    signed = await _signed(request)
-    data = json_object(signed.body)
-    device = await _authenticate(request, signed)
-    # Only the trigger is read: room, identity and grants are the backend's alone.
-    grant = await request.app[CORE_KEY].start_call(device, _str_field(data, "trigger"))
+def _grant_response(grant: CallGrant, status: int) -> web.Response:
     return web.json_response(
         {
             "server_url": grant.server_url,
@@ -214,14 +209,53 @@ async def _start_call(request: web.Request) -> web.Response:
             "call_id": grant.call_id,
             "expires_at": iso_utc(grant.expires_at),
         },
-        status=201,
+        status=status,
     )
+
+
+async def _start_call(request: web.Request) -> web.Response:
+    signed = await _signed(request)
+    data = json_object(signed.body)
+    device = await _authenticate(request, signed)
+    # Only the trigger is read: room, identity and grants are the backend's alone.
+    grant = await request.app[CORE_KEY].start_call(device, _str_field(data, "trigger"))
+    return _grant_response(grant, 201)
+
+
+async def _hold_grant(request: web.Request) -> web.Response:
+    signed = await _signed(request)
+    json_object(signed.body or b"{}")
+    device = await _authenticate(request, signed)
+    return _grant_response(await request.app[CORE_KEY].hold_grant(device), 201)
+
+
+async def _start_held_call(request: web.Request) -> web.Response:
+    signed = await _signed(request)
+    data = json_object(signed.body)
+    device = await _authenticate(request, signed)
+    call = await request.app[CORE_KEY].start_held_call(
+        device, request.match_info["call_id"], _str_field(data, "trigger")
+    )
+    return web.json_response(
+        {"call_id": call.call_id, "room": call.room, "started_at": iso_utc(call.created_at)}
+    )
+
+
+async def _rejoin_call(request: web.Request) -> web.Response:
+    signed = await _signed(request)
+    data = json_object(signed.body)
+    device = await _authenticate(request, signed)
+    grant = await request.app[CORE_KEY].rejoin_call(
+        device, request.match_info["call_id"], _str_field(data, "trigger")
+    )
+    return _grant_response(grant, 201)
 
 
 async def _end_call(request: web.Request) -> web.Response:
     signed = await _signed(request)
     data = json_object(signed.body)
-    device = await _authenticate(request, signed)
+    # A revoked device may still report how its own calls ended.
+    device = await request.app[CORE_KEY].authenticate(signed, allow_revoked=True)
     call = await request.app[CORE_KEY].end_call(
         device,
         request.match_info["call_id"],
@@ -255,6 +289,9 @@ def create_app(
     app.router.add_get("/v1/device", _device, allow_head=False)
     app.router.add_post("/v1/calls", _start_call)
     app.router.add_post("/v1/calls/{call_id}/end", _end_call)
+    app.router.add_post("/v1/grants", _hold_grant)
+    app.router.add_post("/v1/calls/{call_id}/start", _start_held_call)
+    app.router.add_post("/v1/calls/{call_id}/rejoin", _rejoin_call)
     app.router.add_post(WEBHOOK_PATH, _livekit_webhook)
     return app
 

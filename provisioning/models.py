@@ -91,6 +91,17 @@ class CallRecord:
 
 
 @dataclass(frozen=True)
+class HeldGrant:
+    """A call token minted ahead for an idle device; it becomes a call only when used."""
+
+    call_id: str
+    device_id: str
+    room: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
 class CallGrant:
     """What a device needs to join its call; the token is a secret."""
 

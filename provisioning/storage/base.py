@@ -12,6 +12,7 @@ from provisioning.models import (
     DeviceStatus,
     EnrollmentCode,
     FlagReason,
+    HeldGrant,
     LiveKitEventRecord,
 )
 
@@ -96,6 +97,31 @@ class Storage(Protocol):
 
     async def count_calls_since(self, device_id: str, since: float) -> tuple[int, float | None]:
         """How many calls the device started after `since`, and the oldest such start."""
+        ...
+
+    async def add_grant(self, grant: HeldGrant, *, keep_since: float) -> None:
+        """Store a held grant, forgetting this device's grants that expired before `keep_since`."""
+        ...
+
+    async def get_grant(self, call_id: str) -> HeldGrant | None:
+        """The held grant with this call id, if it is still held."""
+        ...
+
+    async def count_grants_since(self, device_id: str, since: float) -> tuple[int, float | None]:
+        """How many grants the device was given after `since`, and the oldest such."""
+        ...
+
+    async def use_grant(self, device_id: str, call_id: str, trigger: str, now: float) -> bool:
+        """Turn this device's held grant into a call started `now`, atomically; False if there
+        is no such grant (already used, forgotten, or another device's)."""
+        ...
+
+    async def delete_grants(self, device_id: str) -> list[HeldGrant]:
+        """Forget every held grant of a device; returns them."""
+        ...
+
+    async def list_open_calls(self, device_id: str) -> list[CallRecord]:
+        """The device's calls that have not ended, oldest first."""
         ...
 
     async def add_livekit_event(self, event: LiveKitEventRecord) -> bool:

@@ -92,6 +92,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE devices ADD COLUMN flag_reason TEXT",
         ),
     ),
+    Migration(
+        3,
+        "held call grants: minted ahead for an idle device, a call only once used",
+        (
+            """CREATE TABLE IF NOT EXISTS grants (
+                call_id TEXT PRIMARY KEY,
+                device_id TEXT NOT NULL REFERENCES devices (device_id),
+                room TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS grants_device_created ON grants (device_id, created_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -8,10 +8,12 @@ from provisioning.models import (
     DeviceStatus,
     EnrollmentCode,
     FlagReason,
+    HeldGrant,
     LiveKitEventRecord,
 )
 from provisioning.storage.base import Database, Row
 
+_GRANT_COLUMNS = "call_id, device_id, room, created_at, expires_at"
 _CODE_COLUMNS = "code_hash, label, created_at, expires_at, used_at, device_id"
 _DEVICE_COLUMNS = "device_id, public_key, name, status, created_at"
 _DEVICE_ROW = f"{_DEVICE_COLUMNS}, flagged_at, flag_reason"
@@ -220,6 +222,78 @@ class SqlStorage:
         return int(row[0]), row[1]
 
     # LiveKit webhook events
+
+    # Held grants
+
+    async def add_grant(self, grant: HeldGrant, *, keep_since: float) -> None:
+        """Store a held grant, forgetting this device's grants that expired before `keep_since`."""
+        async with self.db.transaction() as s:
+            await s.execute(
+                "DELETE FROM grants WHERE device_id = ? AND expires_at < ?",
+                (grant.device_id, keep_since),
+            )
+            await s.execute(
+                f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (grant.call_id, grant.device_id, grant.room, grant.created_at, grant.expires_at),
+            )
+
+    async def get_grant(self, call_id: str) -> HeldGrant | None:
+        """The held grant with this call id, if it is still held."""
+        async with self.db.session() as s:
+            row = await s.fetchone(
+                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE call_id = ?", (call_id,)
+            )
+        return None if row is None else HeldGrant(*row)
+
+    async def count_grants_since(self, device_id: str, since: float) -> tuple[int, float | None]:
+        """How many grants the device was given after `since`, and the oldest such."""
+        async with self.db.session() as s:
+            row = await s.fetchone(
+                "SELECT COUNT(*), MIN(created_at) FROM grants"
+                " WHERE device_id = ? AND created_at > ?",
+                (device_id, since),
+            )
+        if row is None:
+            return 0, None
+        return int(row[0]), row[1]
+
+    async def use_grant(self, device_id: str, call_id: str, trigger: str, now: float) -> bool:
+        """Turn the held grant into a call, atomically: the grant row goes, the call row comes."""
+        async with self.db.transaction() as s:
+            row = await s.fetchone(
+                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE call_id = ? AND device_id = ?",
+                (call_id, device_id),
+            )
+            if row is None:
+                return False
+            grant = HeldGrant(*row)
+            # Two backends converting one grant: the row lock lets only one delete it.
+            if await s.execute("DELETE FROM grants WHERE call_id = ?", (call_id,)) != 1:
+                return False
+            await s.execute(
+                f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (call_id, device_id, grant.room, trigger, now, grant.expires_at, None, None, None),
+            )
+        return True
+
+    async def delete_grants(self, device_id: str) -> list[HeldGrant]:
+        """Forget every held grant of a device; returns them."""
+        async with self.db.transaction() as s:
+            rows = await s.fetchall(
+                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE device_id = ?", (device_id,)
+            )
+            await s.execute("DELETE FROM grants WHERE device_id = ?", (device_id,))
+        return [HeldGrant(*row) for row in rows]
+
+    async def list_open_calls(self, device_id: str) -> list[CallRecord]:
+        """The device's calls that have not ended, oldest first."""
+        async with self.db.session() as s:
+            rows = await s.fetchall(
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE device_id = ? AND ended_at IS NULL"
+                " ORDER BY created_at, call_id",
+                (device_id,),
+            )
+        return [CallRecord(*row) for row in rows]
 
     async def add_livekit_event(self, event: LiveKitEventRecord) -> bool:
         """Record a webhook event; False if its id is already recorded (a duplicate)."""
