@@ -24,6 +24,7 @@ class EndReason(StrEnum):
     IDLE = "idle"  # nobody spoke for call.idle_timeout_s
     AGENT_ENDED = "agent_ended"  # the agent sent an end-call message
     CANCELLED = "cancelled"  # a long press
+    DEVICE_RESTARTED = "device_restarted"  # the daemon died during the call; reported on restart
 
 
 class Trigger(StrEnum):
