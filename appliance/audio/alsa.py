@@ -41,6 +41,8 @@ PLAYBACK_IDLE_PERIODS = 20
 # While no call needs low latency, capture is read and processed this many ms at a time and
 # handed to the loop in one go: an eighth of the wake-ups of 10 ms periods for the wake word.
 IDLE_BLOCK_MS = 80
+# A resting playback thread wakes this often to check its device (and to show it is alive).
+REST_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -242,11 +244,18 @@ class AlsaSession:
         self._block_periods = 1
         self._capture_xrun_log = XrunLog("capture overrun recovered")
         self._playback_xrun_log = XrunLog("playback underrun recovered")
+        # Monotonic time each thread last moved, written by the thread, read by the watchdog.
+        self._capture_moved_at = 0.0
+        self._playback_moved_at = 0.0
 
     @property
     def idle_block_periods(self) -> int:
         """Periods read and processed together while no call needs low latency."""
         return self._idle_block
+
+    def progress(self) -> dict[str, float]:
+        """When each thread last moved (monotonic): a read, a write, a resting speaker's check."""
+        return {"alsa-capture": self._capture_moved_at, "alsa-playback": self._playback_moved_at}
 
     def set_low_latency(self, low_latency: bool) -> None:
         """Hand each period over as soon as it is read (a call), or in idle blocks (otherwise)."""
@@ -282,6 +291,7 @@ class AlsaSession:
     def start(self) -> None:
         """Start the capture and playback threads."""
         loops = (("alsa-capture", self._capture_loop), ("alsa-playback", self._play_loop))
+        self._capture_moved_at = self._playback_moved_at = time.monotonic()
         for name, target in loops:
             thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
             self._threads.append(thread)
@@ -353,7 +363,7 @@ class AlsaSession:
                     pcm, measure_delay=block == 1, device_paced=pacer is None
                 )
                 if i == 0:
-                    read_at = time.monotonic()
+                    read_at = self._capture_moved_at = time.monotonic()
                 if samples is None:
                     continue
                 if cfg.capture_channels > 1:
@@ -442,6 +452,7 @@ class AlsaSession:
                 raise translate_error(exc, cfg.playback_device, opening=False) from exc
             if written < 0:
                 self._count_playback_xrun()
+            self._playback_moved_at = time.monotonic()
             self.stats.frames_played += 1
             self.stats.playback_delay_ms = (self._playback_buffer - avail) * 1000 / cfg.rate
             self._processor.set_stream_delay_ms(
@@ -456,7 +467,7 @@ class AlsaSession:
         Priming with silence puts back the buffered periods the stream had before it
         stopped, so the first frames do not run the buffer dry (and the delay is unchanged).
         While resting, the device is checked once a second, so an unplugged speaker is a
-        fault now, not at the next earcon.
+        fault now, not at the next earcon; each check counts as the thread moving.
         """
         import alsaaudio
 
@@ -465,11 +476,12 @@ class AlsaSession:
         try:
             pcm.drop()
             self.stats.playback_rests += 1
-            while not self._stop.is_set() and not self._jitter.wait_for_audio(1.0):
+            while not self._stop.is_set() and not self._jitter.wait_for_audio(REST_CHECK_S):
                 if pcm.state() == disconnected:
                     raise AudioDeviceLostError(
                         f"ALSA device {cfg.playback_device!r} was disconnected"
                     )
+                self._playback_moved_at = time.monotonic()
             if self._stop.is_set():
                 return
             # pyalsaaudio prepares a stopped PCM again on the next write.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from appliance.aio import cancel_and_wait
@@ -35,6 +35,10 @@ class Session(Protocol):
     def close(self) -> None: ...
 
     def set_low_latency(self, low_latency: bool) -> None: ...
+
+    def progress(self) -> Mapping[str, float]:
+        """Each thread's name and the monotonic time it last read, wrote or checked its device."""
+        ...
 
 
 class SessionHooks(Protocol):
@@ -112,6 +116,15 @@ class AudioPipeline:
         self.processor.set_active(on)
         if self.session is not None:
             self.session.set_low_latency(on)
+
+    def thread_progress(self) -> Mapping[str, float]:
+        """When each audio thread last moved (monotonic); empty while no devices are open.
+
+        No session means the devices are being opened, closed or retried after a fault: that
+        is the pipeline's own, bounded business (and shows as AUDIO_FAULT), not a hang.
+        """
+        session = self.session
+        return {} if session is None else session.progress()
 
     async def wait_open(self) -> None:
         """Wait until the devices are open (tests and the self-test)."""
