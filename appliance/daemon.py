@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
@@ -19,7 +20,8 @@ from appliance.provisioning_client import CallGrant, DeviceKey, Enrollment, Prov
 from appliance.settings import Settings
 from appliance.state import CallTimeline
 from appliance.status.leds import StatusLed
-from appliance.status.systemd import SystemdNotifier, default_notify
+from appliance.status.systemd import SystemdNotifier, default_notify, watchdog_period_s
+from appliance.status.watchdog import Watchdog, watch_device
 from appliance.supervisor import Supervisor
 from appliance.triggers.wake.trigger import WakeWordTrigger, open_wake_word
 
@@ -67,6 +69,10 @@ class Daemon(AsyncResource):
     async def start(self) -> None:
         """Open the key, the enrollment, the backend client, the board and the supervisor."""
         state_dir = self.settings.device.state_dir
+        # Entered first, so it is closed last: systemd hears from it until the very end.
+        period_s = watchdog_period_s(os.environ, os.getpid())
+        watchdog = Watchdog(default_notify(), period_s, clock=self._clock)
+        await self._stack.enter_async_context(watchdog)
         key = DeviceKey.load_or_create(state_dir)
         enrollment = Enrollment.load(state_dir)
         client = ProvisioningClient(
@@ -115,6 +121,13 @@ class Daemon(AsyncResource):
             self._supervisor.add_observer(
                 lambda change: audio.set_call_audio(change.state.carries_call_audio)
             )
+        watch_device(
+            watchdog,
+            self.settings,
+            supervisor=self._supervisor,
+            audio=self._board.audio,
+            clock=self._clock,
+        )
         if self._on_timeline is not None:
             self._supervisor.add_timeline_observer(self._on_timeline)
         control = ControlServer(

@@ -1,9 +1,9 @@
-"""Tells systemd the device is ready, what it is doing, and that it is stopping."""
+"""Tells systemd the device is ready, what it does, that it is stopping; reads the watchdog."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from appliance.state import State, StateChange
 
@@ -19,6 +19,30 @@ def default_notify() -> Notify | None:
     except ImportError:
         return None
     return daemon.notify  # type: ignore[no-any-return]
+
+
+def watchdog_period_s(environ: Mapping[str, str], pid: int) -> float | None:
+    """The watchdog period systemd asked process `pid` for (`WatchdogSec=`), or None.
+
+    As `sd_watchdog_enabled`: `WATCHDOG_USEC` gives the period; `WATCHDOG_PID`, when set,
+    must be this process (a child that inherited the variables is not watched).
+    """
+    usec = environ.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    watched = environ.get("WATCHDOG_PID")
+    try:
+        period_us = int(usec)
+        if watched and int(watched) != pid:
+            return None
+    except ValueError:
+        logger.warning(
+            "ignored a malformed systemd watchdog setting: WATCHDOG_USEC=%r WATCHDOG_PID=%r",
+            usec,
+            watched,
+        )
+        return None
+    return period_us / 1_000_000 if period_us > 0 else None
 
 
 class SystemdNotifier:
