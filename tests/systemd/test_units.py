@@ -125,6 +125,15 @@ def test_appliance_unit_is_a_notify_service_with_private_state() -> None:
     assert "User=kiosk" in text
 
 
+def test_appliance_unit_has_a_watchdog_whose_miss_restarts_it() -> None:
+    """appliance/status/watchdog.py pings at half of WatchdogSec=; a missed ping is a failure."""
+    settings = _service_settings("kiosk-appliance.service")
+    assert settings["WatchdogSec"] == ["30s"]
+    # Pings come from the main process; Restart=on-failure covers a watchdog timeout.
+    assert settings["NotifyAccess"] == ["main"]
+    assert settings["Restart"] == ["on-failure"]
+
+
 def test_appliance_unit_keeps_its_devices_and_interfaces() -> None:
     """A better score must not cost ALSA, GPIO or WebRTC (docs/hardening.md says why)."""
     settings = _service_settings("kiosk-appliance.service")
