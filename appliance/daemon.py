@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -11,12 +13,16 @@ from contextlib import AsyncExitStack
 import httpx
 
 from appliance.aio import AsyncResource, cancel_and_wait
+from appliance.backoff import Backoff
 from appliance.board import Board, open_board
 from appliance.call.events import CallEvent
 from appliance.call.livekit_call import LiveKitCall
 from appliance.clock import Clock, SystemClock
 from appliance.control import ControlServer
 from appliance.provisioning_client import CallGrant, DeviceKey, Enrollment, ProvisioningClient
+from appliance.provisioning_client.call_marker import CallMarker
+from appliance.provisioning_client.outbox import Outbox
+from appliance.provisioning_client.records import DurableCallRecords, send_report
 from appliance.settings import Settings
 from appliance.state import CallTimeline
 from appliance.status.leds import StatusLed
@@ -28,6 +34,10 @@ from appliance.triggers.wake.trigger import WakeWordTrigger, open_wake_word
 logger = logging.getLogger(__name__)
 
 CONTROL_SOCKET_NAME = "control.sock"
+OUTBOX_DIR_NAME = "outbox"
+# The outbox retries at least this often, so a record lands within ~36 s of the backend's return.
+OUTBOX_MAX_BACKOFF_S = 30.0
+OUTBOX_FLUSH_ON_STOP_S = 2.0
 
 
 class Daemon(AsyncResource):
@@ -48,6 +58,7 @@ class Daemon(AsyncResource):
         self._stack = AsyncExitStack()
         self._board: Board | None = None
         self._supervisor: Supervisor | None = None
+        self._outbox: Outbox | None = None
         self._muted_at_start = False
         self.wake_word: WakeWordTrigger | None = None
 
@@ -83,6 +94,18 @@ class Daemon(AsyncResource):
             transport=self._transport,
         )
         self._stack.push_async_callback(client.aclose)
+        # Call records wait on disk until the backend has them; a call the daemon died in
+        # is reported now, from its marker.
+        self._outbox = Outbox(
+            state_dir / OUTBOX_DIR_NAME,
+            send=functools.partial(send_report, client),
+            clock=self._clock,
+            backoff=Backoff(initial_s=1.0, max_s=OUTBOX_MAX_BACKOFF_S),
+        )
+        marker = CallMarker(state_dir, clock=self._clock)
+        marker.recover(self._outbox)
+        await self._stack.enter_async_context(self._outbox)
+        records = DurableCallRecords(self._outbox, marker, clock=self._clock)
         self._board = await open_board(
             self.settings,
             self._stack,
@@ -96,6 +119,9 @@ class Daemon(AsyncResource):
             call_factory=self._make_call,
             settings=self.settings.call,
             clock=self._clock,
+            records=records,
+            heartbeat_s=self.settings.backend.heartbeat_s,
+            hold_grant=self.settings.backend.hold_grant,
         )
         self._supervisor.set_muted(self._muted_at_start)
         self._supervisor.add_observer(SystemdNotifier(default_notify()))
@@ -182,3 +208,9 @@ class Daemon(AsyncResource):
             self.supervisor.stop()
             await cancel_and_wait(stopper)
             await runner
+            # A polite stop gives the last call's end report a moment to reach the backend;
+            # what does not stays on disk for the next start.
+            if self._outbox is not None and self._outbox.pending():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(OUTBOX_FLUSH_ON_STOP_S):
+                        await self._outbox.drained()

@@ -55,8 +55,22 @@ class BackendProtocolError(BackendError, ValueError):
     """The backend answered with something this device does not understand."""
 
 
+class BackendRefusedError(BackendProtocolError):
+    """The backend refused the request for good (another 4xx, e.g. 409 `call_ended`)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(f"{status} {code}: {message}")
+
+
 class CallError(ApplianceError, ConnectionError):
     """A LiveKit call could not be joined or broke."""
+
+
+class TokenRefusedError(CallError):
+    """LiveKit refused the call token (expired, not yet valid, bad signature): a fresh one
+    may do; a second refusal points at the device's clock or the backend's keys."""
 
 
 class AudioDeviceError(ApplianceError, OSError):

@@ -32,6 +32,10 @@ class BackendSettings:
 
     url: str
     timeout_s: float = 5.0
+    # While idle the device checks in this often (±10 %), which also renews its held grant.
+    heartbeat_s: float = 60.0
+    # Hold a call token while idle, so a press goes straight to LiveKit.
+    hold_grant: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class CallSettings:
     cooldown_s: float = 1.0
     # What a trigger does while a call is ending: "ignore", or "redial" once it has ended.
     trigger_while_ending: str = "ignore"
+    # A call whose connection (or room) is lost must be back within this, else connection_lost.
+    rejoin_window_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -297,10 +303,14 @@ def _check_values(settings: Settings, path: Path) -> None:
     for key, value in (
         ("call.idle_timeout_s", settings.call.idle_timeout_s),
         ("call.cooldown_s", settings.call.cooldown_s),
+        ("call.rejoin_window_s", settings.call.rejoin_window_s),
         ("wake.refractory_s", settings.wake.refractory_s),
     ):
         if value < 0:
             raise SettingsError(path, key, "must not be negative")
+    # A heartbeat more often than every 5 s would be a load on the fleet's backend.
+    if settings.backend.heartbeat_s != 0 and settings.backend.heartbeat_s < 5:
+        raise SettingsError(path, "backend.heartbeat_s", "must be 0 (off) or at least 5")
     if settings.call.trigger_while_ending not in _WHILE_ENDING:
         raise SettingsError(path, "call.trigger_while_ending", f"must be one of {_WHILE_ENDING}")
     if settings.wake.engine not in _WAKE_ENGINES:

@@ -18,10 +18,12 @@ class State(Enum):
     CONNECTING = "connecting"
     IN_CALL = "in_call"
     ENDING = "ending"
+    REJOINING = "rejoining"
     BACKEND_UNREACHABLE = "backend_unreachable"
     CREDENTIALS_REJECTED = "credentials_rejected"
     RATE_LIMITED = "rate_limited"
     CALL_FAILED = "call_failed"
+    TOKEN_REJECTED = "token_rejected"
     AUDIO_FAULT = "audio_fault"
     STOPPING = "stopping"
 
@@ -33,7 +35,7 @@ class State(Enum):
     @property
     def carries_call_audio(self) -> bool:
         """Whether a call is using (or about to use) the microphone and speaker."""
-        return self in (State.CONNECTING, State.IN_CALL, State.ENDING)
+        return self in (State.CONNECTING, State.IN_CALL, State.REJOINING, State.ENDING)
 
     @property
     def accepts_calls(self) -> bool:
@@ -48,6 +50,7 @@ FAULT_STATES = frozenset(
         State.CREDENTIALS_REJECTED,
         State.RATE_LIMITED,
         State.CALL_FAILED,
+        State.TOKEN_REJECTED,
         State.AUDIO_FAULT,
     }
 )

@@ -6,29 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
-from appliance.aio import cancel_and_wait, join_tasks
+from appliance.aio import join_tasks
 from appliance.backoff import Backoff
-from appliance.call.events import (
-    AgentAudioStarted,
-    AgentJoined,
-    AgentLeft,
-    CallEvent,
-    Disconnected,
-    EndRequested,
-    SpeechActivity,
-)
-from appliance.call.policy import CallDeadlines
+from appliance.call.events import CallEvent, EndRequested
+from appliance.call.run import Call, CallFactory, CallRecords, CallRun
 from appliance.clock import Clock
 from appliance.errors import (
     AudioDeviceError,
     BackendError,
-    CallError,
     CredentialsRejectedError,
     RateLimitedError,
+    TokenRefusedError,
 )
-from appliance.provisioning_client import CallGrant, DeviceInfo
+from appliance.keeper import Backend, BackendKeeper
+from appliance.provisioning_client import CallGrant
 from appliance.settings import CallSettings
 from appliance.state import CallTimeline, EndReason, State, StateChange
 
@@ -36,36 +28,16 @@ logger = logging.getLogger(__name__)
 
 # How long a failed call shows CALL_FAILED before the device is READY again.
 CALL_FAILED_HOLD_S = 2.0
-# Bound on telling the backend how a call ended; the device never waits longer.
-END_REPORT_TIMEOUT_S = 3.0
 
 
-class Backend(Protocol):
-    """What the supervisor needs from the provisioning client."""
-
-    async def check_in(self) -> DeviceInfo: ...
-
-    async def create_call(self, trigger: str) -> CallGrant: ...
-
-    async def end_call(self, call_id: str, reason: str, duration_ms: int) -> None: ...
-
-
-class Call(Protocol):
-    """What the supervisor needs from a call."""
-
-    async def connect(self) -> None: ...
-
-    def on_state_change(self, change: StateChange) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-CallFactory = Callable[[CallGrant, Callable[[CallEvent], None]], Call]
 Observer = Callable[[StateChange], None]
 
 
 class Supervisor:
-    """Turns triggers and call events into state changes; observers only watch."""
+    """Turns triggers, call events and the backend's answers into state changes.
+
+    Observers (LEDs, journal, systemd, the call's status messages) only watch.
+    """
 
     def __init__(
         self,
@@ -74,32 +46,50 @@ class Supervisor:
         call_factory: CallFactory,
         settings: CallSettings,
         clock: Clock,
+        records: CallRecords,
         backoff: Backoff | None = None,
+        heartbeat_s: float = 60.0,
+        hold_grant: bool = True,
     ) -> None:
         self._backend = backend
         self._call_factory = call_factory
         self._settings = settings
         self._clock = clock
-        self._backoff = backoff or Backoff(initial_s=1.0, max_s=60.0)
+        self._records = records
         self._state = State.STARTING
         self._observers: list[Observer] = []
         self._timeline_observers: list[Callable[[CallTimeline], None]] = []
         self._triggers: asyncio.Queue[str | None] = asyncio.Queue()
         self._call_events: asyncio.Queue[CallEvent] = asyncio.Queue()
         self._call_task: asyncio.Task[None] | None = None
-        self._recovery_task: asyncio.Task[None] | None = None
         self._call_id: str | None = None
         self._room: str | None = None
         self._audio_fault: AudioDeviceError | None = None
-        self._backend_fault: BackendError | None = None
+        self._token_fault: TokenRefusedError | None = None
         self._muted = False
         self._quiet_until = 0.0  # the cool-down after a call
         self._redial: str | None = None
+        self._call_generation = 0
+        self._keeper = BackendKeeper(
+            backend,
+            clock=clock,
+            backoff=backoff or Backoff(initial_s=1.0, max_s=60.0),
+            heartbeat_s=heartbeat_s,
+            hold_grant=hold_grant,
+            is_idle=lambda: self._call_task is None and self._state is not State.STOPPING,
+            on_fault=self._on_backend_fault,
+            on_healthy=self._on_backend_healthy,
+        )
 
     @property
     def state(self) -> State:
         """The current state."""
         return self._state
+
+    @property
+    def keeper(self) -> BackendKeeper:
+        """The backend connection: heartbeat, held grant, fault and recovery."""
+        return self._keeper
 
     def add_observer(self, observer: Observer) -> None:
         """Call `observer` on every state change, on the event loop."""
@@ -130,11 +120,13 @@ class Supervisor:
             self._set_state(self._idle_state())
 
     def _idle_state(self) -> State:
-        """What an idle device shows: an audio fault first, then a backend fault, else READY."""
+        """What an idle device shows: audio fault, backend fault, refused token, else READY."""
         if self._audio_fault is not None:
             return State.AUDIO_FAULT
-        if self._backend_fault is not None:
-            return _fault_state_for(self._backend_fault)
+        if self._keeper.fault is not None:
+            return _fault_state_for(self._keeper.fault)
+        if self._token_fault is not None:
+            return State.TOKEN_REJECTED
         return State.READY
 
     def trigger(self, source: str) -> None:
@@ -144,7 +136,7 @@ class Supervisor:
     def cancel(self, source: str) -> None:
         """A long press: end the call or attempt, drop a queued redial; never starts a call."""
         self._redial = None
-        if self._state in (State.CONNECTING, State.IN_CALL):
+        if self._state in (State.CONNECTING, State.IN_CALL, State.REJOINING):
             logger.info("cancel %s: ending the call", source, extra=self._log_fields())
             self._call_events.put_nowait(EndRequested(EndReason.CANCELLED))
 
@@ -164,8 +156,8 @@ class Supervisor:
         self._triggers.put_nowait(None)
 
     async def run(self) -> None:
-        """Check in, then serve triggers until `stop`."""
-        self._start_recovery()
+        """Check in (then keep in touch), and serve triggers until `stop`."""
+        self._keeper.start()
         try:
             while (source := await self._triggers.get()) is not None:
                 self._on_trigger(source)
@@ -179,7 +171,7 @@ class Supervisor:
                 logger.info("trigger %s ignored during the cool-down", source, extra=extra)
                 return
             self._start_call(source)
-        elif self._state in (State.CONNECTING, State.IN_CALL):
+        elif self._state in (State.CONNECTING, State.IN_CALL, State.REJOINING):
             logger.info("trigger %s: ending the call", source, extra=extra)
             self._call_events.put_nowait(EndRequested(EndReason.USER))
         elif self._state is State.ENDING and self._settings.trigger_while_ending == "redial":
@@ -200,194 +192,142 @@ class Supervisor:
         if self._call_task is not None:
             self._call_events.put_nowait(EndRequested(EndReason.SHUTDOWN))
             await join_tasks(self._call_task)
-        await self._cancel_recovery()
+        await self._keeper.aclose()
         self._set_state(State.STOPPING)
 
     # -- calls ---------------------------------------------------------------------------------
 
     async def _run_call(self, source: str) -> None:
         timeline = CallTimeline(trigger=source)
-        t0 = self._clock.monotonic()
-
-        def mark(stage: str) -> None:
-            timeline.stages_ms[stage] = (self._clock.monotonic() - t0) * 1000
-
-        mark("trigger")
+        run = CallRun(self, source, timeline)
         try:
-            try:
-                grant = await self._backend.create_call(source)
-            except BackendError as exc:
-                self._enter_fault(exc)
-                return
-            await self._cancel_recovery()
-            self._backoff.reset()
-            self._backend_fault = None
-            mark("token")
-            self._call_id, self._room = grant.call_id, grant.room
-            timeline.call_id = grant.call_id
-            reason = await self._connected_call(grant, timeline, mark)
-            timeline.end_reason = reason
-            mark("ended")
-            await self._report_end(grant.call_id, reason, timeline)
-            if reason in (EndReason.CONNECT_FAILED, EndReason.AGENT_TIMEOUT):
-                self._set_state(State.CALL_FAILED, reason=reason.value)
-                await self._clock.sleep(CALL_FAILED_HOLD_S)
+            reason = await run.run()
+            if reason is not None:
+                timeline.end_reason = reason
+                self._finish(run, reason, timeline)
+                if reason is EndReason.ROOM_CLOSED:
+                    # Often a revocation: ask before showing READY, so it shows at once.
+                    await self._keeper.check_in_now()
+                if reason in (EndReason.CONNECT_FAILED, EndReason.AGENT_TIMEOUT):
+                    self._set_state(State.CALL_FAILED, reason=reason.value)
+                    await self._clock.sleep(CALL_FAILED_HOLD_S)
             self._call_id = self._room = None
             self._quiet_until = self._clock.monotonic() + self._settings.cooldown_s
             self._set_state(self._idle_state())
         except Exception:
             # A bug or an error nobody translated: never leave the device stuck mid-call.
             logger.exception("call failed unexpectedly", extra=self._log_fields())
+            if run.recorded_call_id is not None:
+                self._records.ended(run.recorded_call_id, EndReason.CONNECTION_LOST, 0)
             self._call_id = self._room = None
             self._set_state(State.CALL_FAILED, reason="internal_error")
             await self._clock.sleep(CALL_FAILED_HOLD_S)
             self._set_state(self._idle_state())
         finally:
             self._call_task = None
+            # Straight after a call: is the device still welcome (revoked?), and a new grant.
+            self._keeper.wake()
         redial, self._redial = self._redial, None
         if redial is not None and self._state.accepts_calls:
             self._start_call(redial)
 
-    async def _connected_call(
-        self, grant: CallGrant, timeline: CallTimeline, mark: Callable[[str], None]
-    ) -> EndReason:
-        if (pending := self._pending_end()) is not None:
-            return pending
-        call = self._call_factory(grant, self._call_events.put_nowait)
-        # Observing before connecting: a mute pressed while connecting reaches the call.
-        self.add_observer(call.on_state_change)
-        try:
-            try:
-                await call.connect()
-            except CallError as exc:
-                logger.error("call could not connect: %s", exc, extra=self._log_fields())
-                return EndReason.CONNECT_FAILED
-            mark("connected")
-            reason = EndReason.SHUTDOWN
-            try:
-                reason = await self._wait_for_end(mark)
-            finally:
-                self._set_state(State.ENDING, reason=reason.value)
-                await call.aclose()
-            return reason
-        finally:
-            self.remove_observer(call.on_state_change)
-
-    async def _wait_for_end(self, mark: Callable[[str], None]) -> EndReason:
-        deadlines = CallDeadlines(self._settings, self._clock.monotonic())
-        while True:
-            deadline, expiry = deadlines.next()
-            event = await self._next_call_event(deadline - self._clock.monotonic())
-            match event:
-                case None:
-                    return expiry
-                case EndRequested(reason=reason):
-                    return reason
-                case AgentJoined() if not deadlines.agent_joined:
-                    mark("agent_joined")
-                    deadlines.joined(self._clock.monotonic())
-                    self._set_state(State.IN_CALL)
-                case SpeechActivity():
-                    deadlines.speech(self._clock.monotonic())
-                case AgentAudioStarted():
-                    mark("first_agent_audio")
-                case AgentLeft():
-                    return EndReason.AGENT_LEFT
-                case Disconnected(room_closed=closed, detail=detail):
-                    logger.info("room disconnected: %s", detail, extra=self._log_fields())
-                    return EndReason.ROOM_CLOSED if closed else EndReason.CONNECTION_LOST
-
-    async def _next_call_event(self, timeout_s: float) -> CallEvent | None:
-        if not self._call_events.empty():
-            return self._call_events.get_nowait()
-        if timeout_s <= 0:
-            return None
-        getter = asyncio.ensure_future(self._call_events.get())
-        sleeper = asyncio.ensure_future(self._clock.sleep(timeout_s))
-        try:
-            await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(getter, sleeper)  # a getter that got an event keeps it
-        return getter.result() if getter.done() and not getter.cancelled() else None
-
-    def _pending_end(self) -> EndReason | None:
-        while not self._call_events.empty():
-            event = self._call_events.get_nowait()
-            if isinstance(event, EndRequested):
-                return event.reason
-        return None
-
-    def _drain_call_events(self) -> None:
-        while not self._call_events.empty():
-            self._call_events.get_nowait()
-
-    async def _report_end(self, call_id: str, reason: EndReason, timeline: CallTimeline) -> None:
+    def _finish(self, run: CallRun, reason: EndReason, timeline: CallTimeline) -> None:
+        """Queue the end report (durably) for a call the backend has, and log the timeline."""
         stages = timeline.stages_ms
         connected = "connected" in stages
         duration_ms = int(stages["ended"] - stages["connected"]) if connected else 0
-        try:
-            async with asyncio.timeout(END_REPORT_TIMEOUT_S):
-                await self._backend.end_call(call_id, reason.value, max(0, duration_ms))
-        except (BackendError, TimeoutError) as exc:
-            logger.warning("could not report the call's end: %s", exc, extra=self._log_fields())
+        if run.recorded_call_id is not None:
+            self._records.ended(run.recorded_call_id, reason, max(0, duration_ms))
         logger.info(
             "call ended (%s)\n%s", reason.value, timeline.format(), extra=self._log_fields()
         )
         for observer in self._timeline_observers:
             observer(timeline)
 
-    # -- faults and recovery -------------------------------------------------------------------
+    # -- what CallRun may use ------------------------------------------------------------------
 
-    def _enter_fault(self, exc: BackendError) -> None:
-        self._show_fault(exc)
-        self._start_recovery(exc)
+    @property
+    def settings(self) -> CallSettings:
+        """The call policy."""
+        return self._settings
 
-    def _show_fault(self, exc: BackendError) -> None:
-        self._backend_fault = exc
+    @property
+    def clock(self) -> Clock:
+        """The injected clock."""
+        return self._clock
+
+    @property
+    def backend(self) -> Backend:
+        """The provisioning client."""
+        return self._backend
+
+    @property
+    def records(self) -> CallRecords:
+        """The durable call records."""
+        return self._records
+
+    @property
+    def call_events(self) -> asyncio.Queue[CallEvent]:
+        """Events of the current call, and end requests from the device."""
+        return self._call_events
+
+    def new_call(self, grant: CallGrant) -> Call:
+        """A call object for `grant` whose events reach the queue only while it is current."""
+        self._call_generation += 1
+        generation = self._call_generation
+
+        def on_event(event: CallEvent) -> None:
+            # A call that was replaced (a rejoin) can still report its last words: drop them.
+            if generation == self._call_generation:
+                self._call_events.put_nowait(event)
+
+        self._call_id, self._room = grant.call_id, grant.room
+        return self._call_factory(grant, on_event)
+
+    def show(self, state: State, reason: str | None = None) -> None:
+        """Set a call state (CONNECTING, IN_CALL, REJOINING, ENDING)."""
+        self._set_state(state, reason=reason)
+
+    def token_refused(self, exc: TokenRefusedError) -> None:
+        """LiveKit refused a fresh token too: show TOKEN_REJECTED until a call connects."""
+        self._token_fault = exc
+        offset = self._backend.clock_offset_s
+        fields = self._log_fields(State.TOKEN_REJECTED)
+        fields["ERROR_CODE"] = "token_rejected"
+        if offset is not None:
+            fields["CLOCK_OFFSET_S"] = f"{offset:.1f}"
+        logger.error(
+            "LiveKit refused the call token twice: check the clock (offset to the backend %s)"
+            " and the backend's LiveKit keys",
+            "unknown" if offset is None else f"{offset:+.1f} s",
+            extra=fields,
+        )
+
+    def call_connected(self) -> None:
+        """A call connected: a refused-token fault is over."""
+        self._token_fault = None
+
+    def backend_fault(self, exc: BackendError) -> None:
+        """Fetching a token failed: show it; the keeper backs off and checks in again."""
+        self._keeper.report(exc)
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _on_backend_fault(self, exc: BackendError) -> None:
         state = self._idle_state()  # an audio fault, if there is one, stays on show
-        if state is not self._state:
+        if (
+            self._call_task is None
+            and self._state is not State.STOPPING
+            and state is not self._state
+        ):
             logger.error("backend: %s", exc, extra=self._log_fields(state))
             self._set_state(state, reason=type(exc).__name__)
 
-    def _start_recovery(self, cause: BackendError | None = None) -> None:
-        if self._recovery_task is None or self._recovery_task.done():
-            self._recovery_task = asyncio.create_task(
-                self._recover(cause), name="supervisor-recovery"
-            )
-
-    async def _cancel_recovery(self) -> None:
-        task, self._recovery_task = self._recovery_task, None
-        if task is not None and task is not asyncio.current_task():
-            await cancel_and_wait(task)
-
-    async def _recover(self, cause: BackendError | None) -> None:
-        """Check in until the backend accepts us, backing off; then the device is READY."""
-        while True:
-            if cause is not None:
-                floor = 0.0
-                if isinstance(cause, RateLimitedError) and cause.retry_after_s is not None:
-                    floor = cause.retry_after_s
-                delay = self._backoff.next_delay(floor)
-                logger.info("checking in again in %.1f s", delay, extra=self._log_fields())
-                await self._clock.sleep(delay)
-            try:
-                info = await self._backend.check_in()
-            except BackendError as exc:
-                cause = exc
-                self._backend_fault = exc
-                if self._state.accepts_calls or self._state in (State.STARTING, State.AUDIO_FAULT):
-                    self._show_fault(exc)
-                continue
-            self._backoff.reset()
-            self._backend_fault = None
-            if self._state.is_fault or self._state is State.STARTING:
-                logger.info(
-                    "checked in with the backend (agent %s)",
-                    info.agent_name,
-                    extra=self._log_fields(),
-                )
-                self._set_state(self._idle_state())
-            return
+    def _on_backend_healthy(self) -> None:
+        self._records.backend_back()
+        if self._call_task is None and (self._state.is_fault or self._state is State.STARTING):
+            logger.info("checked in with the backend", extra=self._log_fields())
+            self._set_state(self._idle_state())
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -417,6 +357,10 @@ class Supervisor:
             fields["ROOM"] = self._room
         return fields
 
+    def _drain_call_events(self) -> None:
+        while not self._call_events.empty():
+            self._call_events.get_nowait()
+
 
 def _fault_state_for(exc: BackendError) -> State:
     if isinstance(exc, CredentialsRejectedError):
@@ -424,3 +368,6 @@ def _fault_state_for(exc: BackendError) -> State:
     if isinstance(exc, RateLimitedError):
         return State.RATE_LIMITED
     return State.BACKEND_UNREACHABLE
+
+
+__all__ = ["Call", "CallFactory", "CallRecords", "Supervisor"]

@@ -24,6 +24,7 @@ class EndReason(StrEnum):
     IDLE = "idle"  # nobody spoke for call.idle_timeout_s
     AGENT_ENDED = "agent_ended"  # the agent sent an end-call message
     CANCELLED = "cancelled"  # a long press
+    TOKEN_REFUSED = "token_refused"  # LiveKit refused the call's token twice (clock? keys?)
     DEVICE_RESTARTED = "device_restarted"  # the daemon died during the call; reported on restart
 
 

@@ -185,8 +185,10 @@ class LiveKitServer(AsyncResource):
         if self._proc is not None:
             raise LiveKitServerError("LiveKit server already started")
         binary = find_livekit_server(self._binary_arg)
-        self.port, self.rtc_udp_port = _distinct_free_ports(2)
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="livekit-server-")
+        if self._tmpdir is None:
+            self.port, self.rtc_udp_port = _distinct_free_ports(2)
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="livekit-server-")
+        # else: a restart after kill(), on the same ports, keys and log.
         workdir = Path(self._tmpdir.name)
         config = build_config(
             port=self.port,
@@ -275,6 +277,31 @@ class LiveKitServer(AsyncResource):
                         return str(fields_json["nodeID"])
         return ""
 
+    async def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash or a power cut would; every room
+        and connection is lost. `restart()` brings it back on the same ports and keys."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            raise LiveKitServerError("LiveKit server is not running")
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        await self._drain_log()
+
+    async def restart(self) -> None:
+        """Start the server again after `kill()`: same ports, keys and log file."""
+        if self._tmpdir is None:
+            raise LiveKitServerError("LiveKit server was never started")
+        await self.start()
+
+    async def _drain_log(self) -> None:
+        log_task, self._log_task = self._log_task, None
+        if log_task is not None:
+            # Ends at the end of the output; a grandchild holding the pipe could keep it open.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOG_DRAIN_S):
+                    await join_tasks(log_task)
+
     async def aclose(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its temp dir."""
         proc, self._proc = self._proc, None
@@ -296,12 +323,7 @@ class LiveKitServer(AsyncResource):
                 await proc.wait()
         elif proc is not None:
             await proc.wait()
-        log_task, self._log_task = self._log_task, None
-        if log_task is not None:
-            # Ends at the end of the output; a grandchild holding the pipe could keep it open.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LOG_DRAIN_S):
-                    await join_tasks(log_task)
+        await self._drain_log()
         if self._tmpdir is not None:
             tmpdir, self._tmpdir = self._tmpdir, None
             if self._keep_log and self.log_path is not None and self.log_path.exists():
@@ -315,7 +337,7 @@ class LiveKitServer(AsyncResource):
 
 async def _copy_redacted(output: asyncio.StreamReader, path: Path) -> None:
     """Write `output` to `path` line by line, flushed, with secrets masked."""
-    with path.open("w", encoding="utf-8") as log_file:
+    with path.open("a", encoding="utf-8") as log_file:
         while True:
             try:
                 line = await output.readline()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import secrets
@@ -301,6 +302,15 @@ class ProvisioningCore:
         if call.ended_at is not None:
             raise CallEndedError("the call has ended")
         token = self._mint(device, call_id)
+        room = room_of_call(call_id)
+        # A room LiveKit lost and a client's own reconnect made again has no agent in it:
+        # dispatch one. (A room that is gone is made by the dispatch, or by the join.)
+        try:
+            metadata = json.dumps({"device_id": device.device_id, "call_id": call_id})
+            if await self._rooms.ensure_agent(room, self.agent_name, metadata):
+                logger.info("agent dispatched again", extra={"call_id": call_id, "room": room})
+        except LiveKitUnavailableError as exc:
+            logger.warning("agent not dispatched: %s", exc.message, extra={"call_id": call_id})
         logger.info("call rejoined", extra={"device_id": device.device_id, "call_id": call_id})
         return self._grant(device, call_id, token)
 

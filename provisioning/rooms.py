@@ -12,9 +12,11 @@ from typing import Protocol, TypeVar
 
 import aiohttp
 from livekit.api import LiveKitAPI, TwirpError, TwirpErrorCode
-from livekit.protocol.models import ParticipantPermission
+from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
+from livekit.protocol.models import ParticipantInfo, ParticipantPermission
 from livekit.protocol.room import (
     DeleteRoomRequest,
+    ListParticipantsRequest,
     RoomParticipantIdentity,
     UpdateParticipantRequest,
 )
@@ -44,6 +46,11 @@ class RoomService(Protocol):
 
     async def delete_room(self, room: str) -> None:
         """End the room for everyone in it."""
+        ...
+
+    async def ensure_agent(self, room: str, agent_name: str, metadata: str) -> bool:
+        """Dispatch the agent into `room` unless an agent is in it (creating the room if it
+        is gone); True if a dispatch was created."""
         ...
 
 
@@ -106,6 +113,23 @@ class LiveKitRoomService:
         """End the room for everyone in it."""
         await self._call("delete_room", self._api.room.delete_room(DeleteRoomRequest(room=room)))
 
+    async def ensure_agent(self, room: str, agent_name: str, metadata: str) -> bool:
+        """Create a dispatch for `agent_name` unless an agent participant is in the room.
+
+        Participants, not dispatches, are what counts: a room that LiveKit made again while
+        its agent workers were still reconnecting keeps a dispatch that no worker took.
+        """
+        participants: list[ParticipantInfo] = []
+        async with _translated("list_participants", self._url):
+            async with asyncio.timeout(self._timeout_s):
+                listing = await self._api.room.list_participants(ListParticipantsRequest(room=room))
+                participants = list(listing.participants)
+        if any(p.kind == ParticipantInfo.Kind.AGENT for p in participants):
+            return False
+        request = CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
+        await self._call("create_dispatch", self._api.agent_dispatch.create_dispatch(request))
+        return True
+
     async def _call(self, what: str, request: Awaitable[T]) -> None:
         async with _translated(what, self._url):
             async with asyncio.timeout(self._timeout_s):
@@ -152,6 +176,12 @@ class RecordingRoomService:
     async def delete_room(self, room: str) -> None:
         """Record the call."""
         self._record("delete_room", room, "")
+
+    async def ensure_agent(self, room: str, agent_name: str, metadata: str) -> bool:
+        """Record the call; the agent is taken to be there after the first dispatch."""
+        dispatched = any(c[:2] == ("ensure_agent", room) for c in self.calls)
+        self._record("ensure_agent", room, agent_name)
+        return not dispatched
 
     def _record(self, method: str, room: str, identity: str) -> None:
         if self.failure is not None:

@@ -35,6 +35,18 @@ class Disconnected:
 
 
 @dataclass(frozen=True)
+class Reconnecting:
+    """The SDK lost the connection and is trying to resume it (the call may come back)."""
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """The SDK got the connection back; `agent_present` says whether the agent is in the room."""
+
+    agent_present: bool
+
+
+@dataclass(frozen=True)
 class SpeechActivity:
     """Someone spoke in the last moment: "device" (the person) or "agent"."""
 
@@ -49,5 +61,12 @@ class EndRequested:
 
 
 CallEvent = (
-    AgentJoined | AgentAudioStarted | AgentLeft | Disconnected | EndRequested | SpeechActivity
+    AgentJoined
+    | AgentAudioStarted
+    | AgentLeft
+    | Disconnected
+    | EndRequested
+    | SpeechActivity
+    | Reconnecting
+    | Reconnected
 )

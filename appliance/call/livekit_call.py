@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,12 +23,14 @@ from appliance.call.events import (
     CallEvent,
     Disconnected,
     EndRequested,
+    Reconnected,
+    Reconnecting,
     SpeechActivity,
 )
 from appliance.call.policy import ActivityMeter
 from appliance.call.status import encode_status
 from appliance.clock import Clock
-from appliance.errors import CallError
+from appliance.errors import CallError, TokenRefusedError
 from appliance.provisioning_client import CallGrant
 from appliance.state import EndReason, StateChange
 from appliance.status.redact import redact
@@ -40,6 +43,8 @@ AUDIBLE_RMS = 100.0
 STATUS_DRAIN_S = 2.0
 # Extra time, beyond the SDK's own connect timeout, for publishing the microphone.
 CONNECT_MARGIN_S = 5.0
+# How the SDK words a join the server refused for the token ("client error: 401 Unauthorized").
+_REFUSED = re.compile(r"\b(401|403)\b")
 # The control messages this device accepts from the agent: {"v": 1, "type": "end_call"}.
 CONTROL_VERSION = 1
 
@@ -80,6 +85,7 @@ class LiveKitCall:
         self._agent_identity: str | None = None
         self._heard_agent = False
         self._closing = False
+        self._reconnecting = False
 
     async def connect(self) -> None:
         """Join the room and publish the microphone; raises CallError if that fails."""
@@ -89,6 +95,8 @@ class LiveKitCall:
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("disconnected", self._on_disconnected)
         room.on("data_received", self._on_data_received)
+        room.on("reconnecting", self._on_reconnecting)
+        room.on("reconnected", self._on_reconnected)
         try:
             # The SDK bounds each signal attempt itself (a cancelled connect could leave a
             # room joined inside the FFI); the outer bound also covers publishing.
@@ -106,6 +114,8 @@ class LiveKitCall:
             await self._disconnect_quietly()
             # LiveKit's refusal quotes the token it refused: keep it out of our error's text.
             detail = redact(str(exc)) or "timed out"
+            if isinstance(exc, rtc.ConnectError) and _REFUSED.search(str(exc)):
+                raise TokenRefusedError(f"LiveKit refused the token: {detail}") from exc
             raise CallError(f"could not join room {self.grant.room}: {detail}") from exc
         self._spawn(self._pump_microphone(source), "call-microphone")
         self._spawn(self._send_status_messages(), "call-status")
@@ -248,8 +258,38 @@ class LiveKitCall:
             self._on_event(AgentJoined(participant.identity))
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.identity == self._agent_identity:
-            self._on_event(AgentLeft(participant.identity))
+        if participant.identity != self._agent_identity:
+            return
+        # While the SDK reconnects it drops every participant: that is not the agent leaving.
+        if self._reconnecting:
+            return
+        self._agent_identity = None
+        self._on_event(AgentLeft(participant.identity))
+
+    def _on_reconnecting(self) -> None:
+        logger.info("connection lost: the SDK is reconnecting", extra=self._log_fields())
+        self._reconnecting = True
+        self._on_event(Reconnecting())
+
+    def _on_reconnected(self) -> None:
+        self._reconnecting = False
+        agents = [p for p in self._room.remote_participants.values() if self._is_agent(p)]
+        present = any(p.identity == self._agent_identity for p in agents)
+        if not present:
+            # The room was lost with the agent in it; an agent that comes back is new.
+            self._agent_identity = None
+            for agent in agents:
+                self._on_participant_connected(agent)
+            present = self._agent_identity is not None
+        logger.info(
+            "connection back (agent %s)",
+            "present" if present else "absent",
+            extra=self._log_fields(),
+        )
+        self._on_event(Reconnected(agent_present=present))
+
+    def _log_fields(self) -> dict[str, str]:
+        return {"CALL_ID": self.grant.call_id, "ROOM": self.grant.room}
 
     def _on_track_subscribed(
         self,

@@ -14,6 +14,7 @@ class CallDeadlines:
         self._join_deadline = now + settings.agent_join_timeout_s
         self._max_deadline: float | None = None
         self._last_speech = now
+        self._rejoin_deadline: float | None = None
 
     @property
     def agent_joined(self) -> bool:
@@ -29,8 +30,30 @@ class CallDeadlines:
         """Someone (the person or the agent) spoke: the idle timer starts again."""
         self._last_speech = now
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the call is rejoining after a lost connection."""
+        return self._rejoin_deadline is not None
+
+    def interrupt(self, now: float) -> None:
+        """The connection (or the agent with the room) was lost: it must be back within the
+        rejoin window. Repeated interruptions do not extend it."""
+        if self._rejoin_deadline is None:
+            self._rejoin_deadline = now + self._settings.rejoin_window_s
+
+    def restored(self, now: float) -> None:
+        """The call is back: no rejoin deadline, and the idle timer starts again."""
+        self._rejoin_deadline = None
+        self._last_speech = now
+
     def next(self) -> tuple[float, EndReason]:
         """The earliest deadline and the reason the call ends if it passes."""
+        if self._rejoin_deadline is not None:
+            # While rejoining nobody can speak: the idle timer waits, the duration cap not.
+            deadline, reason = self._rejoin_deadline, EndReason.CONNECTION_LOST
+            if self._max_deadline is not None and self._max_deadline < deadline:
+                deadline, reason = self._max_deadline, EndReason.MAX_DURATION
+            return deadline, reason
         if self._max_deadline is None:
             return self._join_deadline, EndReason.AGENT_TIMEOUT
         deadline, reason = self._max_deadline, EndReason.MAX_DURATION

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import httpx
 from appliance.aio import AsyncResource
 from appliance.errors import (
     BackendProtocolError,
+    BackendRefusedError,
     BackendUnreachableError,
     CredentialsRejectedError,
     RateLimitedError,
@@ -74,6 +76,7 @@ class ProvisioningClient(AsyncResource):
         self._key = key
         self._device_id = device_id
         self._wall_clock = wall_clock
+        self._clock_offset_s: float | None = None
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
         )
@@ -101,23 +104,35 @@ class ProvisioningClient(AsyncResource):
         )
 
     async def create_call(self, trigger: str) -> CallGrant:
-        """Get a token for a fresh call room."""
+        """Get a token for a fresh call room (recorded as a call at once)."""
         data = await self._request(
             "POST", "/v1/calls", {"trigger": trigger}, signed_as=self._require_id()
         )
-        expires_raw = _get(data, "expires_at", str)
-        try:
-            expires_at = datetime.fromisoformat(expires_raw.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise BackendProtocolError(f"expires_at is not a timestamp: {expires_raw!r}") from exc
-        return CallGrant(
-            server_url=_get(data, "server_url", str),
-            token=_get(data, "token", str),
-            room=_get(data, "room", str),
-            identity=_get(data, "identity", str),
-            call_id=_get(data, "call_id", str),
-            expires_at=expires_at,
+        return _grant(data)
+
+    async def hold_grant(self) -> CallGrant:
+        """Get a token to hold while idle; it becomes a call only through `start_held_call`."""
+        data = await self._request("POST", "/v1/grants", {}, signed_as=self._require_id())
+        return _grant(data)
+
+    async def start_held_call(self, call_id: str, trigger: str) -> None:
+        """Tell the backend the held grant `call_id` was used for a call (idempotent)."""
+        await self._request(
+            "POST",
+            f"/v1/calls/{call_id}/start",
+            {"trigger": trigger},
+            signed_as=self._require_id(),
         )
+
+    async def rejoin_call(self, call_id: str, trigger: str) -> CallGrant:
+        """A fresh token for the same room of a call that has not ended."""
+        data = await self._request(
+            "POST",
+            f"/v1/calls/{call_id}/rejoin",
+            {"trigger": trigger},
+            signed_as=self._require_id(),
+        )
+        return _grant(data)
 
     async def end_call(self, call_id: str, reason: str, duration_ms: int) -> None:
         """Record how one of our calls ended."""
@@ -156,13 +171,31 @@ class ProvisioningClient(AsyncResource):
         headers = self.signed_headers(method, path, body, signed_as)
         if payload is not None:
             headers["Content-Type"] = "application/json"
+        sent = self._wall_clock()
         try:
             response = await self._http.request(method, path, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise BackendUnreachableError(f"backend timed out on {method} {path}") from exc
         except httpx.TransportError as exc:
             raise BackendUnreachableError(f"backend unreachable on {method} {path}: {exc}") from exc
+        self._note_clock_offset(response, sent, self._wall_clock())
         return _decode(method, path, response)
+
+    @property
+    def clock_offset_s(self) -> float | None:
+        """The backend's clock minus ours, from the last answer's `Date` header (±1 s)."""
+        return self._clock_offset_s
+
+    def _note_clock_offset(self, response: httpx.Response, sent: float, received: float) -> None:
+        date = response.headers.get("Date")
+        if date is None:
+            return
+        try:
+            backend_time = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return
+        # `Date` has whole seconds; compare with the middle of the exchange.
+        self._clock_offset_s = backend_time + 0.5 - (sent + received) / 2
 
 
 def _decode(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
@@ -182,8 +215,24 @@ def _decode(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
     if status == 429:
         raise RateLimitedError(_retry_after(response), f"rate limited on {path}: {message}")
     if status >= 400:
-        raise BackendProtocolError(f"backend refused {method} {path}: {status} {code}: {message}")
+        raise BackendRefusedError(status, code, f"{method} {path}: {message}")
     return data
+
+
+def _grant(data: dict[str, Any]) -> CallGrant:
+    expires_raw = _get(data, "expires_at", str)
+    try:
+        expires_at = datetime.fromisoformat(expires_raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BackendProtocolError(f"expires_at is not a timestamp: {expires_raw!r}") from exc
+    return CallGrant(
+        server_url=_get(data, "server_url", str),
+        token=_get(data, "token", str),
+        room=_get(data, "room", str),
+        identity=_get(data, "identity", str),
+        call_id=_get(data, "call_id", str),
+        expires_at=expires_at,
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -73,11 +73,16 @@ PATTERNS: Mapping[State, Pattern] = MappingProxyType(
         State.CONNECTING: blink("fast blink (0.1 s on, 0.1 s off)", 0.1, 0.1),
         State.IN_CALL: steady("steady on", 1.0),
         State.ENDING: blink("short pulses (0.1 s on, 0.4 s off)", 0.1, 0.4),
+        State.REJOINING: Pattern(
+            "double flash (two 0.1 s flashes, then 0.7 s dark)",
+            ((1.0, 0.1), (0.0, 0.1), (1.0, 0.1), (0.0, 0.7)),
+        ),
         State.CALL_FAILED: blink_code(2),
         State.BACKEND_UNREACHABLE: blink_code(3),
         State.CREDENTIALS_REJECTED: blink_code(4),
         State.RATE_LIMITED: blink_code(5),
         State.AUDIO_FAULT: blink_code(6),
+        State.TOKEN_REJECTED: blink_code(7),
         State.STOPPING: steady("off", 0.0),
     }
 )

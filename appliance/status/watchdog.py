@@ -187,13 +187,17 @@ def transient_state_bounds(settings: Settings) -> dict[State, float]:
     join_s = call.connect_timeout_s + CONNECT_MARGIN_S
     return {
         State.STARTING: request_s + STARTING_MARGIN_S,
-        # The token, joining, then the agent (or a failed join's end report) and leaving.
-        State.CONNECTING: request_s
-        + join_s
+        # The token, joining (once more with a fresh token if LiveKit refused the first),
+        # then the agent (or a failed join's end report) and leaving.
+        State.CONNECTING: 2 * (request_s + join_s)
         + max(call.agent_join_timeout_s, END_REPORT_S)
         + MARGIN_S,
-        # Status messages drained, the room left, the end reported.
-        State.ENDING: STATUS_DRAIN_S + END_REPORT_S + MARGIN_S,
+        # The SDK resuming, then rejoins until the window runs out; one more join may be
+        # under way when it does.
+        State.REJOINING: call.rejoin_window_s + request_s + join_s + MARGIN_S,
+        # Status messages drained, the room left, the end queued (and after a closed room,
+        # one check-in).
+        State.ENDING: STATUS_DRAIN_S + END_REPORT_S + request_s + MARGIN_S,
         State.STOPPING: STOPPING_S,
     }
 

@@ -14,7 +14,13 @@ from appliance.provisioning_client import CallGrant
 from appliance.settings import CallSettings
 from appliance.state import EndReason, State
 from appliance.supervisor import Supervisor
-from tests.appliance.test_supervisor import FakeBackend, FakeCall, Harness
+from tests.appliance.test_supervisor import (
+    FakeBackend,
+    FakeCall,
+    FakeRecords,
+    Harness,
+    RecordsAdapter,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +54,10 @@ async def _harness(settings: CallSettings, slow_close: bool = False) -> Harness:
         call_factory=make_call,
         settings=settings,
         clock=clock,
+        records=RecordsAdapter(FakeRecords(backend.ended)),
         backoff=Backoff(initial_s=1.0, max_s=8.0, jitter=0.0),
+        heartbeat_s=0,
+        hold_grant=False,
     )
     h = Harness(clock, backend, supervisor)
     supervisor.add_observer(lambda change: h.states.append(change.state))

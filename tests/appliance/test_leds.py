@@ -24,6 +24,7 @@ BLINK_CODES = {
     State.CREDENTIALS_REJECTED: 4,
     State.RATE_LIMITED: 5,
     State.AUDIO_FAULT: 6,
+    State.TOKEN_REJECTED: 7,
 }
 
 

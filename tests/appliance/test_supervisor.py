@@ -36,6 +36,11 @@ class FakeBackend:
         self.check_in_times: list[float] = []
         self.ended: list[tuple[str, str]] = []
         self.created = 0
+        self.held = 0
+        self.grants: list[BackendError | None] = []
+        self.grant_ttl_s = 600.0
+        self.rejoins: list[str] = []
+        self.rejoin_errors: list[BackendError | None] = []
         self.clock: ManualClock | None = None
         self.token_gate: asyncio.Event | None = None  # set: the token "arrives"
 
@@ -61,8 +66,79 @@ class FakeBackend:
             expires_at=datetime.now(UTC),
         )
 
-    async def end_call(self, call_id: str, reason: str, duration_ms: int) -> None:
+    async def hold_grant(self) -> CallGrant:
+        self.held += 1
+        if self.grants and (error := self.grants.pop(0)) is not None:
+            raise error
+        assert self.clock is not None
+        return CallGrant(
+            server_url="ws://127.0.0.1:1",
+            token="held",
+            room=f"call-g-{self.held}",
+            identity="device-d-1",
+            call_id=f"g-{self.held}",
+            expires_at=datetime.fromtimestamp(self.clock.time() + self.grant_ttl_s, UTC),
+        )
+
+    async def rejoin_call(self, call_id: str, trigger: str) -> CallGrant:
+        self.rejoins.append(call_id)
+        if self.rejoin_errors and (error := self.rejoin_errors.pop(0)) is not None:
+            raise error
+        return CallGrant(
+            server_url="ws://127.0.0.1:1",
+            token="again",
+            room=f"call-{call_id}",
+            identity="device-d-1",
+            call_id=call_id,
+            expires_at=datetime.now(UTC),
+        )
+
+    @property
+    def clock_offset_s(self) -> float | None:
+        return 0.0
+
+
+class FakeRecords:
+    """The durable call records, as lists."""
+
+    def __init__(self, ended: list[tuple[str, str]]) -> None:
+        self.ended = ended
+        self.started: list[tuple[str, str, bool]] = []
+        self.durations: list[int] = []
+        self.alive = 0
+        self.backend_back_count = 0
+
+    def started_(self, call_id: str, trigger: str, *, held: bool) -> None:
+        self.started.append((call_id, trigger, held))
+
+    def alive_(self) -> None:
+        self.alive += 1
+
+    def ended_(self, call_id: str, reason: str, duration_ms: int) -> None:
         self.ended.append((call_id, reason))
+        self.durations.append(duration_ms)
+
+    def backend_back(self) -> None:
+        self.backend_back_count += 1
+
+
+class RecordsAdapter:
+    """`CallRecords` over FakeRecords (whose attributes share the method names)."""
+
+    def __init__(self, records: FakeRecords) -> None:
+        self.fake = records
+
+    def started(self, call_id: str, trigger: str, *, held: bool) -> None:
+        self.fake.started_(call_id, trigger, held=held)
+
+    def alive(self) -> None:
+        self.fake.alive_()
+
+    def ended(self, call_id: str, reason: str, duration_ms: int) -> None:
+        self.fake.ended_(call_id, reason, duration_ms)
+
+    def backend_back(self) -> None:
+        self.fake.backend_back()
 
 
 class FakeCall:
@@ -99,12 +175,16 @@ class Harness:
         self.calls: list[FakeCall] = []
         self.states: list[State] = []
         self.timelines: list[CallTimeline] = []
+        self.runner: asyncio.Task[None]
         self.connect_error: CallError | None = None
+        self.connect_errors: list[CallError | None] = []
         self.connect_gate: asyncio.Event | None = None
+        self.records = FakeRecords(backend.ended)
 
     def make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> FakeCall:
         call = FakeCall(grant, on_event)
-        call.connect_error = self.connect_error
+        call.connect_error = self.connect_errors.pop(0) if self.connect_errors else None
+        call.connect_error = call.connect_error or self.connect_error
         call.connect_gate = self.connect_gate
         self.calls.append(call)
         return call
@@ -117,33 +197,54 @@ class Harness:
         await self.settle()
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+async def start_harness(
+    *, hold_grant: bool = False, heartbeat_s: float = 0.0, rejoin_window_s: float = 30.0
+) -> Harness:
     clock = ManualClock()
     backend = FakeBackend()
     backend.clock = clock
     # No idle hang-up or cool-down here: tests/appliance/test_call_policy.py covers them.
     settings = CallSettings(
-        agent_join_timeout_s=10, max_duration_s=300, idle_timeout_s=0, cooldown_s=0
+        agent_join_timeout_s=10,
+        max_duration_s=300,
+        idle_timeout_s=0,
+        cooldown_s=0,
+        rejoin_window_s=rejoin_window_s,
     )
     h: Harness
+    records = FakeRecords(backend.ended)
     supervisor = Supervisor(
         backend=backend,
         call_factory=lambda g, e: h.make_call(g, e),
         settings=settings,
         clock=clock,
+        records=RecordsAdapter(records),
         backoff=Backoff(initial_s=1.0, max_s=8.0, jitter=0.0),
+        heartbeat_s=heartbeat_s,
+        hold_grant=hold_grant,
     )
     h = Harness(clock, backend, supervisor)
+    h.records = records
     supervisor.add_observer(lambda change: h.states.append(change.state))
     supervisor.add_timeline_observer(h.timelines.append)
-    runner = asyncio.create_task(supervisor.run())
+    h.runner = asyncio.create_task(supervisor.run())
     await h.settle()
-    yield h
-    supervisor.stop()
+    return h
+
+
+async def stop_harness(h: Harness) -> None:
+    h.supervisor.stop()
     await h.settle()
     async with asyncio.timeout(5):
-        await runner
+        await h.runner
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    """Fetch-on-press, no heartbeat: the press path as it was before held grants."""
+    h = await start_harness()
+    yield h
+    await stop_harness(h)
 
 
 async def test_checks_in_then_is_ready(harness: Harness) -> None:
@@ -323,19 +424,11 @@ async def test_cancel_before_the_token_keeps_its_reason(harness: Harness) -> Non
 
 
 async def test_a_call_that_never_connected_reports_no_duration(harness: Harness) -> None:
-    durations: list[int] = []
-    original = harness.backend.end_call
-
-    async def end_call(call_id: str, reason: str, duration_ms: int) -> None:
-        durations.append(duration_ms)
-        await original(call_id, reason, duration_ms)
-
-    harness.backend.end_call = end_call  # type: ignore[method-assign]
     harness.connect_error = CallError("refused")
     await harness.press()
     await harness.clock.advance(3.0)
     assert harness.backend.ended == [("c-1", "connect_failed")]
-    assert durations == [0]
+    assert harness.records.durations == [0]
 
 
 async def test_mute_while_connecting_reaches_the_call(harness: Harness) -> None:

@@ -293,7 +293,7 @@ async def test_a_supervisor_stuck_in_connecting_past_its_bound_stops_the_pings(
         supervisor.change(State.READY)
         await clock.advance(24 * 3600)
         await notify.wait_for_pings(2, after=time.monotonic(), timeout=5)
-    assert "supervisor unhealthy (connecting for 71.0 s, bound 70.0 s)" in caplog.text
+    assert "supervisor unhealthy (connecting for 106.0 s, bound 105.0 s)" in caplog.text
     assert caplog.text.count("supervisor unhealthy") == 1, "logged once"
     assert "supervisor healthy again" in caplog.text
 
@@ -318,7 +318,21 @@ async def test_the_daemon_feeds_the_watchdog_systemd_asked_for(
     settings = settings_for(state_dir, BoardProfile(name="files", audio=audio))
     Enrollment("d-1", "device-d-1", settings.backend.url).save(state_dir)
     device = {"device_id": "d-1", "name": "kiosk", "status": "approved", "agent_name": "a"}
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=device))
+    grant = {
+        "server_url": "ws://127.0.0.1:1",
+        "token": "t",
+        "room": "call-c-1",
+        "identity": "device-d-1",
+        "call_id": "c-1",
+        "expires_at": "2099-01-01T00:00:00Z",
+    }
+    transport = httpx.MockTransport(
+        lambda request: (
+            httpx.Response(200, json=grant)
+            if request.url.path == "/v1/grants"
+            else httpx.Response(200, json=device)
+        )
+    )
     async with Daemon(settings, transport=transport) as daemon:
         stop = asyncio.Event()
         runner = asyncio.create_task(daemon.run(stop))
@@ -357,8 +371,9 @@ def test_the_documented_bounds_are_the_ones_derived_from_the_default_settings(
     bounds = transient_state_bounds(settings_for(tmp_path))
     assert bounds == {
         State.STARTING: 80.0,
-        State.CONNECTING: 70.0,
-        State.ENDING: 20.0,
+        State.CONNECTING: 105.0,
+        State.REJOINING: 80.0,
+        State.ENDING: 40.0,
         State.STOPPING: 30.0,
     }
     doc = (ROOT / "docs" / "architecture.md").read_text()
@@ -373,5 +388,5 @@ def test_a_bound_follows_the_call_settings(tmp_path: Path) -> None:
         call=CallSettings(connect_timeout_s=20, agent_join_timeout_s=40),
         backend=BackendSettings(url="http://backend.invalid", timeout_s=10),
     )
-    # The token, joining and publishing, the agent, the margin.
-    assert transient_state_bounds(longer)[State.CONNECTING] == 40 + 20 + 5 + 40 + 15
+    # Twice the token and the join (a refused token is replaced once), the agent, the margin.
+    assert transient_state_bounds(longer)[State.CONNECTING] == 2 * (40 + 20 + 5) + 40 + 15

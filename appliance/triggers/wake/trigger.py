@@ -34,7 +34,7 @@ def should_listen(change: StateChange, *, hangup_word: bool) -> bool:
         return False
     if change.state.accepts_calls:
         return True
-    return hangup_word and change.state in (State.CONNECTING, State.IN_CALL)
+    return hangup_word and change.state in (State.CONNECTING, State.IN_CALL, State.REJOINING)
 
 
 class WakeWordTrigger:

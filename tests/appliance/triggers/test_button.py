@@ -17,7 +17,13 @@ from appliance.settings import BoardButtons, CallSettings
 from appliance.state import State
 from appliance.supervisor import Supervisor
 from appliance.triggers.gpio import GpioButtons
-from tests.appliance.test_supervisor import FakeBackend, FakeCall, Harness
+from tests.appliance.test_supervisor import (
+    FakeBackend,
+    FakeCall,
+    FakeRecords,
+    Harness,
+    RecordsAdapter,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +186,10 @@ async def supervised(open_rig: Opener) -> AsyncIterator[tuple[Rig, Harness]]:
         call_factory=make_call,
         settings=CallSettings(cooldown_s=0.5, idle_timeout_s=0),
         clock=rig.clock,
+        records=RecordsAdapter(FakeRecords(backend.ended)),
         backoff=Backoff(initial_s=1.0, max_s=8.0, jitter=0.0),
+        heartbeat_s=0,
+        hold_grant=False,
     )
     supervisors.append(supervisor)
     h = Harness(rig.clock, backend, supervisor)
