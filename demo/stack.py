@@ -98,6 +98,9 @@ class LocalStack(AsyncResource):
         self.backend = await self._stack.enter_async_context(
             BackendServer(load_config(self.backend_config), port=backend_port)
         )
+        # LiveKit stops before the backend: its last webhooks still get through, and none
+        # connects while the backend shuts down (aiohttp would wait 60 s for that connection).
+        self._stack.push_async_callback(self._stop_livekit)
         self.agent = await self._stack.enter_async_context(
             DemoAgent(
                 url=self.agent_livekit.url,
@@ -127,6 +130,10 @@ class LocalStack(AsyncResource):
                 webhook_urls=[self.webhook_url],
             )
             self.livekit_nodes.append(await self._stack.enter_async_context(node))
+
+    async def _stop_livekit(self) -> None:
+        for node in reversed(self.livekit_nodes):
+            await node.aclose()
 
     @property
     def device_livekit(self) -> LiveKitServer:
