@@ -288,6 +288,18 @@ class LiveKitServer(AsyncResource):
         await proc.wait()
         await self._drain_log()
 
+    def stall(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open but nothing answers."""
+        if self._proc is None:
+            raise LiveKitServerError("LiveKit server is not running")
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def unstall(self) -> None:
+        """Let a stalled server run again (SIGCONT)."""
+        if self._proc is None:
+            raise LiveKitServerError("LiveKit server is not running")
+        self._proc.send_signal(signal.SIGCONT)
+
     async def restart(self) -> None:
         """Start the server again after `kill()`: same ports, keys and log file."""
         if self._tmpdir is None:
@@ -306,6 +318,8 @@ class LiveKitServer(AsyncResource):
         """Stop the server (SIGTERM, then SIGKILL) and remove its temp dir."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a stalled server could not stop
             # The first SIGTERM starts a graceful drain that lingers for seconds even with
             # no rooms; a second one makes the server stop at once ("force": true).
             for grace in (0.5, self._stop_timeout):

@@ -53,6 +53,7 @@ class LocalStack(AsyncResource):
         device_node: int = 0,
         agent_node: int = -1,
         token_ttl_s: int = 600,
+        max_calls_per_minute: int = 30,
         end_after_turns: int | None = None,
         agent_greeting: str | None = None,
     ) -> None:
@@ -67,6 +68,8 @@ class LocalStack(AsyncResource):
         self._agent_node = agent_node
         self._workdir_arg = workdir
         self._token_ttl_s = token_ttl_s
+        # Above the backend's default of 10: tests and benchmarks call back to back.
+        self._max_calls_per_minute = max_calls_per_minute
         self._end_after_turns = end_after_turns
         self._agent_greeting = agent_greeting
         self.workdir = Path()
@@ -158,11 +161,17 @@ class LocalStack(AsyncResource):
             f"api_key = {json.dumps(self.livekit.api_key)}\n"
             'api_secret_file = "livekit-api-secret"\n\n'
             f'[calls]\nagent_name = "{AGENT_NAME}"\ntoken_ttl_s = {self._token_ttl_s}\n'
+            f"max_per_minute = {self._max_calls_per_minute}\n"
         )
         return path
 
     def write_device(
-        self, name: str, microphone_pcm: npt.NDArray[np.int16] | None, **call: float
+        self,
+        name: str,
+        microphone_pcm: npt.NDArray[np.int16] | None,
+        *,
+        hold_grant: bool = True,
+        **call: float,
     ) -> DeviceFiles:
         """Write settings for a simulated device whose microphone plays `microphone_pcm`."""
         base = self.workdir / name
@@ -178,7 +187,8 @@ class LocalStack(AsyncResource):
         call_lines = "".join(f"{k} = {float(v)}\n" for k, v in call.items())
         files.config.write_text(
             f'[device]\nname = {json.dumps(name)}\nstate_dir = "state"\n\n'
-            f"[backend]\nurl = {json.dumps(self.backend.url)}\n\n"
+            f"[backend]\nurl = {json.dumps(self.backend.url)}\n"
+            f"hold_grant = {json.dumps(hold_grant)}\n\n"
             '[board]\nprofile = "simulated"\n\n'
             f"[call]\n{call_lines}\n"
             '[simulated]\nmicrophone_wav = "microphone.wav"\nspeaker_wav = "speaker.wav"\n'

@@ -40,6 +40,7 @@ MAX_JSON_DEPTH = 8
 MAX_NUMBER_CHARS = 20
 STORAGE_RETRY_AFTER_S = 2
 LINGERING_S = 1.0
+SHUTDOWN_TIMEOUT_S = 5.0
 CORE_KEY = web.AppKey("core", ProvisioningCore)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
 
@@ -357,6 +358,8 @@ class BackendServer:
                 keepalive_timeout=server.header_timeout_s,
                 # A body left unread after a refusal is drained for at most this long.
                 lingering_time=LINGERING_S,
+                # Stopping waits this long for open requests (aiohttp's default is 60 s).
+                shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             )
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)

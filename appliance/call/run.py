@@ -200,9 +200,10 @@ class CallRun:
                 await self._close_call()
                 offset = self._host.backend.clock_offset_s
                 logger.warning(
-                    "LiveKit refused the %s token (clock offset to the backend %s)",
+                    "LiveKit refused the %s token (clock offset to the backend %s): %s",
                     "held" if held else "fresh",
                     "unknown" if offset is None else f"{offset:+.1f} s",
+                    exc,
                     extra={"CALL_ID": grant.call_id},
                 )
                 if self.recorded_call_id is not None:

@@ -14,6 +14,7 @@ from appliance.daemon import Daemon
 from appliance.settings import Settings
 from appliance.state import CallTimeline, State, StateChange
 from demo.stack import LocalStack
+from provisioning.models import CallRecord
 
 
 class StateWatcher:
@@ -67,3 +68,15 @@ async def run_device(
 async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
     async with asyncio.timeout(60), LocalStack(workdir=tmp_path / "stack") as s:
         yield s
+
+
+async def ended_record(stack: LocalStack, call_id: str, timeout: float = 15.0) -> CallRecord:
+    """The backend's record of `call_id` once its end has arrived (the device's outbox
+    delivers it after the call, not before the device shows READY)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            calls = {c.call_id: c for c in await stack.backend.core.list_calls()}
+            record = calls.get(call_id)
+            if record is not None and record.ended_at is not None:
+                return record
+            await asyncio.sleep(0.1)

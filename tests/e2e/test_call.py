@@ -15,7 +15,7 @@ from demo.agent_session import AgentSession
 from demo.signal import slip_tolerant_xcorr
 from demo.stack import USER_SENTENCE, LocalStack
 from demo.tts import synthesize
-from tests.e2e.conftest import RunningDevice, run_device
+from tests.e2e.conftest import RunningDevice, ended_record, run_device
 
 pytestmark = pytest.mark.e2e
 
@@ -99,7 +99,7 @@ async def test_button_call_carries_audio_both_ways_and_ends_on_second_press(
         "ended",
     ]
     assert list(stages.values()) == sorted(stages.values())
-    record = next(c for c in await stack.backend.core.list_calls() if c.call_id == call_id)
+    record = await ended_record(stack, str(call_id))
     assert record.end_reason == "user"
     assert device.daemon.supervisor.state is State.READY
 
@@ -113,7 +113,7 @@ async def test_agent_leaving_ends_the_call(stack: LocalStack, device: RunningDev
     ending = [c for c in device.watcher.changes if c.state is State.ENDING]
     assert [c.reason for c in ending] == ["agent_left"]
     call_id = device.timelines[-1].call_id
-    record = next(c for c in await stack.backend.core.list_calls() if c.call_id == call_id)
+    record = await ended_record(stack, str(call_id))
     assert record.end_reason == "agent_left"
 
     # And the device can call again straight away.

@@ -22,7 +22,7 @@ from livekit import api
 from appliance.state import State
 from demo.stack import LocalStack
 from provisioning.models import CallRecord
-from tests.e2e.conftest import RunningDevice, run_device
+from tests.e2e.conftest import RunningDevice, ended_record, run_device
 
 pytestmark = pytest.mark.e2e
 
@@ -79,14 +79,7 @@ async def _record(stack: LocalStack, call_id: str) -> CallRecord:
     return next(c for c in await stack.backend.core.list_calls() if c.call_id == call_id)
 
 
-async def _ended_record(stack: LocalStack, call_id: str, timeout: float) -> CallRecord:
-    async with asyncio.timeout(timeout):
-        while True:
-            calls = {c.call_id: c for c in await stack.backend.core.list_calls()}
-            record = calls.get(call_id)
-            if record is not None and record.ended_at is not None:
-                return record
-            await asyncio.sleep(0.2)
+_ended_record = ended_record
 
 
 def _states(device: RunningDevice) -> list[State]:
@@ -221,3 +214,59 @@ async def test_a_daemon_killed_mid_call_reports_the_call_after_restart(
         if daemon.returncode is None:
             daemon.send_signal(signal.SIGTERM)
             await asyncio.wait_for(daemon.wait(), 30)
+
+
+async def test_a_stalled_livekit_gives_the_call_back_once_it_runs_again(stack: LocalStack) -> None:
+    async for device in _device(stack, "kiosk-stalled", idle_timeout_s=0):
+        device.daemon.press()
+        await device.watcher.wait_for(State.IN_CALL, 20)
+        call_id = device.watcher.changes[-1].call_id
+        stack.livekit.stall()
+        try:
+            await device.watcher.wait_for(State.REJOINING, 20)
+            await asyncio.sleep(3)
+        finally:
+            stack.livekit.unstall()
+        # Figure: in_call again, same call, within the rejoin window.
+        await device.watcher.wait_for(State.IN_CALL, 30)
+        assert device.watcher.changes[-1].call_id == call_id
+        assert "agent_left" not in [t.end_reason for t in device.timelines]
+
+
+async def test_a_hanging_backend_shows_its_fault_and_a_press_still_calls(
+    stack: LocalStack,
+) -> None:
+    hanging: list[asyncio.StreamWriter] = []
+
+    async def accept_and_hang(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hanging.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(accept_and_hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    class ToTheHangingBackend(httpx.AsyncBaseTransport):
+        """Check-ins go to a backend that accepts and never answers, once it is switched on."""
+
+        def __init__(self) -> None:
+            self.on = False
+            self._inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if self.on and request.url.path == "/v1/device":
+                request.url = request.url.copy_with(port=port)
+            return await self._inner.handle_async_request(request)
+
+    transport = ToTheHangingBackend()
+    try:
+        async for device in _device(stack, "kiosk-hang", transport=transport, idle_timeout_s=0):
+            transport.on = True
+            device.daemon.supervisor.keeper.wake()
+            # Figure: backend_unreachable within the client's 5 s timeout plus slack.
+            await device.watcher.wait_for(State.BACKEND_UNREACHABLE, 15)
+            device.daemon.press()
+            await device.watcher.wait_for(State.IN_CALL, 20)  # the held grant needs no backend
+    finally:
+        server.close()
+        for writer in hanging:
+            writer.close()
+        await server.wait_closed()

@@ -9,6 +9,7 @@ SDK wrote to the process's stdout/stderr, and the LiveKit server's log are then 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -96,7 +97,8 @@ def _refusals(stack: LocalStack) -> dict[str, tuple[Callable[[Grant], str], EndR
         }
         return jwt.encode(claims, secret, algorithm="HS256")
 
-    refused = EndReason.CONNECT_FAILED
+    # Refused, a fresh token fetched (swapped again), refused again: token_refused.
+    refused = EndReason.TOKEN_REFUSED
     return {
         "expired": (lambda g: token(g, ttl_s=-600), refused),
         "wrong_secret": (lambda g: token(g, api_secret=secrets.token_urlsafe(36)), refused),
@@ -155,7 +157,10 @@ async def test_no_token_in_any_log_when_livekit_refuses_the_call(
     monkeypatch.setenv("LIVEKIT_RTC_DEBUG", "1")  # the SDK's debug lines too
     caplog.set_level(logging.DEBUG)
     refusals = _refusals(stack)
-    files = stack.write_device("kiosk-redact", None, agent_join_timeout_s=3, cooldown_s=0)
+    # Fetch-on-press: every token the device joins with comes through the swap.
+    files = stack.write_device(
+        "kiosk-redact", None, hold_grant=False, agent_join_timeout_s=3, cooldown_s=0
+    )
     settings = await stack.enroll(files)
     swap = SwapToken()
     outcomes: dict[str, EndReason | None] = {}
@@ -164,12 +169,18 @@ async def test_no_token_in_any_log_when_livekit_refuses_the_call(
             await device.watcher.wait_for(State.READY, 15)
             for name, (make, _expected) in refusals.items():
                 swap.make = make
+                calls = len(device.timelines)
                 device.daemon.press()
-                await device.watcher.wait_for(State.CALL_FAILED, 30)
-                await device.watcher.wait_for(State.READY, 15)
+                async with asyncio.timeout(30):
+                    while len(device.timelines) == calls or device.daemon.supervisor.state not in (
+                        State.READY,
+                        State.TOKEN_REJECTED,
+                    ):
+                        await asyncio.sleep(0.1)
                 outcomes[name] = device.timelines[-1].end_reason
     assert outcomes == {name: expected for name, (_make, expected) in refusals.items()}
-    assert len(swap.bad_tokens) == len(refusals)
+    # Each refusal cost two tokens (the fresh one was refused too); the other room one.
+    assert len(swap.bad_tokens) == 2 * len(refusals) - 1
 
     assert stack.livekit.log_path is not None
     server_log = stack.livekit.log_path.read_text(errors="replace")
@@ -187,7 +198,7 @@ async def test_no_token_in_any_log_when_livekit_refuses_the_call(
         "the LiveKit SDK's own logger"
     )
     assert any(
-        r.name == "appliance.supervisor" and JWT_MASK in r.getMessage() for r in caplog.records
-    ), "the supervisor's 'call could not connect'"
+        r.name == "appliance.call.run" and JWT_MASK in r.getMessage() for r in caplog.records
+    ), "the call's 'LiveKit refused the token'"
     assert f"invalid token: {JWT_MASK}" in err, "the daemon's stderr handler"
     assert f"invalid token: {JWT_MASK}" in server_log
