@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -35,3 +37,24 @@ def postgres_dsn(postgres_cluster: PostgresCluster) -> Iterator[str]:
         yield postgres_cluster.dsn(name)
     finally:
         postgres_cluster.drop_database(name)
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process with pytest's own status once everything has been reported.
+
+    The LiveKit SDK's native threads sometimes abort the interpreter while it finalizes
+    (seen in about 3 runs of 80, after every test had passed); the session's result is
+    final by then, so finalization is skipped rather than allowed to turn it into a crash.
+    """
+    if _EXIT_STATUS and os.environ.get("KIOSK_TEST_FINALIZE") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])

@@ -98,11 +98,12 @@ class LiveKitCall:
         room.on("reconnecting", self._on_reconnecting)
         room.on("reconnected", self._on_reconnected)
         try:
-            # The SDK bounds each signal attempt itself (a cancelled connect could leave a
-            # room joined inside the FFI); the outer bound also covers publishing.
-            async with asyncio.timeout(self._connect_timeout_s + CONNECT_MARGIN_S):
-                room_options = rtc.RoomOptions(connect_timeout=self._connect_timeout_s)
-                await room.connect(self.grant.server_url, self.grant.token, room_options)
+            # Never cancelled: the SDK bounds the join itself (connect_timeout per attempt,
+            # a few attempts), and a connect cancelled mid-handshake makes its native side
+            # panic 15 s later, which it answers with SIGTERM to this process.
+            room_options = rtc.RoomOptions(connect_timeout=self._connect_timeout_s)
+            await room.connect(self.grant.server_url, self.grant.token, room_options)
+            async with asyncio.timeout(CONNECT_MARGIN_S):
                 source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
                 track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
                 self._mic_track = track

@@ -329,12 +329,14 @@ class CallRun:
             try:
                 async with asyncio.timeout(left):
                     fresh = await self._host.backend.rejoin_call(grant.call_id, self._source)
-                    call = self._open(fresh)
-                    await call.connect()
-                    logger.info("rejoined the call's room", extra={"CALL_ID": grant.call_id})
-                    return call
+                call = self._open(fresh)
+                # Not cancelled from here: a connect cancelled mid-handshake makes the SDK's
+                # native side panic 15 s later, and it answers a panic with SIGTERM. The
+                # SDK bounds the join itself (call.connect_timeout_s).
+                await call.connect()
+                logger.info("rejoined the call's room", extra={"CALL_ID": grant.call_id})
+                return call
             except TimeoutError:
-                await self._close_call()
                 continue
             except BackendRefusedError as exc:
                 # The backend has closed the call (409 call_ended): there is nothing to rejoin.

@@ -256,6 +256,9 @@ async def test_a_hanging_backend_shows_its_fault_and_a_press_still_calls(
                 request.url = request.url.copy_with(port=port)
             return await self._inner.handle_async_request(request)
 
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
     transport = ToTheHangingBackend()
     try:
         async for device in _device(stack, "kiosk-hang", transport=transport, idle_timeout_s=0):
