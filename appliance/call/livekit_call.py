@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 AUDIBLE_RMS = 100.0
 # How long closing waits for queued status messages to go out.
 STATUS_DRAIN_S = 2.0
+# Each step of leaving (unpublishing, disconnecting) waits at most this for the server.
+LEAVE_STEP_S = 3.0
 # Extra time, beyond the SDK's own connect timeout, for publishing the microphone.
 CONNECT_MARGIN_S = 5.0
 # How the SDK words a join the server refused for the token ("client error: 401 Unauthorized").
@@ -135,13 +137,22 @@ class LiveKitCall:
     async def aclose(self) -> None:
         """Send what status is queued, unpublish the microphone, leave the room."""
         self._closing = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STATUS_DRAIN_S):
-                await self._status_queue.join()
+        # A room the SDK is still trying to resume cannot take messages or an unpublish:
+        # leave at once (a rejoin is waiting for this).
+        if not self._reconnecting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_DRAIN_S):
+                    await self._status_queue.join()
         await self._tasks.aclose()
-        if self._mic_publication is not None and self._room.isconnected():
+        if (
+            self._mic_publication is not None
+            and self._room.isconnected()
+            and not self._reconnecting
+        ):
             try:
-                await self._room.local_participant.unpublish_track(self._mic_publication.sid)
+                # A server that stalled answers nothing: leaving must not wait for it.
+                async with asyncio.timeout(LEAVE_STEP_S):
+                    await self._room.local_participant.unpublish_track(self._mic_publication.sid)
             except Exception:
                 # Leaving the room below stops the track anyway.
                 logger.warning("could not unpublish the microphone", exc_info=True)
@@ -151,7 +162,8 @@ class LiveKitCall:
     async def _disconnect_quietly(self) -> None:
         if self._room.isconnected():
             try:
-                await self._room.disconnect()
+                async with asyncio.timeout(LEAVE_STEP_S):
+                    await self._room.disconnect()
             except Exception:
                 logger.warning("could not leave the room cleanly", exc_info=True)
 

@@ -41,6 +41,11 @@ class CallDeadlines:
         if self._rejoin_deadline is None:
             self._rejoin_deadline = now + self._settings.rejoin_window_s
 
+    def rejoined(self, now: float) -> None:
+        """The device is back in the room by its own rejoin: the agent (there, or
+        dispatched again) now has `agent_join_timeout_s` to be heard from."""
+        self._rejoin_deadline = now + self._settings.agent_join_timeout_s
+
     def restored(self, now: float) -> None:
         """The call is back: no rejoin deadline, and the idle timer starts again."""
         self._rejoin_deadline = None

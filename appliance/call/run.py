@@ -55,7 +55,7 @@ ALIVE_EVERY_S = 10.0
 # back by itself before the backend is asked to dispatch it again.
 AGENT_RETURN_GRACE_S = 3.0
 # How long the SDK may try to resume before the device rejoins with a fresh token itself.
-SDK_RESUME_GRACE_S = 4.0
+SDK_RESUME_GRACE_S = 10.0
 
 
 class Call(Protocol):
@@ -261,6 +261,7 @@ class CallRun:
                     rejoined = await self._rejoin(grant, deadlines)
                     if isinstance(rejoined, EndReason):
                         return rejoined
+                    deadlines.rejoined(self._clock.monotonic())
                     self._start_ensuring(grant)
                     continue
                 return expiry
@@ -310,6 +311,7 @@ class CallRun:
                     rejoined = await self._rejoin(grant, deadlines)
                     if isinstance(rejoined, EndReason):
                         return rejoined
+                    deadlines.rejoined(self._clock.monotonic())
                     self._start_ensuring(grant)
 
     async def _rejoin(self, grant: CallGrant, deadlines: CallDeadlines) -> Call | EndReason:

@@ -239,3 +239,22 @@ async def test_a_long_call_tells_its_records_it_is_alive(held: Harness) -> None:
     await in_call(held)
     await held.clock.advance(ALIVE_EVERY_S * 3 + 1)
     assert held.records.alive == 3
+
+
+async def test_a_rejoin_that_lands_late_in_the_window_gives_the_agent_its_join_time() -> None:
+    h = await start_harness(hold_grant=True, heartbeat_s=60.0, rejoin_window_s=12)
+    try:
+        await in_call(h)
+        h.backend.rejoin_errors = [BackendUnreachableError("down")] * 5
+        h.calls[0].emit(Disconnected(room_closed=False, detail="SIGNAL_CLOSE"))
+        await h.settle()
+        await h.clock.advance(11.5)  # back in the room just before the window closes
+        assert len(h.calls) == 2
+        assert h.supervisor.state is State.REJOINING
+        await h.clock.advance(5)  # past the window, within the agent's join time
+        h.calls[-1].emit(AgentJoined("agent-2"))
+        await h.settle()
+        assert h.supervisor.state is State.IN_CALL
+        assert h.backend.ended == []
+    finally:
+        await stop_harness(h)

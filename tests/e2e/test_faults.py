@@ -27,6 +27,7 @@ from tests.e2e.conftest import RunningDevice, ended_record, run_device
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
+STALL_AFTER_REJOINING_S = 3.0
 
 
 class ExpiredFirstGrant(httpx.AsyncBaseTransport):
@@ -224,7 +225,7 @@ async def test_a_stalled_livekit_gives_the_call_back_once_it_runs_again(stack: L
         stack.livekit.stall()
         try:
             await device.watcher.wait_for(State.REJOINING, 20)
-            await asyncio.sleep(3)
+            await asyncio.sleep(STALL_AFTER_REJOINING_S)
         finally:
             stack.livekit.unstall()
         # Figure: in_call again, same call, within the rejoin window.
