@@ -193,8 +193,12 @@ def transient_state_bounds(settings: Settings) -> dict[State, float]:
         + max(call.agent_join_timeout_s, END_REPORT_S)
         + MARGIN_S,
         # The SDK resuming, then rejoins until the window runs out; one more join may be
-        # under way when it does.
-        State.REJOINING: call.rejoin_window_s + request_s + join_s + MARGIN_S,
+        # under way when it does, and once back the agent has its join time.
+        State.REJOINING: call.rejoin_window_s
+        + request_s
+        + join_s
+        + call.agent_join_timeout_s
+        + MARGIN_S,
         # Status messages drained, the room left, the end queued (and after a closed room,
         # one check-in).
         State.ENDING: STATUS_DRAIN_S + END_REPORT_S + request_s + MARGIN_S,
