@@ -229,26 +229,25 @@ class ProvisioningCore:
         """Record a new call for `device` and mint its token; `trigger` is informational."""
         _check_trigger(trigger)
         now = self._clock()
-        recent, oldest = await self._storage.count_calls_since(
-            device.device_id, now - RATE_WINDOW_S
+        call_id = new_call_id()
+        token = self._mint(device, call_id)
+        call = CallRecord(
+            call_id=call_id,
+            device_id=device.device_id,
+            room=room_of_call(call_id),
+            trigger=trigger,
+            created_at=now,
+            token_expires_at=token.expires_at,
         )
-        if recent >= self._config.calls.max_per_minute:
+        limit = self._config.calls.max_per_minute
+        if not await self._storage.add_call_within_rate(
+            call, since=now - RATE_WINDOW_S, limit=limit
+        ):
+            # Rare: only now is it worth reading when the oldest of those calls was.
+            _, oldest = await self._storage.count_calls_since(device.device_id, now - RATE_WINDOW_S)
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("call rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many calls, try again later", retry_after_s=retry_after)
-        call_id = new_call_id()
-        room = room_of_call(call_id)
-        token = self._mint(device, call_id)
-        await self._storage.add_call(
-            CallRecord(
-                call_id=call_id,
-                device_id=device.device_id,
-                room=room,
-                trigger=trigger,
-                created_at=now,
-                token_expires_at=token.expires_at,
-            )
-        )
         logger.info(
             "call started",
             extra={"device_id": device.device_id, "call_id": call_id, "trigger": trigger},

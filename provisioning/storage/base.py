@@ -83,6 +83,11 @@ class Storage(Protocol):
         """Record a new call."""
         ...
 
+    async def add_call_within_rate(self, call: CallRecord, *, since: float, limit: int) -> bool:
+        """Record a new call unless the device started `limit` calls after `since`; False
+        (nothing stored) if it did. One statement: the rate check costs no extra trip."""
+        ...
+
     async def get_call(self, call_id: str) -> CallRecord | None:
         """The call with this id, if any."""
         ...

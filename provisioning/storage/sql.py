@@ -176,6 +176,29 @@ class SqlStorage:
                 ),
             )
 
+    async def add_call_within_rate(self, call: CallRecord, *, since: float, limit: int) -> bool:
+        """Insert the call only while the device has fewer than `limit` calls after `since`."""
+        async with self.db.session() as s:
+            added = await s.execute(
+                f"INSERT INTO calls ({_CALL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                " WHERE (SELECT COUNT(*) FROM calls WHERE device_id = ? AND created_at > ?) < ?",
+                (
+                    call.call_id,
+                    call.device_id,
+                    call.room,
+                    call.trigger,
+                    call.created_at,
+                    call.token_expires_at,
+                    call.ended_at,
+                    call.end_reason,
+                    call.duration_ms,
+                    call.device_id,
+                    since,
+                    limit,
+                ),
+            )
+        return added == 1
+
     async def get_call(self, call_id: str) -> CallRecord | None:
         """The call with this id, if any."""
         async with self.db.session() as s:

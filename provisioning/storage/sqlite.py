@@ -102,20 +102,25 @@ class SqliteDatabase:
     async def _run(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the pool; a cancelled caller still waits for the thread to finish,
         so a connection is never handed on while a statement runs on it."""
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        work = self._executor.submit(fn)
         try:
-            return await asyncio.shield(future)
+            return await asyncio.wrap_future(work)
         except asyncio.CancelledError:
-            await asyncio.wait([future])
+            # Cancelling the wrapper cannot stop a statement that has started: wait for it.
+            if not work.cancelled():
+                await asyncio.wait([asyncio.wrap_future(work)])
             raise
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[sqlite3.Connection]:
         try:
-            async with asyncio.timeout(self._acquire_timeout_s):
-                connection = await self._free.get()
-        except TimeoutError as exc:
-            raise StorageUnavailableError(f"database {self.path}: no free connection") from exc
+            connection = self._free.get_nowait()  # the usual case: no timer needed
+        except asyncio.QueueEmpty:
+            try:
+                async with asyncio.timeout(self._acquire_timeout_s):
+                    connection = await self._free.get()
+            except TimeoutError as exc:
+                raise StorageUnavailableError(f"database {self.path}: no free connection") from exc
         try:
             yield connection
         finally:
