@@ -119,9 +119,17 @@ class BackendKeeper:
     def take_grant(self) -> CallGrant | None:
         """The held grant, if it still has time to be used; it is given away once."""
         grant, self._grant = self._grant, None
-        if grant is None or self._left_s(grant) < MIN_GRANT_LEFT_S:
+        if grant is None or self._left_s(grant) < self._min_left_s():
             return None
         return grant
+
+    def _min_left_s(self) -> float:
+        # A short-lived token (the backend allows 60 s) keeps a quarter of its life to join.
+        return min(MIN_GRANT_LEFT_S, 0.25 * self._grant_lifetime_s)
+
+    def _renew_at_left_s(self) -> float:
+        # Renewed while it is still usable: never a stretch where a press must fetch.
+        return max(RENEW_AT_LEFT * self._grant_lifetime_s, 2 * self._min_left_s())
 
     def _left_s(self, grant: CallGrant) -> float:
         # Both ends of the token's life are the backend's clock: compare in its time.
@@ -132,7 +140,7 @@ class BackendKeeper:
         if not self._hold_grant:
             return False
         grant = self._grant
-        return grant is None or self._left_s(grant) < RENEW_AT_LEFT * self._grant_lifetime_s
+        return grant is None or self._left_s(grant) < self._renew_at_left_s()
 
     def _next_wait(self) -> float:
         if self._fault is not None:
@@ -145,7 +153,7 @@ class BackendKeeper:
             jitter = self._rng.uniform(-HEARTBEAT_JITTER, HEARTBEAT_JITTER)
             waits.append(self._heartbeat_s * (1 + jitter))
         if self._hold_grant and self._grant is not None:
-            renew_in = self._left_s(self._grant) - RENEW_AT_LEFT * self._grant_lifetime_s
+            renew_in = self._left_s(self._grant) - self._renew_at_left_s()
             waits.append(max(1.0, renew_in))
         return min(waits) if waits else 3600.0
 

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 ALIVE_EVERY_S = 10.0
 # After the SDK got the connection back without the agent, how long the agent has to come
 # back by itself before the backend is asked to dispatch it again.
-AGENT_RETURN_GRACE_S = 3.0
+AGENT_RETURN_GRACE_S = 1.5
 # How long the SDK may try to resume before the device rejoins with a fresh token itself.
 SDK_RESUME_GRACE_S = 10.0
 

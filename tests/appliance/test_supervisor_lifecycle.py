@@ -242,19 +242,42 @@ async def test_a_long_call_tells_its_records_it_is_alive(held: Harness) -> None:
 
 
 async def test_a_rejoin_that_lands_late_in_the_window_gives_the_agent_its_join_time() -> None:
-    h = await start_harness(hold_grant=True, heartbeat_s=60.0, rejoin_window_s=12)
+    h = await start_harness(hold_grant=True, heartbeat_s=60.0, rejoin_window_s=5)
     try:
         await in_call(h)
-        h.backend.rejoin_errors = [BackendUnreachableError("down")] * 5
+        # Three failures: back at 0.5 + 1 + 2 s (±20 % each), at most 4.2 s, inside the window.
+        h.backend.rejoin_errors = [BackendUnreachableError("down")] * 3
         h.calls[0].emit(Disconnected(room_closed=False, detail="SIGNAL_CLOSE"))
         await h.settle()
-        await h.clock.advance(11.5)  # back in the room just before the window closes
-        assert len(h.calls) == 2
+        waited = 0.0
+        while len(h.calls) < 2:
+            await h.clock.advance(0.25)
+            waited += 0.25
+            assert waited < 5
         assert h.supervisor.state is State.REJOINING
-        await h.clock.advance(5)  # past the window, within the agent's join time
+        await h.clock.advance(5 - waited + 3)  # past the window, within the agent's join time
+        assert h.supervisor.state is State.REJOINING
         h.calls[-1].emit(AgentJoined("agent-2"))
         await h.settle()
         assert h.supervisor.state is State.IN_CALL
         assert h.backend.ended == []
+    finally:
+        await stop_harness(h)
+
+
+async def test_a_short_lived_grant_is_renewed_while_it_is_still_usable() -> None:
+    h = await start_harness(hold_grant=True, heartbeat_s=60.0)
+    try:
+        h.backend.grant_ttl_s = 60  # the shortest TTL the backend allows
+        h.supervisor.keeper.take_grant()
+        h.supervisor.keeper.wake()
+        await h.settle()
+        # Every moment of the next few minutes, a press would find a usable grant.
+        for _ in range(180):
+            await h.clock.advance(1)
+            keeper = h.supervisor.keeper
+            assert keeper._grant is not None
+            assert keeper._left_s(keeper._grant) >= keeper._min_left_s()
+        assert h.backend.held <= 2 + 180 / 30 + 1  # renewed every ~30 s, not every second
     finally:
         await stop_harness(h)
