@@ -111,7 +111,7 @@ async def test_one_channel_of_a_two_mic_array_at_16_khz_is_resampled(tmp_path: P
     )
     await pipeline.start()
     try:
-        got = [await asyncio.wait_for(pipeline.microphone.read(), 1) for _ in range(60)]
+        got = [await asyncio.wait_for(pipeline.microphone.read(), 3) for _ in range(60)]
     finally:
         await pipeline.aclose()
     out = np.concatenate(got[10:]).astype(np.float64)
@@ -280,7 +280,7 @@ async def test_idle_capture_comes_in_blocks_and_a_call_gets_each_frame_at_once(
     try:
         session = pipeline.session
         assert isinstance(session, AlsaSession) and session.idle_block_periods == 8
-        idle = [await asyncio.wait_for(pipeline.microphone.read(), 1) for _ in range(60)]
+        idle = [await asyncio.wait_for(pipeline.microphone.read(), 3) for _ in range(60)]
         idle_stamps, stamps[:] = list(stamps), []
         pipeline.set_call_audio(True)
         call = [await asyncio.wait_for(pipeline.microphone.read(), 1) for _ in range(40)]
