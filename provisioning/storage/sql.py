@@ -163,17 +163,7 @@ class SqlStorage:
         async with self.db.session() as s:
             await s.execute(
                 f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    call.call_id,
-                    call.device_id,
-                    call.room,
-                    call.trigger,
-                    call.created_at,
-                    call.token_expires_at,
-                    call.ended_at,
-                    call.end_reason,
-                    call.duration_ms,
-                ),
+                _call_values(call),
             )
 
     async def add_call_within_rate(self, call: CallRecord, *, since: float, limit: int) -> bool:
@@ -182,20 +172,7 @@ class SqlStorage:
             added = await s.execute(
                 f"INSERT INTO calls ({_CALL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
                 " WHERE (SELECT COUNT(*) FROM calls WHERE device_id = ? AND created_at > ?) < ?",
-                (
-                    call.call_id,
-                    call.device_id,
-                    call.room,
-                    call.trigger,
-                    call.created_at,
-                    call.token_expires_at,
-                    call.ended_at,
-                    call.end_reason,
-                    call.duration_ms,
-                    call.device_id,
-                    since,
-                    limit,
-                ),
+                (*_call_values(call), call.device_id, since, limit),
             )
         return added == 1
 
@@ -352,6 +329,21 @@ class SqlStorage:
                     (room,),
                 )
         return [LiveKitEventRecord(*row) for row in rows]
+
+
+def _call_values(call: CallRecord) -> tuple[object, ...]:
+    """A call's values in `_CALL_COLUMNS` order."""
+    return (
+        call.call_id,
+        call.device_id,
+        call.room,
+        call.trigger,
+        call.created_at,
+        call.token_expires_at,
+        call.ended_at,
+        call.end_reason,
+        call.duration_ms,
+    )
 
 
 def _device(row: Row) -> Device:
