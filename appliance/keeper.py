@@ -77,7 +77,6 @@ class BackendKeeper:
         self._reported = False
         self._grant: CallGrant | None = None
         self._grant_lifetime_s = 0.0
-        self.check_ins = 0
         self.grants_fetched = 0
 
     @property
@@ -180,7 +179,6 @@ class BackendKeeper:
 
     async def _keep_in_touch(self) -> None:
         try:
-            self.check_ins += 1
             await self._backend.check_in()
             if self._grant_due() and self._is_idle():
                 fetched_at = self._clock.time()

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from appliance.state import State
 from demo.stack import LocalStack
 from provisioning.models import CallRecord
 from tests.e2e.conftest import RunningDevice, ended_record, run_device
+from tests.e2e.test_commands import _wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +63,7 @@ class ExpiredFirstGrant(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+@asynccontextmanager
 async def _device(
     stack: LocalStack,
     name: str,
@@ -80,9 +83,6 @@ async def _record(stack: LocalStack, call_id: str) -> CallRecord:
     return next(c for c in await stack.backend.core.list_calls() if c.call_id == call_id)
 
 
-_ended_record = ended_record
-
-
 def _states(device: RunningDevice) -> list[State]:
     return [c.state for c in device.watcher.changes]
 
@@ -91,7 +91,7 @@ async def test_an_expired_first_token_still_gives_a_call_on_one_press(
     stack: LocalStack,
 ) -> None:
     transport = ExpiredFirstGrant(stack)
-    async for device in _device(stack, "kiosk-expired", transport=transport, idle_timeout_s=0):
+    async with _device(stack, "kiosk-expired", transport=transport, idle_timeout_s=0) as device:
         assert transport.replaced == 1  # the held grant the device got at check-in
         device.daemon.press()
         # Figure: one press, in_call within 20 s, never call_failed.
@@ -104,7 +104,7 @@ async def test_an_expired_first_token_still_gives_a_call_on_one_press(
 
 
 async def test_livekit_killed_mid_call_comes_back_without_a_press(stack: LocalStack) -> None:
-    async for device in _device(stack, "kiosk-restart", idle_timeout_s=0):
+    async with _device(stack, "kiosk-restart", idle_timeout_s=0) as device:
         device.daemon.press()
         await device.watcher.wait_for(State.IN_CALL, 20)
         call_id = device.watcher.changes[-1].call_id
@@ -121,14 +121,14 @@ async def test_livekit_killed_mid_call_comes_back_without_a_press(stack: LocalSt
         session = await stack.agent.next_session(timeout=20)
         assert session is not None
         device.daemon.press()
-        record = await _ended_record(stack, str(call_id), 20)
+        record = await ended_record(stack, str(call_id), 20)
         assert record.end_reason == "user"
 
 
 async def test_revocation_ends_the_call_within_seconds_and_shows_credentials_rejected(
     stack: LocalStack,
 ) -> None:
-    async for device in _device(stack, "kiosk-revoked", idle_timeout_s=0):
+    async with _device(stack, "kiosk-revoked", idle_timeout_s=0) as device:
         device.daemon.press()
         await device.watcher.wait_for(State.IN_CALL, 20)
         call_id = str(device.watcher.changes[-1].call_id)
@@ -140,14 +140,14 @@ async def test_revocation_ends_the_call_within_seconds_and_shows_credentials_rej
         assert time.monotonic() - started < 10
         after = _states(device)[_states(device).index(State.ENDING) :]
         assert State.READY not in after, after
-        record = await _ended_record(stack, call_id, 10)
+        record = await ended_record(stack, call_id, 10)
         assert record.end_reason == "room_closed"
 
 
 async def test_a_call_ending_during_a_backend_outage_is_recorded_after_it_returns(
     stack: LocalStack,
 ) -> None:
-    async for device in _device(stack, "kiosk-outage", idle_timeout_s=0):
+    async with _device(stack, "kiosk-outage", idle_timeout_s=0) as device:
         device.daemon.press()
         await device.watcher.wait_for(State.IN_CALL, 20)
         call_id = str(device.watcher.changes[-1].call_id)
@@ -158,7 +158,7 @@ async def test_a_call_ending_during_a_backend_outage_is_recorded_after_it_return
         await stack.backend.start()
         back_at = time.monotonic()
         # Figure: the record has its end within 60 s of the backend's return.
-        record = await _ended_record(stack, call_id, 60)
+        record = await ended_record(stack, call_id, 60)
         assert time.monotonic() - back_at < 60
         assert record.end_reason == "user"
         await device.watcher.wait_for(State.READY, 75)
@@ -181,36 +181,24 @@ async def test_a_daemon_killed_mid_call_reports_the_call_after_restart(
             stderr=asyncio.subprocess.DEVNULL,
         )
 
-    async def status() -> str:
-        proc = await asyncio.create_subprocess_exec(
-            appliance, "--config", str(files.config), "status", stdout=asyncio.subprocess.PIPE
-        )
-        out, _ = await proc.communicate()
-        return out.decode().strip()
-
-    async def wait_status(wanted: str, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while await status() != wanted:
-                await asyncio.sleep(0.2)
-
     daemon = await start()
     try:
-        await wait_status("ready", 30)
+        await _wait_status(files.config, "ready", 30)
         press = await asyncio.create_subprocess_exec(
             appliance, "--config", str(files.config), "press"
         )
         await asyncio.wait_for(press.wait(), 10)
-        await wait_status("in_call", 30)
+        await _wait_status(files.config, "in_call", 30)
         await asyncio.sleep(2)
         daemon.send_signal(signal.SIGKILL)
         await asyncio.wait_for(daemon.wait(), 10)
         [call] = [c for c in await stack.backend.core.list_calls() if c.ended_at is None]
         daemon = await start()
         # Figure: the record ends (device_restarted, ~2 s long) within 30 s of the restart.
-        record = await _ended_record(stack, call.call_id, 30)
+        record = await ended_record(stack, call.call_id, 30)
         assert record.end_reason == "device_restarted"
         assert record.duration_ms is not None and 0 <= record.duration_ms <= 15_000
-        await wait_status("ready", 30)
+        await _wait_status(files.config, "ready", 30)
     finally:
         if daemon.returncode is None:
             daemon.send_signal(signal.SIGTERM)
@@ -218,7 +206,7 @@ async def test_a_daemon_killed_mid_call_reports_the_call_after_restart(
 
 
 async def test_a_stalled_livekit_gives_the_call_back_once_it_runs_again(stack: LocalStack) -> None:
-    async for device in _device(stack, "kiosk-stalled", idle_timeout_s=0):
+    async with _device(stack, "kiosk-stalled", idle_timeout_s=0) as device:
         device.daemon.press()
         await device.watcher.wait_for(State.IN_CALL, 20)
         call_id = device.watcher.changes[-1].call_id
@@ -262,7 +250,7 @@ async def test_a_hanging_backend_shows_its_fault_and_a_press_still_calls(
 
     transport = ToTheHangingBackend()
     try:
-        async for device in _device(stack, "kiosk-hang", transport=transport, idle_timeout_s=0):
+        async with _device(stack, "kiosk-hang", transport=transport, idle_timeout_s=0) as device:
             transport.on = True
             device.daemon.supervisor.keeper.wake()
             # Figure: backend_unreachable within the client's 5 s timeout plus slack.

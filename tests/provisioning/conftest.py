@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from provisioning.config import Config, load_config
 from provisioning.http import BackendServer
+from provisioning.rooms import RecordingRoomService
 
 API_KEY = "test-key"
 API_SECRET = "test-secret-0123456789abcdef0123456789"
@@ -157,8 +158,16 @@ def config(tmp_path: Path, database_url: str | None) -> Config:
 
 
 @pytest.fixture
-async def server(config: Config, clock: FakeClock) -> AsyncIterator[BackendServer]:
-    backend = BackendServer(config, port=0, clock=clock)
+def rooms() -> RecordingRoomService:
+    """LiveKit's room service as the backend's tests see it: what was asked, recorded."""
+    return RecordingRoomService()
+
+
+@pytest.fixture
+async def server(
+    config: Config, clock: FakeClock, rooms: RecordingRoomService
+) -> AsyncIterator[BackendServer]:
+    backend = BackendServer(config, port=0, clock=clock, rooms=rooms)
     async with asyncio.timeout(TIMEOUT_S):
         await backend.start()
     try:

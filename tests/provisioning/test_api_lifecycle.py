@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from provisioning.config import Config
 from provisioning.http import BackendServer
 from provisioning.rooms import RecordingRoomService
 
-from .conftest import API_SECRET, TIMEOUT_S, Api, FakeClock, TestDevice, assert_refused
+from .conftest import API_SECRET, Api, FakeClock, TestDevice, assert_refused
 from .test_livekit_webhooks import deliver, identity, make_event
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def rooms() -> RecordingRoomService:
-    return RecordingRoomService()
-
-
-@pytest.fixture
-async def server(
-    config: Config, clock: FakeClock, rooms: RecordingRoomService
-) -> AsyncIterator[BackendServer]:
-    backend = BackendServer(config, port=0, clock=clock, rooms=rooms)
-    async with asyncio.timeout(TIMEOUT_S):
-        await backend.start()
-    try:
-        yield backend
-    finally:
-        async with asyncio.timeout(TIMEOUT_S):
-            await backend.aclose()
 
 
 async def hold(api: Api, device: TestDevice) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import base64
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -16,14 +16,13 @@ from google.protobuf.json_format import MessageToJson
 from livekit.api import AccessToken, WebhookEvent
 from livekit.protocol.models import ParticipantInfo, Room, TrackInfo, TrackSource, TrackType
 
-from provisioning.config import Config
 from provisioning.errors import LiveKitUnavailableError
 from provisioning.http import BackendServer
 from provisioning.livekit_events import WEBHOOK_PATH, forbidden_track
 from provisioning.models import FlagReason
 from provisioning.rooms import LiveKitRoomService, RecordingRoomService, api_url
 
-from .conftest import API_KEY, API_SECRET, TIMEOUT_S, Api, FakeClock, TestDevice, assert_refused
+from .conftest import API_KEY, API_SECRET, TIMEOUT_S, Api, TestDevice, assert_refused
 
 pytestmark = pytest.mark.integration
 
@@ -39,26 +38,6 @@ VIDEO_AS_MICROPHONE = TrackInfo(
 MICROPHONE = TrackInfo(
     sid="TR_audio", type=TrackType.AUDIO, source=TrackSource.MICROPHONE, mime_type="audio/red"
 )
-
-
-@pytest.fixture
-def rooms() -> RecordingRoomService:
-    return RecordingRoomService()
-
-
-@pytest.fixture
-async def server(
-    config: Config, clock: FakeClock, rooms: RecordingRoomService
-) -> AsyncIterator[BackendServer]:
-    """The conftest's server, with the room service replaced by the recording fake."""
-    backend = BackendServer(config, port=0, clock=clock, rooms=rooms)
-    async with asyncio.timeout(TIMEOUT_S):
-        await backend.start()
-    try:
-        yield backend
-    finally:
-        async with asyncio.timeout(TIMEOUT_S):
-            await backend.aclose()
 
 
 def make_event(
