@@ -37,7 +37,15 @@ async def espeak_wav(text: str, *, voice: str = "en", words_per_minute: int = 16
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except BaseException:
+        # Cancelled mid-synthesis (the session ended): end espeak-ng and drain its pipes,
+        # so neither the process nor its transport outlives the task.
+        if proc.returncode is None:
+            proc.kill()
+        await asyncio.shield(proc.communicate())
+        raise
     if proc.returncode != 0 or not out:
         raise SpeechSynthesisError(
             f"espeak-ng failed with status {proc.returncode}: {err.decode(errors='replace')}"
