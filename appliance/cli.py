@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -15,6 +16,7 @@ from appliance.daemon import CONTROL_SOCKET_NAME, Daemon
 from appliance.errors import ApplianceError, NotEnrolledError, SettingsError
 from appliance.provisioning_client import DeviceKey, Enrollment
 from appliance.provisioning_client.enrollment import enroll_device
+from appliance.service.doctor import package_version
 from appliance.settings import Settings, load_settings
 from appliance.status.journal import setup_logging
 from appliance.status.redact import install_everywhere
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `appliance` command."""
     args = _parser().parse_args(argv)
     install_everywhere()  # logging's last resort too, for commands that configure none
+    if getattr(args, "raw_config", False):  # doctor and support-bundle judge the file themselves
+        return int(args.func(args.config, args))
     try:
         settings = load_settings(args.config)
         return int(args.func(settings, args))
@@ -49,7 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help=f"settings file ({DEFAULT_CONFIG})"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    doctor = commands.add_parser("doctor", help="check settings, key, backend, LiveKit, hardware")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=_doctor, raw_config=True)
+
+    bundle = commands.add_parser(
+        "support-bundle", help="write a tar.gz for support (settings redacted, doctor, journal)"
+    )
+    bundle.add_argument(
+        "--output", "-o", type=Path, help="file to write (default: ./kiosk-support-*)"
+    )
+    bundle.set_defaults(func=_support_bundle, raw_config=True)
 
     run = commands.add_parser("run", help="run the daemon")
     run.add_argument(
@@ -90,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     audio_test.add_argument("--seconds", type=float, default=3.0, help="length of the test sound")
     audio_test.set_defaults(func=_audio_test)
     return parser
+
+
+def _doctor(config: Path, args: argparse.Namespace) -> int:
+    from appliance.service.doctor import run_doctor
+
+    report = asyncio.run(run_doctor(config))
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.format())
+    return 0 if report.ok else EXIT_FAILED
+
+
+def _support_bundle(config: Path, args: argparse.Namespace) -> int:
+    from appliance.service.support_bundle import make_bundle
+
+    print(make_bundle(config, args.output))
+    return 0
 
 
 def _audio_test(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from appliance.errors import (
 )
 from appliance.keeper import Backend, BackendKeeper
 from appliance.provisioning_client import CallGrant
+from appliance.service.codes import code_for_state
 from appliance.settings import CallSettings
 from appliance.state import CallTimeline, EndReason, State, StateChange
 
@@ -350,7 +351,11 @@ class Supervisor:
                 logger.exception("state observer failed", extra=self._log_fields())
 
     def _log_fields(self, state: State | None = None) -> dict[str, str]:
-        fields = {"STATE": (state or self._state).value}
+        shown = state or self._state
+        fields = {"STATE": shown.value}
+        code = code_for_state(shown)
+        if code is not None:
+            fields["ERROR_CODE"] = code.value  # docs/errors.md
         if self._call_id:
             fields["CALL_ID"] = self._call_id
         if self._room:

@@ -9,7 +9,7 @@ from appliance.settings import LoggingSettings
 from appliance.status.redact import install, install_everywhere
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
-FIELDS = ("DEVICE_ID", "STATE", "CALL_ID", "ROOM")
+FIELDS = ("DEVICE_ID", "STATE", "ERROR_CODE", "CALL_ID", "ROOM")
 
 
 class _DeviceFields(logging.Filter):
