@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,13 +22,16 @@ from provisioning.errors import (
     LiveKitUnavailableError,
     MissingSignatureError,
     RateLimitedError,
+    ReplayedRequestError,
     StorageConflictError,
     UnknownCallError,
     UnknownDeviceError,
     UnknownDeviceIdError,
 )
 from provisioning.livekit_events import LiveKitEvents, WebhookOutcome
+from provisioning.logs import AUDIT_LOGGER
 from provisioning.models import (
+    Admission,
     CallGrant,
     CallRecord,
     Device,
@@ -35,6 +39,7 @@ from provisioning.models import (
     EnrollmentCode,
     HeldGrant,
     LiveKitEventRecord,
+    Nonce,
     room_of_call,
 )
 from provisioning.rooms import RoomService
@@ -43,6 +48,9 @@ from provisioning.storage.base import Storage
 from provisioning.tokens import MintedToken, TokenMinter
 
 logger = logging.getLogger(__name__)
+# What happened to the fleet (enrollments, calls, grants, revocations): one line each,
+# never capped by the flood filter, which is for refusals (logs.py).
+audit = logging.getLogger(AUDIT_LOGGER)
 
 Clock = Callable[[], float]
 
@@ -59,6 +67,8 @@ RATE_WINDOW_S = 60.0
 MAX_GRANTS_PER_MINUTE = 6
 # Unused grants are kept this long past their expiry (a late start report still finds it).
 GRANT_RETENTION_S = 3600.0
+# Devices (their keys) kept in memory; each is about half a kilobyte.
+DEVICES_CACHED = 100_000
 
 
 def normalize_code(code: str) -> str:
@@ -95,6 +105,7 @@ class ProvisioningCore:
         )
         self._minter = minter
         self._rooms = rooms
+        self._devices: dict[str, Device] = {}
         self._livekit_events = LiveKitEvents(
             storage,
             rooms,
@@ -134,7 +145,7 @@ class ProvisioningCore:
                 device_id=None,
             )
         )
-        logger.info("enrollment code created", extra={"label": label, "ttl_s": ttl_s})
+        audit.info("enrollment code created", extra={"label": label, "ttl_s": ttl_s})
         return code
 
     async def list_devices(self) -> list[Device]:
@@ -159,7 +170,7 @@ class ProvisioningCore:
         """
         if not await self._storage.set_device_status(device_id, DeviceStatus.REVOKED):
             raise UnknownDeviceIdError(f"no device {device_id}")
-        logger.info("device revoked", extra={"device_id": device_id})
+        audit.info("device revoked", extra={"device_id": device_id})
         grants = await self._storage.delete_grants(device_id)
         calls = await self._storage.list_open_calls(device_id)
         for room in sorted({c.room for c in calls} | {g.room for g in grants}):
@@ -205,7 +216,7 @@ class ProvisioningCore:
             raise AlreadyEnrolledError("this device is already enrolled") from exc
         if not spent:
             raise InvalidEnrollmentCodeError()
-        logger.info("device enrolled", extra={"device_id": device_id})
+        audit.info("device enrolled", extra={"device_id": device_id})
         return device
 
     async def authenticate(self, request: SignedRequest, *, allow_revoked: bool = False) -> Device:
@@ -213,20 +224,48 @@ class ProvisioningCore:
 
         `allow_revoked` accepts a revoked device too (it may still report its calls' ends).
         """
+        device, nonce = await self._signed_by(request)
+        return self._admitted(device, await self._storage.admit(nonce), allow_revoked)
+
+    async def _signed_by(self, request: SignedRequest) -> tuple[Device, Nonce]:
+        """The device whose key signed `request`, and the nonce still to spend.
+
+        Devices are cached by id: a device's id is its key's hash, so the key never
+        changes; its status is read again when the nonce is spent (`_admitted`).
+        """
         if not request.device_id:
             raise MissingSignatureError("X-Device-Id is missing")
-        device = await self._storage.get_device(request.device_id)
+        device = self._devices.get(request.device_id)
         if device is None:
-            raise UnknownDeviceError()
-        await self._verifier.verify(
+            device = await self._storage.get_device(request.device_id)
+            if device is None:
+                raise UnknownDeviceError()
+            if len(self._devices) >= DEVICES_CACHED:
+                del self._devices[next(iter(self._devices))]
+            self._devices[device.device_id] = device
+        nonce = self._verifier.check(
             request, public_key=device.public_key, device_id=device.device_id
         )
-        if device.status is not DeviceStatus.APPROVED and not allow_revoked:
-            raise DeviceRevokedError()
-        return device
+        await self._verifier.purge_if_due()
+        return device, nonce
 
-    async def start_call(self, device: Device, trigger: str) -> CallGrant:
-        """Record a new call for `device` and mint its token; `trigger` is informational."""
+    @staticmethod
+    def _admitted(device: Device, admission: Admission, allow_revoked: bool = False) -> Device:
+        """`device` as it is now, if the spent nonce was fresh and its status allows."""
+        if not admission.fresh:
+            raise ReplayedRequestError()
+        if admission.status is None:
+            raise UnknownDeviceError()
+        if admission.status is not DeviceStatus.APPROVED and not allow_revoked:
+            raise DeviceRevokedError()
+        if admission.status is device.status:
+            return device
+        return dataclasses.replace(device, status=admission.status)
+
+    async def start_call(self, request: SignedRequest, trigger: str) -> CallGrant:
+        """Authenticate `request` and record a new call for its device, with its token, in
+        one database unit; `trigger` is informational."""
+        device, nonce = await self._signed_by(request)
         _check_trigger(trigger)
         now = self._clock()
         call_id = new_call_id()
@@ -240,49 +279,57 @@ class ProvisioningCore:
             token_expires_at=token.expires_at,
         )
         limit = self._config.calls.max_per_minute
-        if not await self._storage.add_call_within_rate(
-            call, since=now - RATE_WINDOW_S, limit=limit
-        ):
+        admission, added = await self._storage.admit_call(
+            nonce, call, since=now - RATE_WINDOW_S, limit=limit
+        )
+        device = self._admitted(device, admission)
+        if not added:
             # Rare: only now is it worth reading when the oldest of those calls was.
             _, oldest = await self._storage.count_calls_since(device.device_id, now - RATE_WINDOW_S)
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("call rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many calls, try again later", retry_after_s=retry_after)
-        logger.info(
+        audit.info(
             "call started",
             extra={"device_id": device.device_id, "call_id": call_id, "trigger": trigger},
         )
         return self._grant(device, call_id, token)
 
-    async def hold_grant(self, device: Device) -> CallGrant:
-        """A call token for an idle device to hold, so a press goes straight to LiveKit.
+    async def hold_grant(self, request: SignedRequest) -> CallGrant:
+        """Authenticate `request` and give its device a call token to hold, so a press
+        goes straight to LiveKit.
 
         It is recorded as a grant, not a call: it becomes a call only when the device
         reports it used (`start_held_call`, or `rejoin_call`). Unused grants are forgotten
         an hour after they expire, when the device is given its next one.
         """
+        device, nonce = await self._signed_by(request)
         now = self._clock()
-        recent, oldest = await self._storage.count_grants_since(
-            device.device_id, now - RATE_WINDOW_S
+        call_id = new_call_id()
+        token = self._mint(device, call_id)
+        admission, added = await self._storage.admit_grant(
+            nonce,
+            HeldGrant(call_id, device.device_id, room_of_call(call_id), now, token.expires_at),
+            keep_since=now - GRANT_RETENTION_S,
+            since=now - RATE_WINDOW_S,
+            limit=MAX_GRANTS_PER_MINUTE,
         )
-        if recent >= MAX_GRANTS_PER_MINUTE:
+        device = self._admitted(device, admission)
+        if not added:
+            _, oldest = await self._storage.count_grants_since(
+                device.device_id, now - RATE_WINDOW_S
+            )
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("grant rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many grants, try again later", retry_after_s=retry_after)
-        call_id = new_call_id()
-        token = self._mint(device, call_id)
-        await self._storage.add_grant(
-            HeldGrant(call_id, device.device_id, room_of_call(call_id), now, token.expires_at),
-            keep_since=now - GRANT_RETENTION_S,
-        )
-        logger.info("grant held", extra={"device_id": device.device_id, "call_id": call_id})
+        audit.info("grant held", extra={"device_id": device.device_id, "call_id": call_id})
         return self._grant(device, call_id, token)
 
     async def start_held_call(self, device: Device, call_id: str, trigger: str) -> CallRecord:
         """Record the call a device began with its held grant; again, the same call."""
         _check_trigger(trigger)
         if await self._storage.use_grant(device.device_id, call_id, trigger, self._clock()):
-            logger.info(
+            audit.info(
                 "call started",
                 extra={"device_id": device.device_id, "call_id": call_id, "trigger": trigger},
             )
@@ -310,7 +357,7 @@ class ProvisioningCore:
                 logger.info("agent dispatched again", extra={"call_id": call_id, "room": room})
         except LiveKitUnavailableError as exc:
             logger.warning("agent not dispatched: %s", exc.message, extra={"call_id": call_id})
-        logger.info("call rejoined", extra={"device_id": device.device_id, "call_id": call_id})
+        audit.info("call rejoined", extra={"device_id": device.device_id, "call_id": call_id})
         return self._grant(device, call_id, token)
 
     def _mint(self, device: Device, call_id: str) -> MintedToken:
@@ -347,7 +394,7 @@ class ProvisioningCore:
             raise BadRequestError("duration_ms must be a non-negative integer")
         now = self._clock()
         await self._storage.end_call(call_id, now, reason, duration_ms)
-        logger.info(
+        audit.info(
             "call ended",
             extra={"device_id": device.device_id, "call_id": call_id, "end_reason": reason},
         )

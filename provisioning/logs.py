@@ -16,6 +16,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "taskName",
 }
 _MAX_VALUE_CHARS = 200
+AUDIT_LOGGER = "provisioning.audit"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -58,7 +59,10 @@ class ContextFormatter(logging.Formatter):
 
 class FloodFilter(logging.Filter):
     """At most `burst` lines of one message per `window_s`; the next line says how many were
-    dropped (`suppressed=N`), so a flood of bad requests costs bounded log volume."""
+    dropped (`suppressed=N`), so a flood of bad requests costs bounded log volume.
+
+    Lines of the `exempt` loggers are never dropped: the audit of what happened (calls,
+    enrollments) is bounded by what authenticated devices and admins do."""
 
     def __init__(
         self,
@@ -66,14 +70,18 @@ class FloodFilter(logging.Filter):
         burst: int = 20,
         window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        exempt: tuple[str, ...] = (AUDIT_LOGGER,),
     ) -> None:
         super().__init__()
+        self._exempt = exempt
         self._burst = burst
         self._window_s = window_s
         self._clock = clock
         self._windows: dict[tuple[str, int, str], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in self._exempt:
+            return True
         key = (record.name, record.levelno, str(record.msg))
         now = self._clock()
         start, count, suppressed = self._windows.get(key, (now, 0, 0))

@@ -125,3 +125,21 @@ class LiveKitEventRecord:
     room: str
     created_at: float
     received_at: float
+
+
+@dataclass(frozen=True)
+class Nonce:
+    """A signed request's nonce, to be remembered until its timestamp leaves the window."""
+
+    device_id: str
+    value: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What spending a request's nonce found: was it fresh, and, if so, the device's
+    status now (None if the device is gone)."""
+
+    fresh: bool
+    status: DeviceStatus | None

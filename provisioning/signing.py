@@ -9,8 +9,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
+import nacl.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nacl.signing import VerifyKey
 
 from provisioning.errors import (
     BadRequestError,
@@ -19,6 +20,7 @@ from provisioning.errors import (
     ReplayedRequestError,
     StaleTimestampError,
 )
+from provisioning.models import Nonce
 from provisioning.storage.base import Storage
 
 SCHEME = "kiosk-v1"
@@ -111,18 +113,31 @@ def device_id_for(public_key: bytes) -> str:
 
 
 class SignatureVerifier:
-    """Checks a request's signature, timestamp window and nonce freshness."""
+    """Checks a request's signature, timestamp window and nonce freshness.
+
+    `check` is the CPU part and returns the nonce; the request counts only once that
+    nonce is spent (`Storage.admit`, or `verify` here, which does both), so the core can
+    spend it in the same database unit as the request's own work.
+    """
 
     def __init__(
-        self, storage: Storage, *, clock: Callable[[], float], max_clock_skew_s: int
+        self,
+        storage: Storage,
+        *,
+        clock: Callable[[], float],
+        max_clock_skew_s: int,
+        keys_cached: int = 10_000,
     ) -> None:
         self._storage = storage
         self._clock = clock
         self._max_skew = max_clock_skew_s
         self._last_purge: float | None = None
+        self._keys: dict[bytes, VerifyKey] = {}
+        self._keys_cached = keys_cached
 
-    async def verify(self, request: SignedRequest, *, public_key: bytes, device_id: str) -> None:
-        """Accept the request or raise an `AuthError`; remembers the nonce on success."""
+    def check(self, request: SignedRequest, *, public_key: bytes, device_id: str) -> Nonce:
+        """The request's nonce, to be spent, if its signature and timestamp are good;
+        otherwise an `AuthError`."""
         timestamp, nonce, signature = request.timestamp, request.nonce, request.signature
         if not timestamp or not nonce or not signature:
             raise MissingSignatureError()
@@ -130,23 +145,40 @@ class SignatureVerifier:
             raise BadSignatureError("X-Device-Timestamp must be whole Unix seconds")
         if not _NONCE.match(nonce):
             raise BadSignatureError("X-Device-Nonce must be 32 lowercase hex characters")
-        now = self._clock()
-        if abs(int(timestamp) - now) > self._max_skew:
+        if abs(int(timestamp) - self._clock()) > self._max_skew:
             raise StaleTimestampError()
         try:
             raw_signature = b64url_decode(signature)
-            key = Ed25519PublicKey.from_public_bytes(public_key)
             message = canonical_message(
                 request.method, request.path, timestamp, nonce, request.body
             )
-            key.verify(raw_signature, message)
-        except (ValueError, InvalidSignature) as exc:
+            self._key(public_key).verify(message, raw_signature)
+        except (ValueError, nacl.exceptions.BadSignatureError) as exc:
             raise BadSignatureError() from exc
-        # Remember the nonce for as long as its timestamp could still pass the window; a nonce
-        # left past that is harmless (its timestamp is refused first), so purging can wait.
+        # Remembered for as long as its timestamp could still pass the window; a nonce left
+        # past that is harmless (its timestamp is refused first), so purging can wait.
+        return Nonce(device_id, nonce, int(timestamp) + self._max_skew + 1)
+
+    async def purge_if_due(self) -> None:
+        """Forget expired nonces, at most every `NONCE_PURGE_INTERVAL_S`."""
+        now = self._clock()
         if self._last_purge is None or not 0 <= now - self._last_purge < NONCE_PURGE_INTERVAL_S:
             self._last_purge = now
             await self._storage.purge_nonces(now)
-        expires_at = int(timestamp) + self._max_skew + 1
-        if not await self._storage.add_nonce(device_id, nonce, expires_at):
+
+    async def verify(self, request: SignedRequest, *, public_key: bytes, device_id: str) -> None:
+        """Accept the request or raise an `AuthError`; remembers the nonce on success."""
+        nonce = self.check(request, public_key=public_key, device_id=device_id)
+        await self.purge_if_due()
+        if not await self._storage.add_nonce(nonce.device_id, nonce.value, nonce.expires_at):
             raise ReplayedRequestError()
+
+    def _key(self, public_key: bytes) -> VerifyKey:
+        """libsodium's key object for `public_key`, kept for the devices seen last."""
+        key = self._keys.get(public_key)
+        if key is None:
+            key = VerifyKey(public_key)
+            if len(self._keys) >= self._keys_cached:
+                del self._keys[next(iter(self._keys))]
+            self._keys[public_key] = key
+        return key

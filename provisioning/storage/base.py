@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from provisioning.models import (
+    Admission,
     CallRecord,
     Device,
     DeviceStatus,
@@ -14,8 +15,13 @@ from provisioning.models import (
     FlagReason,
     HeldGrant,
     LiveKitEventRecord,
+    Nonce,
 )
 
+if TYPE_CHECKING:
+    from provisioning.storage.units import Unit, UnitRunner
+
+T = TypeVar("T")
 Dialect = Literal["sqlite", "postgresql"]
 Row = tuple[Any, ...]
 
@@ -69,6 +75,23 @@ class Storage(Protocol):
 
     async def add_nonce(self, device_id: str, nonce: str, expires_at: float) -> bool:
         """Remember a nonce; False if this device already used it and it is remembered."""
+        ...
+
+    async def admit(self, nonce: Nonce) -> Admission:
+        """Spend a request's nonce and read its device's status, atomically."""
+        ...
+
+    async def admit_call(
+        self, nonce: Nonce, call: CallRecord, *, since: float, limit: int
+    ) -> tuple[Admission, bool]:
+        """`admit`; then, only for an approved device, `add_call_within_rate`. Atomic."""
+        ...
+
+    async def admit_grant(
+        self, nonce: Nonce, grant: HeldGrant, *, keep_since: float, since: float, limit: int
+    ) -> tuple[Admission, bool]:
+        """`admit`; then, only for an approved device with fewer than `limit` grants after
+        `since`, `add_grant`. Atomic."""
         ...
 
     async def purge_nonces(self, now: float) -> int:
@@ -180,6 +203,15 @@ class Database(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Session]:
         """A connection in a write transaction: committed on exit, rolled back on error."""
+        ...
+
+    async def run(self, unit: Unit[T]) -> T:
+        """Run a unit of work in a transaction on the database's own thread (units.py)."""
+        ...
+
+    @property
+    def units(self) -> UnitRunner:
+        """The runner of `run`, with its counters."""
         ...
 
     async def aclose(self) -> None:

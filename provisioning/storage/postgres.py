@@ -6,7 +6,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 import psycopg.errors
@@ -14,6 +14,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from provisioning.errors import StorageConflictError, StorageError, StorageUnavailableError
 from provisioning.storage.base import Row
+from provisioning.storage.units import Unit, UnitRunner
+
+T = TypeVar("T")
 
 # Errors that mean "the database cannot serve this now", not "this request is wrong".
 _UNAVAILABLE = (
@@ -72,6 +75,11 @@ class PostgresDatabase:
         }
         if password is not None:
             kwargs["password"] = password
+        self.units = UnitRunner(
+            name="postgres-units",
+            connect=lambda: _PostgresUnitConnection(psycopg.connect(url, **kwargs)),
+            translated=lambda: _translated(location),
+        )
         self._pool = AsyncConnectionPool(
             url,
             min_size=1,
@@ -86,10 +94,20 @@ class PostgresDatabase:
         """Connect; raise `StorageUnavailableError` if the server cannot be reached in time."""
         with _translated(self.location):
             await self._pool.open(wait=True, timeout=self._acquire_timeout_s)
+        try:
+            await self.units.start()
+        except BaseException:
+            await self._pool.close()
+            raise
 
     async def aclose(self) -> None:
         """Close every connection; safe to call twice."""
+        await self.units.aclose()
         await self._pool.close()
+
+    async def run(self, unit: Unit[T]) -> T:
+        """Run `unit` in a transaction, batched with other waiting units (units.py)."""
+        return await self.units.run(unit)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[_PostgresSession]:
@@ -127,3 +145,26 @@ class _PostgresSession:
             cursor = await self._connection.execute(_placeholders(sql), tuple(params))
             rows = await cursor.fetchall()
         return [tuple(row) for row in rows]
+
+
+class _PostgresUnitConnection:
+    """A connection of the unit runner's thread (units.py); autocommit outside BEGIN."""
+
+    begin_sql = "BEGIN"
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._connection.execute(_placeholders(sql), tuple(params)).rowcount
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row = self._connection.execute(_placeholders(sql), tuple(params)).fetchone()
+        return None if row is None else tuple(row)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        rows = self._connection.execute(_placeholders(sql), tuple(params)).fetchall()
+        return [tuple(row) for row in rows]
+
+    def close(self) -> None:
+        self._connection.close()

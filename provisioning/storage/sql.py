@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from provisioning.models import (
+    Admission,
     CallRecord,
     Device,
     DeviceStatus,
@@ -10,8 +11,10 @@ from provisioning.models import (
     FlagReason,
     HeldGrant,
     LiveKitEventRecord,
+    Nonce,
 )
 from provisioning.storage.base import Database, Row
+from provisioning.storage.units import SyncSession
 
 _GRANT_COLUMNS = "call_id, device_id, room, created_at, expires_at"
 _CODE_COLUMNS = "code_hash, label, created_at, expires_at, used_at, device_id"
@@ -137,13 +140,48 @@ class SqlStorage:
 
     async def add_nonce(self, device_id: str, nonce: str, expires_at: float) -> bool:
         """Remember a nonce; False if this device already used it and it is remembered."""
-        async with self.db.session() as s:
-            added = await s.execute(
-                "INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (device_id, nonce) DO NOTHING",
-                (device_id, nonce, expires_at),
+        return await self.db.run(lambda s: _add_nonce(s, Nonce(device_id, nonce, expires_at)))
+
+    async def admit(self, nonce: Nonce) -> Admission:
+        """Spend a request's nonce and read its device's status, in one unit."""
+        return await self.db.run(lambda s: _admit(s, nonce))
+
+    async def admit_call(
+        self, nonce: Nonce, call: CallRecord, *, since: float, limit: int
+    ) -> tuple[Admission, bool]:
+        """`admit`, then, for an approved device, `add_call_within_rate`: one unit."""
+
+        def unit(s: SyncSession) -> tuple[Admission, bool]:
+            admission = _admit(s, nonce)
+            if not _approved(admission):
+                return admission, False
+            return admission, _add_call_within_rate(s, call, since=since, limit=limit)
+
+        if self.db.dialect == "postgresql":
+            # The same in one statement: a round trip to PostgreSQL costs more than SQL.
+            return await self.db.run(lambda s: _admit_call_in_one(s, nonce, call, since, limit))
+        return await self.db.run(unit)
+
+    async def admit_grant(
+        self, nonce: Nonce, grant: HeldGrant, *, keep_since: float, since: float, limit: int
+    ) -> tuple[Admission, bool]:
+        """`admit`, then, for an approved device with fewer than `limit` grants after
+        `since`, `add_grant`: one unit."""
+
+        def unit(s: SyncSession) -> tuple[Admission, bool]:
+            admission = _admit(s, nonce)
+            if not _approved(admission):
+                return admission, False
+            row = s.fetchone(
+                "SELECT COUNT(*) FROM grants WHERE device_id = ? AND created_at > ?",
+                (grant.device_id, since),
             )
-        return added == 1
+            if row is not None and int(row[0]) >= limit:
+                return admission, False
+            _add_grant(s, grant, keep_since=keep_since)
+            return admission, True
+
+        return await self.db.run(unit)
 
     async def purge_nonces(self, now: float) -> int:
         """Forget nonces whose window has passed; returns how many."""
@@ -168,13 +206,7 @@ class SqlStorage:
 
     async def add_call_within_rate(self, call: CallRecord, *, since: float, limit: int) -> bool:
         """Insert the call only while the device has fewer than `limit` calls after `since`."""
-        async with self.db.session() as s:
-            added = await s.execute(
-                f"INSERT INTO calls ({_CALL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
-                " WHERE (SELECT COUNT(*) FROM calls WHERE device_id = ? AND created_at > ?) < ?",
-                (*_call_values(call), call.device_id, since, limit),
-            )
-        return added == 1
+        return await self.db.run(lambda s: _add_call_within_rate(s, call, since=since, limit=limit))
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         """The call with this id, if any."""
@@ -227,15 +259,7 @@ class SqlStorage:
 
     async def add_grant(self, grant: HeldGrant, *, keep_since: float) -> None:
         """Store a held grant, forgetting this device's grants that expired before `keep_since`."""
-        async with self.db.transaction() as s:
-            await s.execute(
-                "DELETE FROM grants WHERE device_id = ? AND expires_at < ?",
-                (grant.device_id, keep_since),
-            )
-            await s.execute(
-                f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                (grant.call_id, grant.device_id, grant.room, grant.created_at, grant.expires_at),
-            )
+        await self.db.run(lambda s: _add_grant(s, grant, keep_since=keep_since))
 
     async def get_grant(self, call_id: str) -> HeldGrant | None:
         """The held grant with this call id, if it is still held."""
@@ -356,4 +380,87 @@ def _device(row: Row) -> Device:
         created_at=created_at,
         flagged_at=flagged_at,
         flag_reason=None if flag_reason is None else FlagReason(flag_reason),
+    )
+
+
+def _add_nonce(s: SyncSession, nonce: Nonce) -> bool:
+    added = s.execute(
+        "INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (device_id, nonce) DO NOTHING",
+        (nonce.device_id, nonce.value, nonce.expires_at),
+    )
+    return added == 1
+
+
+def _admit(s: SyncSession, nonce: Nonce) -> Admission:
+    # One statement: a row comes back only when the nonce was fresh, with the status then.
+    row = s.fetchone(
+        "INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (device_id, nonce) DO NOTHING"
+        " RETURNING (SELECT status FROM devices WHERE device_id = ?)",
+        (nonce.device_id, nonce.value, nonce.expires_at, nonce.device_id),
+    )
+    if row is None:
+        return Admission(fresh=False, status=None)
+    return Admission(fresh=True, status=None if row[0] is None else DeviceStatus(row[0]))
+
+
+def _admit_call_in_one(
+    s: SyncSession, nonce: Nonce, call: CallRecord, since: float, limit: int
+) -> tuple[Admission, bool]:
+    """`_admit` and `_add_call_within_rate` as one statement (PostgreSQL: DML in WITH)."""
+    row = s.fetchone(
+        "WITH n AS ("
+        "  INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
+        "  ON CONFLICT (device_id, nonce) DO NOTHING RETURNING device_id),"
+        " d AS (SELECT status FROM devices WHERE device_id = ?),"
+        " c AS ("
+        f"  INSERT INTO calls ({_CALL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM n"
+        "  WHERE (SELECT status FROM d) = ?"
+        "  AND (SELECT COUNT(*) FROM calls WHERE device_id = ? AND created_at > ?) < ?"
+        "  RETURNING call_id)"
+        " SELECT (SELECT COUNT(*) FROM n), (SELECT status FROM d), (SELECT COUNT(*) FROM c)",
+        (
+            nonce.device_id,
+            nonce.value,
+            nonce.expires_at,
+            nonce.device_id,
+            *_call_values(call),
+            DeviceStatus.APPROVED.value,
+            call.device_id,
+            since,
+            limit,
+        ),
+    )
+    assert row is not None
+    fresh, status, added = row
+    if not fresh:
+        return Admission(fresh=False, status=None), False
+    admission = Admission(fresh=True, status=None if status is None else DeviceStatus(status))
+    return admission, bool(added)
+
+
+def _approved(admission: Admission) -> bool:
+    return admission.fresh and admission.status is DeviceStatus.APPROVED
+
+
+def _add_call_within_rate(s: SyncSession, call: CallRecord, *, since: float, limit: int) -> bool:
+    return (
+        s.execute(
+            f"INSERT INTO calls ({_CALL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " WHERE (SELECT COUNT(*) FROM calls WHERE device_id = ? AND created_at > ?) < ?",
+            (*_call_values(call), call.device_id, since, limit),
+        )
+        == 1
+    )
+
+
+def _add_grant(s: SyncSession, grant: HeldGrant, *, keep_since: float) -> None:
+    s.execute(
+        "DELETE FROM grants WHERE device_id = ? AND expires_at < ?",
+        (grant.device_id, keep_since),
+    )
+    s.execute(
+        f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+        (grant.call_id, grant.device_id, grant.room, grant.created_at, grant.expires_at),
     )

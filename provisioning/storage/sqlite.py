@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from provisioning.errors import StorageConflictError, StorageError, StorageUnavailableError
 from provisioning.storage.base import Row
+from provisioning.storage.units import Unit, UnitRunner
 
 T = TypeVar("T")
 
@@ -60,6 +61,11 @@ class SqliteDatabase:
         self._executor = ThreadPoolExecutor(connections, thread_name_prefix="sqlite")
         self._free: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
         self._all: list[sqlite3.Connection] = []
+        self.units = UnitRunner(
+            name="sqlite-units",
+            connect=lambda: _SqliteUnitConnection(self._connect()),
+            translated=lambda: _translated(self.path),
+        )
 
     async def open(self) -> None:
         """Create the file (0600, in a 0700 directory if it makes one) and connect."""
@@ -68,6 +74,7 @@ class SqliteDatabase:
                 connection = await self._run(self._connect)
                 self._all.append(connection)
                 self._free.put_nowait(connection)
+            await self.units.start()
         except BaseException:
             await self.aclose()
             raise
@@ -94,6 +101,7 @@ class SqliteDatabase:
 
     async def aclose(self) -> None:
         """Close every connection and stop the threads; safe to call twice."""
+        await self.units.aclose()
         connections, self._all = self._all, []
         for connection in connections:
             await self._run(connection.close)
@@ -125,6 +133,10 @@ class SqliteDatabase:
             yield connection
         finally:
             self._free.put_nowait(connection)
+
+    async def run(self, unit: Unit[T]) -> T:
+        """Run `unit` in a write transaction, batched with other waiting units (units.py)."""
+        return await self.units.run(unit)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[_SqliteSession]:
@@ -171,3 +183,25 @@ class _SqliteSession:
 
     async def rollback(self) -> None:
         await self._call(lambda c: c.execute("ROLLBACK") if c.in_transaction else None)
+
+
+class _SqliteUnitConnection:
+    """A connection of the unit runner's thread (units.py)."""
+
+    begin_sql = "BEGIN IMMEDIATE"
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._connection.execute(sql, tuple(params)).rowcount
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row = self._connection.execute(sql, tuple(params)).fetchone()
+        return None if row is None else tuple(row)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(row) for row in self._connection.execute(sql, tuple(params)).fetchall()]
+
+    def close(self) -> None:
+        self._connection.close()

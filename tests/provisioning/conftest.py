@@ -18,9 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from provisioning.config import Config, load_config
+from provisioning.config import Config, DatabaseConfig, load_config
 from provisioning.http import BackendServer
 from provisioning.rooms import RecordingRoomService
+from provisioning.storage import SqlStorage, open_storage
 
 API_KEY = "test-key"
 API_SECRET = "test-secret-0123456789abcdef0123456789"
@@ -235,3 +236,19 @@ def assert_refused(response: httpx.Response, status: int, code: str) -> None:
     assert body["error"] == code
     assert isinstance(body["message"], str) and body["message"]
     assert "token" not in body
+
+
+def database_config(tmp_path: Path, url: str | None) -> DatabaseConfig:
+    if url is None:
+        return DatabaseConfig(path=tmp_path / "db" / "state.sqlite3")
+    return DatabaseConfig(url=url)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path, database_url: str | None) -> AsyncIterator[SqlStorage]:
+    async with asyncio.timeout(TIMEOUT_S):
+        store = await open_storage(database_config(tmp_path, database_url))
+    try:
+        yield store
+    finally:
+        await store.aclose()

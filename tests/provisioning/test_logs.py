@@ -7,7 +7,13 @@ import logging
 import pytest
 
 from appliance.status.redact import JWT_MASK, RedactingFilter
-from provisioning.logs import ContextFormatter, FloodFilter, configure_logging, printable
+from provisioning.logs import (
+    AUDIT_LOGGER,
+    ContextFormatter,
+    FloodFilter,
+    configure_logging,
+    printable,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -45,6 +51,14 @@ def test_flood_filter_caps_each_message_and_counts_what_it_dropped() -> None:
     resumed = record()
     assert flood.filter(resumed)
     assert resumed.suppressed == 7
+
+
+def test_the_audit_of_what_happened_is_never_capped() -> None:
+    flood = FloodFilter(burst=3, window_s=10, clock=lambda: 0.0)
+    calls = [record("call started", name=AUDIT_LOGGER) for _ in range(50)]
+    assert all(flood.filter(line) for line in calls)
+    refusals = [flood.filter(record("request refused")) for _ in range(5)]
+    assert refusals == [True] * 3 + [False] * 2
 
 
 def test_the_backend_handler_masks_secrets_after_counting_floods(

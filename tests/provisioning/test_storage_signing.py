@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,27 +35,11 @@ from provisioning.signing import (
 from provisioning.storage import LATEST_VERSION, SqlStorage, open_storage
 from provisioning.storage.schema import MIGRATIONS
 
-from .conftest import FakeClock, TestDevice
+from .conftest import FakeClock, TestDevice, database_config
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 10.0
-
-
-def database_config(tmp_path: Path, url: str | None) -> DatabaseConfig:
-    if url is None:
-        return DatabaseConfig(path=tmp_path / "db" / "state.sqlite3")
-    return DatabaseConfig(url=url)
-
-
-@pytest.fixture
-async def storage(tmp_path: Path, database_url: str | None) -> AsyncIterator[SqlStorage]:
-    async with asyncio.timeout(TIMEOUT_S):
-        store = await open_storage(database_config(tmp_path, database_url))
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 def code(code_hash: str = "h1", expires_at: float = 2.0e9) -> EnrollmentCode:
