@@ -90,7 +90,10 @@ class UnitRunner:
         self._name = name
         self._connect = connect
         self._translated = translated
-        self._queue: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
+        # Units are handed to the thread once per event-loop iteration, all those that the
+        # iteration's requests made together: one wake-up of the thread for them all.
+        self._queue: queue.SimpleQueue[list[_Pending[Any]] | None] = queue.SimpleQueue()
+        self._outbox: list[_Pending[Any]] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: UnitConnection | None = None
@@ -113,8 +116,14 @@ class UnitRunner:
         if self._closed or self._loop is None:
             raise RuntimeError("the unit runner is not running")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Pending(unit, future))
+        if not self._outbox:
+            self._loop.call_soon(self._hand_over)
+        self._outbox.append(_Pending(unit, future))
         return await future
+
+    def _hand_over(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        self._queue.put(outbox)
 
     async def aclose(self) -> None:
         """Run what is queued, then stop the thread and close the connection; idempotent."""
@@ -122,8 +131,14 @@ class UnitRunner:
             return
         self._closed = True
         if self._thread is not None:
+            if self._outbox:
+                self._hand_over()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
+        logger.info(
+            "database units run",
+            extra={"units": self.units_run, "transactions": self.transactions},
+        )
 
     # The runner's thread
 
@@ -139,7 +154,7 @@ class UnitRunner:
         first = self._queue.get()
         if first is None:
             return None
-        batch = [first]
+        batch = list(first)
         while len(batch) < MAX_BATCH:
             try:
                 item = self._queue.get_nowait()
@@ -148,7 +163,7 @@ class UnitRunner:
             if item is None:
                 self._queue.put(None)  # stop after this batch
                 break
-            batch.append(item)
+            batch += item
         return batch
 
     def _run_batch(self, batch: list[_Pending[Any]]) -> None:
