@@ -16,7 +16,8 @@ from appliance.aio import AsyncResource, cancel_and_wait
 from appliance.backoff import Backoff
 from appliance.board import Board, open_board
 from appliance.call.events import CallEvent
-from appliance.call.livekit_call import LiveKitCall
+from appliance.call.worker_call import WorkerCall
+from appliance.call.workers import CallWorkers
 from appliance.clock import Clock, SystemClock
 from appliance.control import ControlServer
 from appliance.provisioning_client import CallGrant, DeviceKey, Enrollment, ProvisioningClient
@@ -59,6 +60,7 @@ class Daemon(AsyncResource):
         self._board: Board | None = None
         self._supervisor: Supervisor | None = None
         self._outbox: Outbox | None = None
+        self._call_workers: CallWorkers | None = None
         self._muted_at_start = False
         self.wake_word: WakeWordTrigger | None = None
 
@@ -114,6 +116,8 @@ class Daemon(AsyncResource):
             on_long_press=self._on_long_press,
             on_mute=self._on_mute,
         )
+        # A call's room runs in a worker process; one is started now, while idle.
+        self._call_workers = await self._stack.enter_async_context(CallWorkers())
         self._supervisor = Supervisor(
             backend=client,
             call_factory=self._make_call,
@@ -184,10 +188,11 @@ class Daemon(AsyncResource):
         else:
             self._supervisor.set_muted(muted)
 
-    def _make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> LiveKitCall:
-        assert self._board is not None
-        return LiveKitCall(
+    def _make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> WorkerCall:
+        assert self._board is not None and self._call_workers is not None
+        return WorkerCall(
             grant,
+            workers=self._call_workers,
             capture=self._board.capture,
             speaker=self._board.speaker,
             on_event=on_event,

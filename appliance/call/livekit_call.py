@@ -1,4 +1,9 @@
-"""The one module that talks to LiveKit: a call in one room, seen by the rest as our events."""
+"""The one module that talks to LiveKit: one room, run in the call worker process.
+
+`LiveKitRoom` joins, publishes the microphone frames it is given, hands the agent's audio
+to a callback, sends call-status messages, and reports the room as our call events. It
+runs in `worker.py`'s process, never in the daemon's: see docs/call-worker.md.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,14 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import numpy as np
 from livekit import rtc
 
 from appliance.aio import TaskSet
-from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Speaker
-from appliance.audio.fanout import CaptureFanout
+from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME
 from appliance.call.events import (
-    AgentAudioStarted,
     AgentJoined,
     AgentLeft,
     CallEvent,
@@ -25,71 +27,61 @@ from appliance.call.events import (
     EndRequested,
     Reconnected,
     Reconnecting,
-    SpeechActivity,
 )
-from appliance.call.policy import ActivityMeter
-from appliance.call.status import encode_status
-from appliance.clock import Clock
 from appliance.errors import CallError, TokenRefusedError
-from appliance.provisioning_client import CallGrant
-from appliance.state import EndReason, StateChange
+from appliance.state import EndReason
 from appliance.status.redact import redact
 
 logger = logging.getLogger(__name__)
 
-# RMS (of int16 samples) above which an agent frame counts as its first audible audio.
-AUDIBLE_RMS = 100.0
 # How long closing waits for queued status messages to go out.
 STATUS_DRAIN_S = 2.0
 # Each step of leaving (unpublishing, disconnecting) waits at most this for the server.
 LEAVE_STEP_S = 3.0
 # Extra time, beyond the SDK's own connect timeout, for publishing the microphone.
 CONNECT_MARGIN_S = 5.0
+# Microphone frames waiting for the SDK's source; the oldest is dropped past this.
+MIC_QUEUE_FRAMES = 10
 # How the SDK words a join the server refused for the token ("client error: 401 Unauthorized").
 _REFUSED = re.compile(r"\b(401|403)\b")
 # The control messages this device accepts from the agent: {"v": 1, "type": "end_call"}.
 CONTROL_VERSION = 1
 
 
-class LiveKitCall:
-    """Our microphone published to one room, the agent's audio played, call status sent."""
+class LiveKitRoom:
+    """Our microphone published to one room, the agent's audio handed on, status sent."""
 
     def __init__(
         self,
-        grant: CallGrant,
         *,
-        capture: CaptureFanout,
-        speaker: Speaker,
+        call_id: str,
+        room_name: str,
         on_event: Callable[[CallEvent], None],
-        clock: Clock,
+        on_agent_audio: Callable[[bytes], Awaitable[None]],
         status_topic: str,
+        control_topic: str,
         connect_timeout_s: float,
-        control_topic: str = "kiosk.control",
         muted: bool = False,
     ) -> None:
-        self.grant = grant
-        self._capture = capture
-        self._speaker = speaker
+        self._call_id = call_id
+        self._room_name = room_name
         self._on_event = on_event
-        self._clock = clock
+        self._on_agent_audio = on_agent_audio
         self._status_topic = status_topic
-        self._connect_timeout_s = connect_timeout_s
         self._control_topic = control_topic
+        self._connect_timeout_s = connect_timeout_s
         self._muted = muted
-        self._mic_track: rtc.LocalAudioTrack | None = None
-        self._device_speech = ActivityMeter()
-        self._agent_speech = ActivityMeter()
         self._room = rtc.Room()
+        self._mic_track: rtc.LocalAudioTrack | None = None
         self._mic_publication: rtc.LocalTrackPublication | None = None
+        self._mic_queue: asyncio.Queue[bytes] = asyncio.Queue(MIC_QUEUE_FRAMES)
         self._tasks = TaskSet(on_error=self._task_failed)
         self._status_queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._status_seq = 0
         self._agent_identity: str | None = None
-        self._heard_agent = False
         self._closing = False
         self._reconnecting = False
 
-    async def connect(self) -> None:
+    async def connect(self, url: str, token: str) -> None:
         """Join the room and publish the microphone; raises CallError if that fails."""
         room = self._room
         room.on("participant_connected", self._on_participant_connected)
@@ -104,7 +96,7 @@ class LiveKitCall:
             # a few attempts), and a connect cancelled mid-handshake makes its native side
             # panic 15 s later, which it answers with SIGTERM to this process.
             room_options = rtc.RoomOptions(connect_timeout=self._connect_timeout_s)
-            await room.connect(self.grant.server_url, self.grant.token, room_options)
+            await room.connect(url, token, room_options)
             async with asyncio.timeout(CONNECT_MARGIN_S):
                 source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
                 track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
@@ -119,27 +111,39 @@ class LiveKitCall:
             detail = redact(str(exc)) or "timed out"
             if isinstance(exc, rtc.ConnectError) and _REFUSED.search(str(exc)):
                 raise TokenRefusedError(f"LiveKit refused the token: {detail}") from exc
-            raise CallError(f"could not join room {self.grant.room}: {detail}") from exc
+            raise CallError(f"could not join room {self._room_name}: {detail}") from exc
         self._spawn(self._pump_microphone(source), "call-microphone")
         self._spawn(self._send_status_messages(), "call-status")
         for participant in room.remote_participants.values():
             self._on_participant_connected(participant)
 
-    def on_state_change(self, change: StateChange) -> None:
-        """Observer: queue a call-status message for this change, sent in order."""
-        if change.muted is not self._muted:
-            self._set_muted(change.muted)
-        self._status_seq += 1
-        self._status_queue.put_nowait(
-            encode_status(change, seq=self._status_seq, ts=self._clock.time())
-        )
+    def push_microphone(self, frame: bytes) -> None:
+        """One 10 ms frame for the published track; the oldest waiting one gives way."""
+        if self._mic_queue.full():
+            self._mic_queue.get_nowait()
+        self._mic_queue.put_nowait(frame)
+
+    def send_status(self, payload: bytes) -> None:
+        """Queue a call-status message; they are sent in order."""
+        self._status_queue.put_nowait(payload)
+
+    def set_muted(self, muted: bool) -> None:
+        """Mute or unmute the published track (the daemon also stops sending frames)."""
+        self._muted = muted
+        if self._mic_track is not None:
+            if muted:
+                self._mic_track.mute()
+            else:
+                self._mic_track.unmute()
 
     async def aclose(self) -> None:
         """Send what status is queued, unpublish the microphone, leave the room."""
+        if self._closing:
+            return
         self._closing = True
         # A room the SDK is still trying to resume cannot take messages or an unpublish:
         # leave at once (a rejoin is waiting for this).
-        if not self._reconnecting:
+        if not self._reconnecting and self._room.isconnected():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATUS_DRAIN_S):
                     await self._status_queue.join()
@@ -174,30 +178,17 @@ class LiveKitCall:
         self._tasks.spawn(coro, name)
 
     def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
-        logger.error(
-            "call task %s failed",
-            task.get_name(),
-            exc_info=exc,
-            extra={"CALL_ID": self.grant.call_id, "ROOM": self.grant.room},
-        )
+        logger.error("call task %s failed", task.get_name(), exc_info=exc, extra=self._log_fields())
         # A call whose audio or status task died is broken: end it, don't limp on.
         self._on_event(EndRequested(EndReason.CONNECTION_LOST))
 
     async def _pump_microphone(self, source: rtc.AudioSource) -> None:
-        # Subscribed only now: no audio is taken for the call before it is connected.
-        subscription = self._capture.subscribe("call", max_frames=10)
         try:
             while True:
-                frame = await subscription.read()
-                if self._muted:
-                    continue  # muted: not a sample leaves the device
-                if self._device_speech.push(_rms(frame), self._clock.monotonic()):
-                    self._on_event(SpeechActivity("device"))
-                await source.capture_frame(
-                    rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
-                )
+                frame = await self._mic_queue.get()
+                await source.capture_frame(rtc.AudioFrame(frame, SAMPLE_RATE, 1, SAMPLES_PER_FRAME))
         finally:
-            await subscription.aclose()
+            await source.aclose()
 
     async def _send_status_messages(self) -> None:
         while True:
@@ -207,10 +198,7 @@ class LiveKitCall:
                     payload, reliable=True, topic=self._status_topic
                 )
             except Exception:
-                logger.warning(
-                    "could not send a call-status message",
-                    extra={"CALL_ID": self.grant.call_id, "ROOM": self.grant.room},
-                )
+                logger.warning("could not send a call-status message", extra=self._log_fields())
             finally:
                 self._status_queue.task_done()
 
@@ -218,33 +206,15 @@ class LiveKitCall:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
         try:
             async for event in stream:
-                samples = np.frombuffer(event.frame.data, dtype=np.int16)
-                await self._speaker.write(samples)
-                level = _rms(samples)
-                if not self._heard_agent and level > AUDIBLE_RMS:
-                    self._heard_agent = True
-                    self._on_event(AgentAudioStarted())
-                if self._agent_speech.push(level, self._clock.monotonic()):
-                    self._on_event(SpeechActivity("agent"))
+                await self._on_agent_audio(bytes(event.frame.data))
         finally:
             await stream.aclose()
-
-    def _set_muted(self, muted: bool) -> None:
-        self._muted = muted
-        if self._mic_track is not None:
-            if muted:
-                self._mic_track.mute()
-            else:
-                self._mic_track.unmute()
-        logger.info(
-            "microphone %s", "muted" if muted else "unmuted", extra={"CALL_ID": self.grant.call_id}
-        )
 
     def _on_data_received(self, packet: rtc.DataPacket) -> None:
         if packet.topic != self._control_topic:
             return
         sender = packet.participant
-        extra = {"CALL_ID": self.grant.call_id, "SENDER": sender.identity if sender else "server"}
+        extra = {"CALL_ID": self._call_id, "SENDER": sender.identity if sender else "server"}
         if sender is None or not self._is_agent(sender) or sender.identity != self._agent_identity:
             logger.warning("control message ignored: not from the call's agent", extra=extra)
             return
@@ -302,7 +272,7 @@ class LiveKitCall:
         self._on_event(Reconnected(agent_present=present))
 
     def _log_fields(self) -> dict[str, str]:
-        return {"CALL_ID": self.grant.call_id, "ROOM": self.grant.room}
+        return {"CALL_ID": self._call_id, "ROOM": self._room_name}
 
     def _on_track_subscribed(
         self,
@@ -323,7 +293,3 @@ class LiveKitCall:
         )
         name = rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
         self._on_event(Disconnected(room_closed=room_closed, detail=name))
-
-
-def _rms(samples: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) if samples.size else 0.0

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 from appliance.audio.base import Speaker
-from appliance.call.livekit_call import AUDIBLE_RMS
+from appliance.call.worker_call import AUDIBLE_RMS
 from appliance.state import State, StateChange
 from demo.stack import AGENT_NAME, LocalStack
 from tests.e2e.conftest import RunningDevice, run_device
@@ -367,18 +367,87 @@ def live_objects(*names: str) -> dict[str, int]:
     return counts
 
 
-def rss_kb() -> int:
-    """This process's resident memory (VmRSS), after a full collection."""
-    gc.collect()
-    with open("/proc/self/status") as status:
+def rss_kb(pid: int | str = "self") -> int:
+    """A process's resident memory (VmRSS); this one's after a full collection."""
+    if pid == "self":
+        gc.collect()
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def call_worker_pids() -> list[int]:
+    """This process's children that are call workers (`python -m appliance.call.worker`),
+    found in /proc rather than asked of the daemon."""
+    me = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = stat.read().rsplit(")", 1)[1].split()[1]
+            if parent != me:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if b"appliance.call.worker" in cmdline.read():
+                    found.append(int(entry))
+        except OSError:
+            continue  # it exited meanwhile
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class DeviceFootprint:
+    """The device's resources: this process (daemon, and the test's own share) and its
+    call workers, at one moment."""
+
+    daemon_rss_kb: int
+    worker_rss_kb: int
+    daemon_fds: int
+    worker_fds: int
+    workers: int
+
+    @property
+    def rss_kb(self) -> int:
+        return self.daemon_rss_kb + self.worker_rss_kb
+
+    @property
+    def fds(self) -> int:
+        return self.daemon_fds + self.worker_fds
+
+    def describe(self) -> str:
+        return (
+            f"RSS {self.rss_kb / 1024:.1f} MB (daemon {self.daemon_rss_kb / 1024:.1f} + "
+            f"{self.workers} call worker(s) {self.worker_rss_kb / 1024:.1f}), "
+            f"{self.fds} fds ({self.daemon_fds} + {self.worker_fds})"
+        )
+
+
+def footprint() -> DeviceFootprint:
+    pids = call_worker_pids()
+    worker_rss = worker_fds = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            worker_rss += rss_kb(pid)
+            worker_fds += open_fds(pid)
+    return DeviceFootprint(rss_kb(), worker_rss, open_fds(), worker_fds, len(pids))
+
+
+async def spare_worker_ready(dev: Device, timeout: float) -> None:
+    """Wait until the daemon's waiting call worker has started (and no call's is left), so
+    that a quiet point always counts the same processes."""
+    workers = dev.running.daemon._call_workers
+    assert workers is not None
+    async with asyncio.timeout(timeout):
+        while len(workers.pids) != 1 or len(call_worker_pids()) != 1:
+            await asyncio.sleep(0.05)
 
 
 def percentile(values: list[float], p: float) -> float:
