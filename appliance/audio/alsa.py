@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audio.base import FRAME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
+from appliance.audio.delay import StreamDelay
 from appliance.audio.jitter import JitterBuffer
 from appliance.audio.pipeline import AudioPipeline, SessionHooks
 from appliance.audio.processing import AudioProcessor, ProcessingOptions
@@ -43,6 +45,11 @@ PLAYBACK_IDLE_PERIODS = 20
 IDLE_BLOCK_MS = 80
 # A resting playback thread wakes this often to check its device (and to show it is alive).
 REST_CHECK_S = 1.0
+# The echo canceller's delay is recomputed from the device's figures this often (frames).
+DELAY_EVERY_FRAMES = 10
+# Real-time priority (SCHED_FIFO) the audio threads ask for; refused without the privilege
+# (CAP_SYS_NICE, or the unit's LimitRTPRIO), and then they run as ordinary threads.
+RT_PRIORITY = 10
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,7 @@ class AlsaSession:
         # Monotonic time each thread last moved, written by the thread, read by the watchdog.
         self._capture_moved_at = 0.0
         self._playback_moved_at = 0.0
+        self.delay = StreamDelay(acoustic_ms=config.echo_delay_ms)
 
     @property
     def idle_block_periods(self) -> int:
@@ -322,6 +330,7 @@ class AlsaSession:
         self._capture = self._playback = None
 
     def _guard(self, loop: Callable[[], None]) -> None:
+        _ask_for_realtime()
         try:
             loop()
         except AudioDeviceError as exc:
@@ -387,6 +396,7 @@ class AlsaSession:
                 # What was still waiting in the buffer, plus this period: the capture delay.
                 waiting = max(0, pcm.avail()) if device_paced else 0
                 self.stats.capture_delay_ms = (waiting + n) * 1000 / cfg.rate
+                self.delay.add_capture(self.stats.capture_delay_ms)
         except alsaaudio.ALSAAudioError as exc:
             raise translate_error(exc, cfg.capture_device, opening=False) from exc
         if n < 0:  # -EPIPE: an overrun; pyalsaaudio prepares the PCM on the next read
@@ -455,9 +465,9 @@ class AlsaSession:
             self._playback_moved_at = time.monotonic()
             self.stats.frames_played += 1
             self.stats.playback_delay_ms = (self._playback_buffer - avail) * 1000 / cfg.rate
-            self._processor.set_stream_delay_ms(
-                self.stats.playback_delay_ms + self.stats.capture_delay_ms + cfg.echo_delay_ms
-            )
+            self.delay.add_playback(self.stats.playback_delay_ms)
+            if self.stats.frames_played % DELAY_EVERY_FRAMES == 1:
+                self._processor.set_stream_delay_ms(self.delay.value_ms())
             if pacer is not None:
                 pacer.wait()
 
@@ -495,6 +505,19 @@ class AlsaSession:
     def _count_playback_xrun(self) -> None:
         self.stats.playback_xruns += 1
         self._playback_xrun_log.count(self.stats.playback_xruns)
+
+
+def _ask_for_realtime() -> None:
+    """Ask for SCHED_FIFO for the calling thread; a refusal leaves it an ordinary thread.
+
+    A loaded device (a wake-word engine, a LiveKit call, a software update) must not make the
+    audio threads late: a late playback write is an underrun the echo canceller hears as a
+    delay jump. The threads block on the device nearly all the time, so they take little.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+    except (AttributeError, OSError) as exc:
+        logger.debug("audio thread stays at normal priority: %s", exc)
 
 
 def processing_options(audio: BoardAudio) -> ProcessingOptions:

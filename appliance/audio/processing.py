@@ -62,6 +62,10 @@ class AudioProcessor:
         self._delay_apm: rtc.AudioProcessingModule | None = None  # the APM last told the delay
         # The self-test sets a list here to get the unprocessed capture too.
         self.raw_tap: list[Frame] | None = None
+        # Tests set a list here to get the reverse stream, each frame with the number of capture
+        # frames processed before it: the delay the canceller really faces can be measured.
+        self.render_tap: list[tuple[int, Frame]] | None = None
+        self._captured = 0
 
     def _new_apm(self) -> rtc.AudioProcessingModule | None:
         options = self.options
@@ -91,6 +95,11 @@ class AudioProcessor:
             self._apm = self._delay_apm = None
 
     @property
+    def captured(self) -> int:
+        """Capture frames processed (or passed through) so far."""
+        return self._captured
+
+    @property
     def stream_delay_ms(self) -> int:
         """The playout-to-capture delay the echo canceller is told."""
         return self._delay_ms
@@ -108,6 +117,8 @@ class AudioProcessor:
         apm = self._apm
         if apm is None or not self.options.echo_cancellation:
             return
+        if self.render_tap is not None:
+            self.render_tap.append((self._captured, frame.copy()))
         np.copyto(self._render.samples, frame)
         apm.process_reverse_stream(self._render.frame)
 
@@ -115,6 +126,7 @@ class AudioProcessor:
         """The processed copy of one captured 10 ms frame."""
         if self.raw_tap is not None:
             self.raw_tap.append(frame.copy())
+        self._captured += 1
         apm = self._apm
         if apm is None:
             return frame
