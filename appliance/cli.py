@@ -17,7 +17,7 @@ from appliance.errors import ApplianceError, NotEnrolledError, SettingsError
 from appliance.provisioning_client import DeviceKey, Enrollment
 from appliance.provisioning_client.enrollment import enroll_device
 from appliance.service.doctor import package_version
-from appliance.settings import Settings, load_settings
+from appliance.settings import LoggingSettings, Settings, load_settings
 from appliance.status.journal import setup_logging
 from appliance.status.redact import install_everywhere
 
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check settings, key, backend, LiveKit, hardware")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=_doctor, raw_config=True)
+
+    firstboot = commands.add_parser(
+        "firstboot", help="first boot: enroll from the card's kiosk.txt (run by its unit)"
+    )
+    firstboot.add_argument("--card", type=Path, default=Path("/boot/firmware/kiosk.txt"))
+    firstboot.set_defaults(func=_firstboot, raw_config=True)
 
     bundle = commands.add_parser(
         "support-bundle", help="write a tar.gz for support (settings redacted, doctor, journal)"
@@ -115,6 +121,13 @@ def _doctor(config: Path, args: argparse.Namespace) -> int:
     report = asyncio.run(run_doctor(config))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.format())
     return 0 if report.ok else EXIT_FAILED
+
+
+def _firstboot(config: Path, args: argparse.Namespace) -> int:
+    from appliance.service.firstboot import run_firstboot
+
+    setup_logging(LoggingSettings(), device_id="")
+    return run_firstboot(args.card, config)
 
 
 def _support_bundle(config: Path, args: argparse.Namespace) -> int:
