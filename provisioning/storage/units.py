@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_BATCH = 64
-
 
 class SyncSession(Protocol):
     """Statements inside a unit's transaction; SQL uses `?` placeholders."""
@@ -90,10 +88,12 @@ class UnitRunner:
         self._name = name
         self._connect = connect
         self._translated = translated
-        # Units are handed to the thread once per event-loop iteration, all those that the
-        # iteration's requests made together: one wake-up of the thread for them all.
+        # Group commit: one batch at a time is with the thread. Units made meanwhile wait
+        # in the outbox and go together when it is done (or at the end of this event-loop
+        # iteration, when the thread is idle): one wake-up and one commit for them all.
         self._queue: queue.SimpleQueue[list[_Pending[Any]] | None] = queue.SimpleQueue()
         self._outbox: list[_Pending[Any]] = []
+        self._in_flight = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: UnitConnection | None = None
@@ -116,14 +116,23 @@ class UnitRunner:
         if self._closed or self._loop is None:
             raise RuntimeError("the unit runner is not running")
         future: asyncio.Future[T] = self._loop.create_future()
-        if not self._outbox:
+        if not self._outbox and not self._in_flight:
             self._loop.call_soon(self._hand_over)
         self._outbox.append(_Pending(unit, future))
         return await future
 
     def _hand_over(self) -> None:
+        if self._in_flight or not self._outbox:
+            return
         outbox, self._outbox = self._outbox, []
+        self._in_flight = True
         self._queue.put(outbox)
+
+    def _done(self, batch: list[_Pending[Any]]) -> None:
+        """On the loop: the thread finished `batch`; settle it and send what waited."""
+        self._in_flight = False
+        _settle(batch)
+        self._hand_over()
 
     async def aclose(self) -> None:
         """Run what is queued, then stop the thread and close the connection; idempotent."""
@@ -131,8 +140,8 @@ class UnitRunner:
             return
         self._closed = True
         if self._thread is not None:
-            if self._outbox:
-                self._hand_over()
+            self._in_flight = False  # whatever is with the thread runs before the stop
+            self._hand_over()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
         logger.info(
@@ -155,7 +164,7 @@ class UnitRunner:
         if first is None:
             return None
         batch = list(first)
-        while len(batch) < MAX_BATCH:
+        while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -223,7 +232,7 @@ class UnitRunner:
         assert self._loop is not None
         # A closed loop: nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(_settle, batch)
+            self._loop.call_soon_threadsafe(self._done, batch)
 
 
 def _settle(batch: list[_Pending[Any]]) -> None:
