@@ -28,6 +28,7 @@ from provisioning.errors import (
     UnknownDeviceError,
     UnknownDeviceIdError,
 )
+from provisioning.events import EventKind, FleetEvent, FleetEvents, NoEvents
 from provisioning.livekit_events import LiveKitEvents, WebhookOutcome
 from provisioning.logs import AUDIT_LOGGER
 from provisioning.models import (
@@ -95,6 +96,7 @@ class ProvisioningCore:
         *,
         minter: TokenMinter,
         rooms: RoomService,
+        events: FleetEvents | None = None,
         clock: Clock = time.time,
     ) -> None:
         self._storage = storage
@@ -106,6 +108,7 @@ class ProvisioningCore:
         self._minter = minter
         self._rooms = rooms
         self._devices: dict[str, Device] = {}
+        self._events: FleetEvents = NoEvents() if events is None else events
         self._livekit_events = LiveKitEvents(
             storage,
             rooms,
@@ -171,6 +174,9 @@ class ProvisioningCore:
         if not await self._storage.set_device_status(device_id, DeviceStatus.REVOKED):
             raise UnknownDeviceIdError(f"no device {device_id}")
         audit.info("device revoked", extra={"device_id": device_id})
+        await self._events.emit(
+            FleetEvent(EventKind.DEVICE_REVOKED, self._clock(), {"device_id": device_id})
+        )
         grants = await self._storage.delete_grants(device_id)
         calls = await self._storage.list_open_calls(device_id)
         for room in sorted({c.room for c in calls} | {g.room for g in grants}):
@@ -217,6 +223,13 @@ class ProvisioningCore:
         if not spent:
             raise InvalidEnrollmentCodeError()
         audit.info("device enrolled", extra={"device_id": device_id})
+        await self._events.emit(
+            FleetEvent(
+                EventKind.DEVICE_ENROLLED,
+                now,
+                {"device_id": device_id, "name": name, "status": device.status.value},
+            )
+        )
         return device
 
     async def authenticate(self, request: SignedRequest, *, allow_revoked: bool = False) -> Device:
@@ -289,10 +302,7 @@ class ProvisioningCore:
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("call rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many calls, try again later", retry_after_s=retry_after)
-        audit.info(
-            "call started",
-            extra={"device_id": device.device_id, "call_id": call_id, "trigger": trigger},
-        )
+        await self._call_started(call)
         return self._grant(device, call_id, token)
 
     async def hold_grant(self, request: SignedRequest) -> CallGrant:
@@ -328,14 +338,12 @@ class ProvisioningCore:
     async def start_held_call(self, device: Device, call_id: str, trigger: str) -> CallRecord:
         """Record the call a device began with its held grant; again, the same call."""
         _check_trigger(trigger)
-        if await self._storage.use_grant(device.device_id, call_id, trigger, self._clock()):
-            audit.info(
-                "call started",
-                extra={"device_id": device.device_id, "call_id": call_id, "trigger": trigger},
-            )
+        began = await self._storage.use_grant(device.device_id, call_id, trigger, self._clock())
         call = await self._storage.get_call(call_id)
         if call is None or call.device_id != device.device_id:
             raise UnknownCallError("no such call or grant for this device")
+        if began:
+            await self._call_started(call)
         return call
 
     async def rejoin_call(self, device: Device, call_id: str, trigger: str) -> CallGrant:
@@ -393,14 +401,57 @@ class ProvisioningCore:
         if isinstance(duration_ms, bool) or not 0 <= duration_ms <= MAX_DURATION_MS:
             raise BadRequestError("duration_ms must be a non-negative integer")
         now = self._clock()
-        await self._storage.end_call(call_id, now, reason, duration_ms)
-        audit.info(
-            "call ended",
-            extra={"device_id": device.device_id, "call_id": call_id, "end_reason": reason},
-        )
+        changed = await self._storage.end_call(call_id, now, reason, duration_ms)
         ended = await self._storage.get_call(call_id)
         assert ended is not None
+        if changed:
+            await self.call_ended(ended)
         return ended
+
+    async def _call_started(self, call: CallRecord) -> None:
+        audit.info(
+            "call started",
+            extra={"device_id": call.device_id, "call_id": call.call_id, "trigger": call.trigger},
+        )
+        await self._events.emit(
+            FleetEvent(
+                EventKind.CALL_STARTED,
+                call.created_at,
+                {
+                    "call_id": call.call_id,
+                    "device_id": call.device_id,
+                    "room": call.room,
+                    "trigger": call.trigger,
+                },
+            )
+        )
+
+    async def call_ended(self, call: CallRecord) -> None:
+        """Log and announce a call's end, once, whoever recorded it (the device's report,
+        LiveKit's webhooks or the sweeper)."""
+        audit.info(
+            "call ended",
+            extra={
+                "device_id": call.device_id,
+                "call_id": call.call_id,
+                "end_reason": call.end_reason,
+            },
+        )
+        await self._events.emit(
+            FleetEvent(
+                EventKind.CALL_ENDED,
+                call.ended_at if call.ended_at is not None else self._clock(),
+                {
+                    "call_id": call.call_id,
+                    "device_id": call.device_id,
+                    "room": call.room,
+                    "trigger": call.trigger,
+                    "end_reason": call.end_reason,
+                    "duration_ms": call.duration_ms,
+                    "started_at": call.created_at,
+                },
+            )
+        )
 
     # LiveKit
 
