@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
 # After its socket is closed, a worker has this long to leave its room and exit.
 EXIT_TIMEOUT_S = 10.0
+# A press that waits longer than this for its worker is logged (it came right after a call).
+SLOW_TAKE_S = 0.05
+# How many of the last waits are kept (for the benchmarks).
+WAITS_KEPT = 1000
 # The loggers whose records the worker sends over (its own and the SDK's).
 _FORWARDED = ("appliance", "livekit")
 
@@ -175,6 +179,7 @@ class CallWorkers(AsyncResource):
         self._spare: asyncio.Task[CallWorker] | None = None
         self._busy: set[CallWorker] = set()
         self._closed = False
+        self.waits_s: list[float] = []  # per take, how long it waited for a worker to start
 
     async def start(self) -> None:
         self._prepare()
@@ -191,6 +196,8 @@ class CallWorkers(AsyncResource):
     async def take(self) -> CallWorker:
         """A started worker for one call (the spare, or one started now); CallError if none
         could be started."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         for _attempt in (1, 2):
             if self._closed:
                 raise CallError("the call workers are closed")
@@ -210,6 +217,12 @@ class CallWorkers(AsyncResource):
             self._spare = None
             if worker.alive:
                 self._busy.add(worker)
+                waited = loop.time() - began
+                if len(self.waits_s) >= WAITS_KEPT:
+                    del self.waits_s[0]
+                self.waits_s.append(waited)
+                if waited > SLOW_TAKE_S:
+                    logger.info("the call waited %.2f s for its worker to start", waited)
                 return worker
             logger.warning("the waiting call worker %d had exited", worker.pid)
             await worker.aclose()

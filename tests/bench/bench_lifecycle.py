@@ -32,12 +32,16 @@ Times are `time.monotonic()` in this process.
 - Soak: calls back to back (press, IN_CALL, press, READY, next grant) with a 60 s token
   TTL; every 20 calls, at fixed offsets: a 429 on the check-in just before a press, a
   LiveKit restart mid-call, a backend stop (before a press, with a grant held) and start
-  (after that call ended). The demo agent runs in a process of its own, so that this
-  process holds the device and the backend only. Memory is this process's VmRSS after
-  `gc.collect()`, after 10 calls and at the end; descriptors are /proc/self/fd at the
-  same quiet points (READY, outbox drained, no DNS lookup under way: libwebrtc resolves
+  (after that call ended). The demo agent and the backend (`provisioning serve`, on the
+  stack's port and database) run in processes of their own, so that this process holds
+  the device alone (and the test's own share: the LiveKit server's log pump, the state
+  log). Memory is the device's: this process's VmRSS after `gc.collect()` plus that of
+  its call workers (children running `appliance.call.worker`, found in /proc), after 10
+  calls and at the end; descriptors likewise, at the same quiet points (READY, outbox
+  drained, the next call's worker started, no DNS lookup under way: libwebrtc resolves
   the STUN servers LiveKit hands out on a thread per lookup, and this sandbox's resolver
-  leaves many unanswered for seconds, so counts taken mid-run swing by a hundred).
+  leaves many unanswered for seconds). KIOSK_BENCH_TRACEMALLOC=N (frames) also prints
+  where Python allocations grew.
 - Baseline (printed only): the soak's memory figure for a bare livekit-rtc `Room` used as
   the device uses it, with none of our code, to tell the SDK's share from the device's.
 """
@@ -48,6 +52,7 @@ import asyncio
 import contextlib
 import os
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,19 +66,22 @@ from livekit.protocol.room import RoomConfiguration
 from appliance.state import State
 from demo.stack import AGENT_NAME, LocalStack
 from tests.bench.lifecycle_harness import (
+    BackendProcess,
     Device,
     Stamped,
     agent_process,
+    backend_process,
     device,
     drain_agent_sessions,
     fd_kinds,
+    footprint,
     live_objects,
     log_times,
-    open_fds,
     percentile,
     quiet_fds,
     resolver_sockets,
     rss_kb,
+    spare_worker_ready,
     threads,
 )
 
@@ -85,6 +93,8 @@ RESTARTS = int(os.environ.get("KIOSK_BENCH_RESTARTS", "10"))
 SOAK_CALLS = int(os.environ.get("KIOSK_BENCH_SOAK_CALLS", "200"))
 BASELINE_ROOMS = int(os.environ.get("KIOSK_BENCH_BASELINE_CALLS", "60"))
 SOAK_WARMUP = 10
+# Frames of traceback for tracemalloc in the soak (0: off; it slows every call down).
+TRACEMALLOC = int(os.environ.get("KIOSK_BENCH_TRACEMALLOC", "0"))
 # One keep-alive connection to the backend, both of its ends in this process, may be open at
 # one quiet point and not at the other.
 FD_SLACK = 2
@@ -372,7 +382,7 @@ def _fault(n: int) -> str:
     return {5: "429", 10: "livekit_restart", 15: "backend_down"}.get(n % 20, "")
 
 
-async def _soak_call(n: int, dev: Device, stack: LocalStack) -> SoakCall:
+async def _soak_call(n: int, dev: Device, stack: LocalStack, backend: BackendProcess) -> SoakCall:
     """One call of the soak, with its fault; the device is READY with a grant afterwards."""
     call = SoakCall(n, _fault(n))
     keeper = dev.running.daemon.supervisor.keeper
@@ -386,7 +396,7 @@ async def _soak_call(n: int, dev: Device, stack: LocalStack) -> SoakCall:
     elif call.fault == "backend_down":
         # Down from before the press until the call has ended: the held grant makes the call,
         # the start and end reports wait in the outbox.
-        await stack.backend.aclose()
+        await backend.stop()
     pressed = dev.press()
     try:
         in_call = await dev.log.wait_for(State.IN_CALL, mark, 25)
@@ -407,7 +417,7 @@ async def _soak_call(n: int, dev: Device, stack: LocalStack) -> SoakCall:
             dev.press()
         await dev.log.wait_settled(mark, 40)
     if call.fault == "backend_down":
-        await stack.backend.start()
+        await backend.start()
     if dev.state is not State.READY:
         await dev.log.wait_for(State.READY, dev.log.mark(), 60)
     await dev.held_grant_ready(grants, 30)
@@ -432,47 +442,55 @@ async def test_soak_calls_back_to_back_with_faults(soak_stack: LocalStack) -> No
         agent_process(stack, GREETING),
         device(stack, "soak", call=CALL) as dev,
     ):
-        await dev.held_grant_ready(0, 10)
-        print(
-            f"\nsoak: {SOAK_CALLS} calls, token TTL 60 s, demo agent in its own process "
-            f"(load: {_load()})"
-        )
-        for n in range(SOAK_CALLS):
-            if n == SOAK_WARMUP:
-                await dev.outbox_drained(30)
-                fds0, waited0 = await quiet_fds(30)
-                rss0, threads0, warm_at = rss_kb(), threads(), time.monotonic()
-                print(
-                    f"  after {n} calls: RSS {rss0 / 1024:.1f} MB, {threads0} threads, {fds0} fds "
-                    f"(after {waited0:.0f} s for DNS lookups to end) {fd_kinds()}"
-                )
-            call = await _soak_call(n, dev, stack)
-            calls.append(call)
-            if call.fault or call.failure:
-                line = f"  call {n} ({call.fault or 'no fault'}) {call.call_id}: "
-                line += call.failure or "ok"
-                if call.restart is not None:
-                    r = call.restart
-                    line += f", audible {r.audible_s:.2f} s after restart()" if r.audible_s else ""
-                print(line)
-                print(f"     states: {' → '.join(call.states)}")
-            if (n + 1) % 20 == 0:
-                fds = open_fds()
-                dns = resolver_sockets()
-                print(
-                    f"  {n + 1} calls, {time.monotonic() - started:.0f} s: RSS "
-                    f"{rss_kb() / 1024:.1f} MB, {threads()} threads, {fds} fds of which "
-                    f"{dns} DNS lookups, load {_load()}"
-                )
-        run_end = time.monotonic()
-        await dev.outbox_drained(60)
-        fds1, waited1 = await quiet_fds(30)
-        rss1, threads1 = rss_kb(), threads()
-        print(
-            f"  at the end: RSS {rss1 / 1024:.1f} MB, {threads1} threads, {fds1} fds "
-            f"(after {waited1:.0f} s for DNS lookups to end) {fd_kinds()}"
-        )
-        alive = live_objects("LiveKitCall", "Room", "AudioStream")
+        async with backend_process(stack) as backend:
+            await dev.held_grant_ready(0, 10)
+            print(
+                f"\nsoak: {SOAK_CALLS} calls, token TTL 60 s, demo agent and backend in processes "
+                f"of their own (load: {_load()})"
+            )
+            for n in range(SOAK_CALLS):
+                if n == SOAK_WARMUP:
+                    waited0 = await _quiet_point(dev)
+                    if TRACEMALLOC:
+                        tracemalloc.start(TRACEMALLOC)
+                        traced0 = tracemalloc.take_snapshot()
+                    foot0, threads0, warm_at = footprint(), threads(), time.monotonic()
+                    print(
+                        f"  after {n} calls: {foot0.describe()}, {threads0} threads "
+                        f"(after {waited0:.0f} s for DNS lookups to end) {fd_kinds()}"
+                    )
+                call = await _soak_call(n, dev, stack, backend)
+                calls.append(call)
+                if call.fault or call.failure:
+                    line = f"  call {n} ({call.fault or 'no fault'}) {call.call_id}: "
+                    line += call.failure or "ok"
+                    if call.restart is not None:
+                        r = call.restart
+                        if r.audible_s:
+                            line += f", audible {r.audible_s:.2f} s after restart()"
+                    print(line)
+                    print(f"     states: {' → '.join(call.states)}")
+                if (n + 1) % 20 == 0:
+                    elapsed = time.monotonic() - started
+                    print(
+                        f"  {n + 1} calls, {elapsed:.0f} s: {footprint().describe()}, "
+                        f"{threads()} threads, {resolver_sockets()} DNS lookups, load {_load()}"
+                    )
+            run_end = time.monotonic()
+            await dev.outbox_drained(60)
+            waited1 = await _quiet_point(dev)
+            foot1, threads1 = footprint(), threads()
+            print(
+                f"  at the end: {foot1.describe()}, {threads1} threads "
+                f"(after {waited1:.0f} s for DNS lookups to end) {fd_kinds()}"
+            )
+            alive = live_objects("WorkerCall", "CallWorker", "Room", "AudioStream")
+            if TRACEMALLOC:
+                _print_traced_growth(traced0, tracemalloc.take_snapshot())
+                tracemalloc.stop()
+            workers = dev.running.daemon._call_workers
+            assert workers is not None
+            waits = workers.waits_s[SOAK_WARMUP:]
         device_id = (await stack.backend.core.list_devices())[-1].device_id
         records = await stack.backend.core.list_calls(device_id)
 
@@ -480,7 +498,7 @@ async def test_soak_calls_back_to_back_with_faults(soak_stack: LocalStack) -> No
     failed = [c for c in calls if c.failure]
     counted = max(1, SOAK_CALLS - SOAK_WARMUP)
     per_call = (run_end - warm_at) / counted
-    growth_mb = (rss1 - rss0) / 1024
+    growth_mb = (foot1.rss_kb - foot0.rss_kb) / 1024
     print(
         f"  {SOAK_CALLS} calls in {run_end - started:.0f} s, {per_call:.2f} s a call after "
         f"warm-up; Python objects alive at the end: {alive}"
@@ -493,6 +511,10 @@ async def test_soak_calls_back_to_back_with_faults(soak_stack: LocalStack) -> No
     faults = {
         f: sum(c.fault == f for c in calls) for f in ("429", "livekit_restart", "backend_down")
     }
+    report(
+        "  joins that waited for their call worker to start / p90 wait",
+        f"{sum(w > 0.005 for w in waits)} / {1000 * percentile(waits, 90):.0f} ms",
+    )
     report(
         "faults (429 / LiveKit restart / backend down)",
         f"{faults['429']} / {faults['livekit_restart']} / {faults['backend_down']}",
@@ -512,18 +534,24 @@ async def test_soak_calls_back_to_back_with_faults(soak_stack: LocalStack) -> No
         not open_records,
     )
     report(
-        f"RSS growth, call {SOAK_WARMUP} → {SOAK_CALLS}",
+        f"RSS growth (daemon + call workers), call {SOAK_WARMUP} → {SOAK_CALLS}",
         f"{growth_mb:+.1f} MB",
-        f"≤ 5 MB (from {rss0 / 1024:.0f})",
+        f"≤ 5 MB (from {foot0.rss_kb / 1024:.0f})",
         growth_mb <= 5,
+    )
+    report(
+        "  of which the daemon's process / the call workers'",
+        f"{(foot1.daemon_rss_kb - foot0.daemon_rss_kb) / 1024:+.1f} / "
+        f"{(foot1.worker_rss_kb - foot0.worker_rss_kb) / 1024:+.1f} MB",
     )
     report(
         f"  that is, per call after call {SOAK_WARMUP}",
         f"{1024 * growth_mb / counted:+.0f} kB",
     )
+    fds0, fds1 = foot0.fds, foot1.fds
     fds_ok = fds1 <= fds0 + FD_SLACK
     report(
-        "open fds at quiet points, warm-up → end",
+        "open fds (daemon + call workers) at quiet points, warm-up → end",
         f"{fds0} → {fds1}",
         f"flat (≤ +{FD_SLACK})",
         fds_ok,
@@ -532,6 +560,26 @@ async def test_soak_calls_back_to_back_with_faults(soak_stack: LocalStack) -> No
     assert not open_records, open_records
     assert fds_ok, f"{fds0} → {fds1} descriptors"
     assert growth_mb <= 5, f"RSS grew {growth_mb:.1f} MB over {counted} calls"
+
+
+def _print_traced_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> None:
+    """Where this process's Python allocations grew (KIOSK_BENCH_TRACEMALLOC frames deep)."""
+    stats = after.compare_to(before, "traceback")
+    total = sum(s.size_diff for s in stats)
+    print(f"  Python allocations (tracemalloc) grew {total / 1024:+.0f} kB; largest growth:")
+    for stat in sorted(stats, key=lambda s: s.size_diff, reverse=True)[:12]:
+        frames = " ← ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in stat.traceback)
+        print(f"    {stat.size_diff / 1024:+8.0f} kB  {stat.count_diff:+6d}  {frames}")
+
+
+async def _quiet_point(dev: Device) -> float:
+    """Wait for a point where the device is idle in the same way each time: outbox sent,
+    the next call's worker started and the last one gone, no DNS lookup under way; returns
+    the seconds waited for the lookups."""
+    await dev.outbox_drained(30)
+    await spare_worker_ready(dev, 30)
+    _fds, waited = await quiet_fds(30)
+    return waited
 
 
 async def test_bare_livekit_room_memory_baseline(soak_stack: LocalStack) -> None:

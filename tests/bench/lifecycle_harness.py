@@ -266,6 +266,69 @@ async def agent_process(stack: LocalStack, greeting: str) -> AsyncIterator[Path]
                 await proc.wait()
 
 
+class BackendProcess:
+    """The stack's backend in a process of its own (`provisioning serve`), on the port and
+    database of the stack's in-process one, which is stopped meanwhile: the soak's process
+    then holds the device alone. `stop`/`start` are the soak's backend outage."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self._stack = stack
+        self._proc: asyncio.subprocess.Process | None = None
+        port = stack.backend.port
+        self.url = stack.backend.url
+        self.config = stack.workdir / "provisioning-process.toml"
+        text = stack.backend_config.read_text()
+        self.config.write_text(text.replace("port = 0", f"port = {port}", 1))
+        self.log = stack.workdir / "backend.log"
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self._proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "provisioning"),
+                "--config",
+                str(self.config),
+                "serve",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        async with asyncio.timeout(30), httpx.AsyncClient() as client:
+            while True:
+                if self._proc.returncode is not None:
+                    raise RuntimeError(f"the backend exited: {self.log.read_text()[-2000:]}")
+                try:
+                    await client.get(f"{self.url}/", timeout=1)
+                    return
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            async with asyncio.timeout(15):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@asynccontextmanager
+async def backend_process(stack: LocalStack) -> AsyncIterator[BackendProcess]:
+    """The backend out of this process while the block runs; in it again afterwards (for
+    the records, and the stack's own shutdown)."""
+    backend = BackendProcess(stack)
+    await stack.backend.aclose()
+    try:
+        await backend.start()
+        yield backend
+    finally:
+        await backend.stop()
+        await stack.backend.start()
+
+
 class LogTimes(logging.Handler):
     """When the device logged what: (time.monotonic(), message) of chosen messages."""
 
