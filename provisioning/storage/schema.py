@@ -106,6 +106,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS grants_device_created ON grants (device_id, created_at)",
         ),
     ),
+    Migration(
+        7,
+        "admin tokens (hashed, scoped, revocable) and console sessions",
+        (
+            """CREATE TABLE IF NOT EXISTS admin_tokens (
+                token_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                scope TEXT NOT NULL CHECK (scope IN ('read', 'read-write')),
+                token_hash TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                last_used_at DOUBLE PRECISION,
+                revoked_at DOUBLE PRECISION
+            )""",
+            """CREATE UNIQUE INDEX IF NOT EXISTS admin_tokens_active_name
+                ON admin_tokens (name) WHERE revoked_at IS NULL""",
+            """CREATE TABLE IF NOT EXISTS admin_sessions (
+                session_hash TEXT PRIMARY KEY,
+                token_id TEXT NOT NULL REFERENCES admin_tokens (token_id),
+                csrf_token TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS admin_sessions_expires_at ON admin_sessions (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
