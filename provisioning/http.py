@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from provisioning.admin import AdminTokens, add_admin_routes
 from provisioning.backend import open_backend
 from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
@@ -281,8 +282,10 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = 10.0,
+    admin_tokens: AdminTokens | None = None,
 ) -> web.Application:
-    """The aiohttp application serving docs/api.md over `core`."""
+    """The aiohttp application serving docs/api.md over `core`; with `admin_tokens`, the
+    admin API and the console too (docs/admin.md)."""
     app = web.Application(middlewares=[_error_middleware], client_max_size=max_body_bytes)
     app[CORE_KEY] = core
     app[BODY_TIMEOUT_KEY] = body_timeout_s
@@ -294,6 +297,8 @@ def create_app(
     app.router.add_post("/v1/calls/{call_id}/start", _start_held_call)
     app.router.add_post("/v1/calls/{call_id}/rejoin", _rejoin_call)
     app.router.add_post(WEBHOOK_PATH, _livekit_webhook)
+    if admin_tokens is not None:
+        add_admin_routes(app, core, admin_tokens)
     return app
 
 
@@ -350,7 +355,11 @@ class BackendServer:
                 open_backend(self.config, clock=self._clock, rooms=self._rooms)
             )
             self._core = backend.core
-            app = create_app(backend.core, body_timeout_s=server.body_timeout_s)
+            app = create_app(
+                backend.core,
+                body_timeout_s=server.body_timeout_s,
+                admin_tokens=AdminTokens(backend.storage.db, clock=self._clock),
+            )
             # No access log: one line per request is a flood under load; refusals are logged.
             runner = web.AppRunner(
                 app,

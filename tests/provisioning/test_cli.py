@@ -51,11 +51,12 @@ def add_device(config_path: Path, name: str = "hall") -> TestDevice:
 
     async def add(storage: SqlStorage) -> bool:
         await storage.add_enrollment_code(code)
-        return await storage.enroll_device(
+        enrolled = await storage.enroll_device(
             Device(device.device_id, device.public_raw, name, DeviceStatus.APPROVED, 1.0e9),
             code.code_hash,
             1.0e9,
         )
+        return enrolled is not None
 
     assert with_storage(config_path, add)
     return device
@@ -113,11 +114,21 @@ def test_devices_list_shows_the_flag(config_path: Path, capsys: pytest.CaptureFi
     )
     assert main(["--config", str(config_path), "devices", "list"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["DEVICE_ID", "STATUS", "CREATED", "FLAGGED", "FLAG", "NAME"]
+    assert header.split() == [
+        "DEVICE_ID",
+        "STATUS",
+        "SEEN",
+        "OFFLINE",
+        "GROUP",
+        "CREATED",
+        "FLAGGED",
+        "FLAG",
+        "NAME",
+    ]
     flagged = next(row for row in rows if device.device_id in row)
     assert "2017-07-14T02:40:00Z" in flagged and "non_audio_track" in flagged
     clean = next(row for row in rows if other.device_id in row)
-    assert clean.split()[3:5] == ["-", "-"]
+    assert clean.split()[6:8] == ["-", "-"]
 
 
 def test_revoke_unknown_device_fails(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,401 @@
+"""The console's pages as markup: pure functions of what the core returned (no I/O here).
+
+`csrf` is the session's token for the forms, or None for a read-only token: then no
+write form is rendered at all (the server refuses them anyway).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.vocabulary import EndReason
+from provisioning.admin.html import Markup, duration, html, join, table, when
+from provisioning.models import AdminAction, CallRecord, Device, DeviceStatus, EnrollmentCode
+
+# (form field, settings path, label, input attributes)
+SETTINGS_FIELDS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("agent_name", ("agent_name",), "Agent", "type=text maxlength=64"),
+    ("call_max_duration_s", ("call", "max_duration_s"), "Max call (s)", "type=number step=any"),
+    ("call_idle_timeout_s", ("call", "idle_timeout_s"), "Idle timeout (s)", "type=number step=any"),
+    ("call_cooldown_s", ("call", "cooldown_s"), "Cooldown (s)", "type=number step=any"),
+    ("wake_word_model", ("wake_word", "model"), "Wake word model", "type=text maxlength=64"),
+    ("speaker_volume", ("speaker_volume",), "Volume (0-1)", "type=number step=0.05 min=0 max=1"),
+)
+CODE_TTLS = ((3600, "1 hour"), (86400, "1 day"), (7 * 86400, "7 days"), (30 * 86400, "30 days"))
+
+
+def notice(text: str | None, *, error: bool = False) -> Markup:
+    """A message box, or nothing."""
+    if not text:
+        return Markup("")
+    return html('<p class="{}" role="status">{}</p>', "error" if error else "notice", text)
+
+
+def button_form(action: str, csrf: str, label: str, *, danger: bool = False) -> Markup:
+    """A one-button POST form carrying the session's CSRF token."""
+    return html(
+        '<form method=post action="{}"><input type=hidden name=csrf value="{}">'
+        '<button type=submit class="{}">{}</button></form>',
+        action,
+        csrf,
+        "danger" if danger else "",
+        label,
+    )
+
+
+def status_badge(device: Device, offline: bool) -> Markup:
+    """The device's status, and `offline` when it missed its check-ins."""
+    badge = html('<span class="badge {}">{}</span>', device.status.value, device.status.value)
+    if offline:
+        badge = html('{} <span class="badge offline">offline</span>', badge)
+    return badge
+
+
+def _device_link(device: Device) -> Markup:
+    return html(
+        '<a href="/console/devices/{}">{}</a>', device.device_id, device.name or "(no name)"
+    )
+
+
+def _device_actions(device: Device, csrf: str | None) -> Markup:
+    if csrf is None:
+        return Markup("")
+    base = f"/console/devices/{device.device_id}"
+    forms = []
+    if device.status is DeviceStatus.PENDING:
+        forms.append(button_form(f"{base}/approve", csrf, "Approve"))
+        forms.append(button_form(f"{base}/reject", csrf, "Reject", danger=True))
+    if device.status is not DeviceStatus.REVOKED:
+        forms.append(button_form(f"{base}/revoke", csrf, "Revoke", danger=True))
+    return join(forms)
+
+
+def devices_page(
+    devices: Sequence[Device], offline: set[str], csrf: str | None, message: str | None
+) -> Markup:
+    """Pending approvals first, then every device."""
+    pending = [d for d in devices if d.status is DeviceStatus.PENDING]
+    pending_table = table(
+        ("Name", "Device", "Enrolled", "Actions"),
+        (
+            (_device_link(d), d.device_id, when(d.created_at), _device_actions(d, csrf))
+            for d in pending
+        ),
+        empty="No device is waiting for approval.",
+    )
+    all_table = table(
+        ("Name", "Device", "Status", "State", "Last seen", "Firmware", "Group", "Actions"),
+        (
+            (
+                _device_link(d),
+                d.device_id,
+                status_badge(d, d.device_id in offline),
+                d.state or "-",
+                when(d.last_seen),
+                d.firmware or "-",
+                d.group or "-",
+                _device_actions(d, csrf),
+            )
+            for d in devices
+        ),
+        empty="No device has enrolled yet.",
+    )
+    return html(
+        "{}<section id=pending><h2>Pending approval ({})</h2>{}</section>"
+        "<section id=devices><h2>All devices ({})</h2>{}</section>",
+        notice(message),
+        len(pending),
+        pending_table,
+        len(devices),
+        all_table,
+    )
+
+
+def _setting(settings: Mapping[str, Any], path: tuple[str, ...]) -> object:
+    value: object = settings
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def device_page(
+    device: Device,
+    *,
+    offline: bool,
+    effective: Mapping[str, Any],
+    csrf: str | None,
+    message: str | None,
+    error: str | None,
+) -> Markup:
+    """One device: what it reported, its settings, and (read-write) the forms to change them."""
+    facts = (
+        ("Device", device.device_id),
+        ("Name", device.name or "(no name)"),
+        ("Status", status_badge(device, offline)),
+        ("State", device.state or "-"),
+        ("Last seen", when(device.last_seen)),
+        ("Last fault", device.last_error or "-"),
+        ("Firmware", device.firmware or "-"),
+        ("Board", device.board or "-"),
+        (
+            "Clock offset",
+            "-" if device.clock_offset_s is None else f"{device.clock_offset_s:+.1f} s",
+        ),
+        ("Group", device.group or "-"),
+        ("Enrolled", when(device.created_at)),
+        ("Flag", device.flag_reason.value if device.flag_reason else "-"),
+        ("Own settings", json.dumps(dict(device.settings), sort_keys=True)),
+        ("Effective settings", json.dumps(dict(effective), sort_keys=True)),
+    )
+    body = [
+        notice(message),
+        notice(error, error=True),
+        table(("Field", "Value"), facts, empty=""),
+    ]
+    if csrf is not None:
+        body.append(html("<h2>Actions</h2><p>{}</p>", _device_actions(device, csrf)))
+        body.append(_settings_form(device, csrf))
+        body.append(
+            html(
+                '<h2>Group</h2><form method=post action="/console/devices/{}/group" class=stack>'
+                '<input type=hidden name=csrf value="{}">'
+                '<label>Group (empty: none) <input name=group value="{}" maxlength=64></label>'
+                "<button type=submit>Save group</button></form>",
+                device.device_id,
+                csrf,
+                device.group or "",
+            )
+        )
+    return join(body)
+
+
+def _settings_form(device: Device, csrf: str) -> Markup:
+    fields = [
+        html(
+            '<label>{} <input name="{}" {} value="{}"></label>',
+            label,
+            name,
+            Markup(attrs),
+            "" if (v := _setting(device.settings, path)) is None else v,
+        )
+        for name, path, label, attrs in SETTINGS_FIELDS
+    ]
+    enabled = _setting(device.settings, ("wake_word", "enabled"))
+    options = join(
+        html(
+            '<option value="{}"{}>{}</option>',
+            value,
+            Markup(" selected" if value == chosen else ""),
+            label,
+        )
+        for value, label, chosen in (
+            ("", "(not set)", "" if enabled is None else None),
+            ("on", "on", "on" if enabled is True else None),
+            ("off", "off", "off" if enabled is False else None),
+        )
+    )
+    return html(
+        "<h2>Settings</h2><p>Empty fields are not set: the group's or the device's own file "
+        "apply. The device applies them at its next check-in.</p>"
+        '<form method=post action="/console/devices/{}/settings" class=stack>'
+        '<input type=hidden name=csrf value="{}">{}'
+        "<label>Wake word <select name=wake_word_enabled>{}</select></label>"
+        "<button type=submit>Save settings</button></form>",
+        device.device_id,
+        csrf,
+        join(fields),
+        options,
+    )
+
+
+@dataclass(frozen=True)
+class CallFilters:
+    """The calls page's filters, as the form sent them (dates as YYYY-MM-DD)."""
+
+    device_id: str = ""
+    end_reason: str = ""
+    since: str = ""
+    until: str = ""
+
+
+def calls_page(
+    calls: Sequence[CallRecord],
+    devices: Sequence[Device],
+    filters: CallFilters,
+    *,
+    total: int,
+    error: str | None,
+) -> Markup:
+    """The filter form (a GET: bookmarkable, no CSRF needed) and the calls, newest first."""
+    names = {d.device_id: d.name for d in devices}
+    device_options = join(
+        html(
+            '<option value="{}"{}>{}</option>',
+            value,
+            Markup(" selected" if value == filters.device_id else ""),
+            label,
+        )
+        for value, label in [("", "all devices")]
+        + [(d.device_id, f"{d.name or '(no name)'} ({d.device_id})") for d in devices]
+    )
+    reason_options = join(
+        html(
+            '<option value="{}"{}>{}</option>',
+            value,
+            Markup(" selected" if value == filters.end_reason else ""),
+            value or "any",
+        )
+        for value in ["", *sorted(r.value for r in EndReason)]
+    )
+    form = html(
+        "<form method=get action=/console/calls class=filters>"
+        "<label>Device <select name=device_id>{}</select></label>"
+        "<label>End reason <select name=end_reason>{}</select></label>"
+        '<label>From <input type=date name=since value="{}"></label>'
+        '<label>To (inclusive) <input type=date name=until value="{}"></label>'
+        "<button type=submit>Filter</button> <a href=/console/calls>clear</a></form>",
+        device_options,
+        reason_options,
+        filters.since,
+        filters.until,
+    )
+    rows = (
+        (
+            when(c.created_at),
+            html("{}<br><small>{}</small>", names.get(c.device_id, "?"), c.device_id),
+            c.trigger,
+            when(c.ended_at) if c.ended_at is not None else "open",
+            c.end_reason or "-",
+            duration(c.duration_ms),
+            c.call_id,
+        )
+        for c in calls
+    )
+    noun = "call" if total == 1 else "calls"
+    shown = (
+        f"{total} {noun}" if total == len(calls) else f"the newest {len(calls)} of {total} calls"
+    )
+    return html(
+        "{}{}<p id=count>{}</p>{}",
+        form,
+        notice(error, error=True),
+        shown,
+        table(
+            ("Started", "Device", "Trigger", "Ended", "End reason", "Duration", "Call"),
+            rows,
+            empty="No call matches.",
+        ),
+    )
+
+
+def codes_page(
+    codes: Sequence[EnrollmentCode],
+    *,
+    csrf: str | None,
+    new_code: str | None,
+    error: str | None,
+) -> Markup:
+    """The create form (read-write), the new code once, and the stored codes (never a code)."""
+    parts = [notice(error, error=True)]
+    if new_code is not None:
+        parts.append(
+            html(
+                "<section id=new-code class=notice><p>The new enrollment code, shown this once:</p>"
+                "<p class=secret>{}</p><p>Copy it now: it is stored hashed and cannot be shown "
+                "again.</p></section>",
+                new_code,
+            )
+        )
+    if csrf is not None:
+        ttl_options = join(
+            html('<option value="{}">{}</option>', s, label) for s, label in CODE_TTLS
+        )
+        parts.append(
+            html(
+                "<h2>New code</h2><form method=post action=/console/enrollment-codes class=stack>"
+                '<input type=hidden name=csrf value="{}">'
+                "<label>Label <input name=label maxlength=100></label>"
+                "<label>Valid for <select name=ttl_s>{}</select></label>"
+                "<label><input type=checkbox name=requires_approval value=1> "
+                "Requires approval (the device waits as pending)</label>"
+                "<label>Group (optional) <input name=group maxlength=64></label>"
+                "<button type=submit>Create code</button></form>",
+                csrf,
+                ttl_options,
+            )
+        )
+    rows = (
+        (
+            c.code_hash[:12],
+            c.label or "-",
+            when(c.created_at),
+            when(c.expires_at),
+            "-" if c.used_at is None else html("{} by {}", when(c.used_at), c.device_id or "?"),
+            "yes" if c.requires_approval else "no",
+            c.group or "-",
+        )
+        for c in codes
+    )
+    parts.append(
+        html(
+            "<h2>Codes</h2>{}",
+            table(
+                ("Code id", "Label", "Created", "Expires", "Used", "Approval", "Group"),
+                rows,
+                empty="No enrollment code yet.",
+            ),
+        )
+    )
+    return join(parts)
+
+
+def actions_page(actions: Sequence[AdminAction]) -> Markup:
+    """Who did what, newest first."""
+    return table(
+        ("When", "Who", "Action", "Target", "Detail"),
+        (
+            (when(a.at), a.actor, a.action, a.target, json.dumps(dict(a.detail), sort_keys=True))
+            for a in actions
+        ),
+        empty="No admin action recorded yet.",
+    )
+
+
+def login_page(login_csrf: str, error: str | None) -> Markup:
+    """The sign-in form: an admin token, never echoed back."""
+    return html(
+        "{}<form method=post action=/console/login class=stack>"
+        '<input type=hidden name=login_csrf value="{}">'
+        "<label>Admin token <input type=password name=token autocomplete=off required></label>"
+        "<button type=submit>Sign in</button></form>"
+        "<p>Make a token on the backend's machine: "
+        "<code>provisioning admin-token create --name NAME --scope read-write</code></p>",
+        notice(error, error=True),
+        login_csrf,
+    )
+
+
+def header(name: str, scope: str, csrf: str, nav: Sequence[tuple[str, str]]) -> Markup:
+    """The navigation, who is signed in, and the sign-out form."""
+    links = join(html('<a href="{}">{}</a>', href, label) for href, label in nav)
+    return html(
+        "<header><nav>{}</nav><span class=who>{} ({})</span>"
+        '<form method=post action=/console/logout><input type=hidden name=csrf value="{}">'
+        "<button type=submit>Sign out</button></form></header>",
+        links,
+        name,
+        scope,
+        csrf,
+    )
+
+
+def error_body(message: str) -> Markup:
+    """A refusal, as a page body."""
+    return html(
+        '{}<p><a href="/console/devices">Back to the devices</a></p>', notice(message, error=True)
+    )
