@@ -26,6 +26,9 @@ class EndReason(StrEnum):
     CANCELLED = "cancelled"  # a long press
     TOKEN_REFUSED = "token_refused"  # LiveKit refused the call's token twice (clock? keys?)
     DEVICE_RESTARTED = "device_restarted"  # the daemon died during the call; reported on restart
+    # Set by the backend only: the device left the room itself, and its own report of why
+    # never came (LiveKit's participant_left said CLIENT_INITIATED).
+    DEVICE_LEFT = "device_left"
 
 
 class Trigger(StrEnum):

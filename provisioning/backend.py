@@ -11,6 +11,8 @@ from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
 from provisioning.rooms import LiveKitRoomService, RoomService
 from provisioning.storage import SqlStorage, open_storage
+from provisioning.storage.call_ledger import ledger_of
+from provisioning.sweeper import Sweeper
 from provisioning.tokens import LiveKitTokenMinter
 
 
@@ -21,15 +23,21 @@ class Backend:
     config: Config
     storage: SqlStorage
     core: ProvisioningCore
+    sweeper: Sweeper | None = None
 
 
 @asynccontextmanager
 async def open_backend(
-    config: Config, *, clock: Clock = time.time, rooms: RoomService | None = None
+    config: Config,
+    *,
+    clock: Clock = time.time,
+    rooms: RoomService | None = None,
+    sweep: bool = False,
 ) -> AsyncIterator[Backend]:
     """Open the configured database (migrating it) and wire the core; close both on exit.
 
     `rooms` replaces the client of the configured LiveKit server's room service (tests).
+    `sweep` runs the call sweeper (the server does; a CLI command does not).
     """
     async with AsyncExitStack() as stack:
         storage = await open_storage(config.database)
@@ -47,4 +55,10 @@ async def open_backend(
             ttl_s=config.calls.token_ttl_s,
         )
         core = ProvisioningCore(storage, config, minter=minter, rooms=rooms, clock=clock)
-        yield Backend(config=config, storage=storage, core=core)
+        sweeper = None
+        if sweep:
+            # Entered last, so stopped first: its task ends before what it uses is closed.
+            sweeper = await stack.enter_async_context(
+                Sweeper(storage, ledger_of(storage), rooms, call_ended=core.call_ended, clock=clock)
+            )
+        yield Backend(config=config, storage=storage, core=core, sweeper=sweeper)

@@ -32,6 +32,7 @@ from provisioning.logs import printable
 from provisioning.models import CallGrant, Device
 from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
+from provisioning.sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,7 @@ class BackendServer:
         self._clock = clock
         self._stack = AsyncExitStack()
         self._core: ProvisioningCore | None = None
+        self._sweeper: Sweeper | None = None
         self._bound_port: int | None = None
 
     @property
@@ -333,6 +335,13 @@ class BackendServer:
         if self._core is None:
             raise RuntimeError("server is not started")
         return self._core
+
+    @property
+    def sweeper(self) -> Sweeper:
+        """The call sweeper (tests run a pass with `sweep()`)."""
+        if self._sweeper is None:
+            raise RuntimeError("server is not started")
+        return self._sweeper
 
     @property
     def port(self) -> int:
@@ -352,9 +361,10 @@ class BackendServer:
         server = self.config.server
         try:
             backend = await self._stack.enter_async_context(
-                open_backend(self.config, clock=self._clock, rooms=self._rooms)
+                open_backend(self.config, clock=self._clock, rooms=self._rooms, sweep=True)
             )
             self._core = backend.core
+            self._sweeper = backend.sweeper
             app = create_app(
                 backend.core,
                 body_timeout_s=server.body_timeout_s,
@@ -387,6 +397,7 @@ class BackendServer:
         stack, self._stack = self._stack, AsyncExitStack()
         await stack.aclose()
         self._core = None
+        self._sweeper = None
         self._bound_port = None
 
     async def __aenter__(self) -> BackendServer:

@@ -4,10 +4,14 @@ LiveKit signs each webhook (an `Authorization` JWT whose `sha256` claim hashes t
 body) and may send one twice, late, out of order or not at all. An event is recorded
 before it is handled, and forgotten again if handling fails, so that LiveKit's retry
 of it (it retries a 5xx) is handled rather than skipped as a duplicate.
+
+Participants joining and leaving a call's room, and the room's end, go into the call
+ledger, from which the sweeper (`sweeper.py`) closes calls whose devices never reported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -15,7 +19,13 @@ from enum import StrEnum
 import jwt
 from google.protobuf.json_format import ParseError
 from livekit.api import TokenVerifier, WebhookEvent, WebhookReceiver
-from livekit.protocol.models import TrackInfo, TrackSource, TrackType
+from livekit.protocol.models import (
+    DisconnectReason,
+    ParticipantInfo,
+    TrackInfo,
+    TrackSource,
+    TrackType,
+)
 
 from provisioning.errors import BadRequestError, BadSignatureError, MissingSignatureError
 from provisioning.models import (
@@ -28,6 +38,7 @@ from provisioning.models import (
 )
 from provisioning.rooms import RoomService
 from provisioning.storage.base import Storage
+from provisioning.storage.call_ledger import CallLedger, ParticipantKind, Presence, ledger_of
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +117,7 @@ def forbidden_track(track: TrackInfo) -> FlagReason | None:
     return None
 
 
-def _name(enum: type[TrackType] | type[TrackSource], value: int) -> str:
+def _name(enum: type[TrackType] | type[TrackSource] | type[DisconnectReason], value: int) -> str:
     """The enum member's name, or the number for a value newer than our livekit-protocol."""
     try:
         return str(enum.Name(value))
@@ -128,8 +139,10 @@ class LiveKitEvents:
         api_key: str,
         api_secret: str,
         clock: Callable[[], float],
+        ledger: CallLedger | None = None,
     ) -> None:
         self._storage = storage
+        self._ledger = ledger_of(storage) if ledger is None else ledger
         self._rooms = rooms
         self._clock = clock
         self._verifier = WebhookVerifier(api_key, api_secret)
@@ -232,6 +245,9 @@ class LiveKitEvents:
         """A revoked (or deleted) device that joins with a token minted before its revocation
         is put out at once, and its room ended: a stolen token buys a webhook's delay."""
         identity = event.participant.identity
+        presence = self._presence(event)
+        if presence is not None:
+            await self._ledger.record_join(presence)
         device_id = device_id_of_identity(identity)
         if device_id is None:
             return WebhookOutcome.IGNORED
@@ -249,12 +265,54 @@ class LiveKitEvents:
         return WebhookOutcome.ENFORCED
 
     async def _participant_left(self, event: WebhookEvent) -> WebhookOutcome:
-        """Recorded only. Extension point: a device that left without reporting its end."""
+        """Into the ledger: who left a call's room, when, and why (LiveKit's reason)."""
+        presence = self._presence(event)
+        if presence is None:
+            return WebhookOutcome.IGNORED
+        await self._ledger.record_leave(presence)
         return WebhookOutcome.RECORDED
 
     async def _room_finished(self, event: WebhookEvent) -> WebhookOutcome:
-        """Recorded only. Extension point: close the room's call if its device never did."""
+        """Into the ledger: a call's room ended."""
+        if call_id_of_room(event.room.name) is None:
+            return WebhookOutcome.IGNORED
+        await self._ledger.record_room_finished(event.room.name, self._event_time(event))
         return WebhookOutcome.RECORDED
+
+    def _event_time(self, event: WebhookEvent) -> float:
+        """LiveKit's time of the event (whole seconds), or ours if it sent none."""
+        return float(event.created_at) if event.created_at > 0 else self._clock()
+
+    def _presence(self, event: WebhookEvent) -> Presence | None:
+        """The participant of a join or leave in a call's room, None for any other room."""
+        room = event.room.name
+        participant = event.participant
+        if call_id_of_room(room) is None or not participant.identity:
+            return None
+        if participant.joined_at_ms > 0:
+            joined_at: float | None = participant.joined_at_ms / 1000
+        elif participant.joined_at > 0:
+            joined_at = float(participant.joined_at)
+        else:
+            joined_at = None
+        if device_id_of_identity(participant.identity) is not None:
+            kind = ParticipantKind.DEVICE
+        elif participant.kind == ParticipantInfo.Kind.AGENT:
+            kind = ParticipantKind.AGENT
+        else:
+            kind = ParticipantKind.OTHER
+        presence = Presence(
+            room, participant.sid or participant.identity, participant.identity, kind
+        )
+        at = self._event_time(event)
+        if event.event == LiveKitEvent.PARTICIPANT_JOINED:
+            return dataclasses.replace(presence, joined_at=joined_at or at)
+        return dataclasses.replace(
+            presence,
+            joined_at=joined_at,
+            left_at=at,
+            disconnect_reason=_name(DisconnectReason, participant.disconnect_reason),
+        )
 
     async def _call_of(self, room: str, device_id: str) -> CallRecord | None:
         """The call held in `room`, if it is one of `device_id`'s."""

@@ -1,11 +1,12 @@
 """LiveKit's room service as the core sees it: take a participant's rights away, remove it, end
-the room. `LiveKitRoomService` is the real one; `RecordingRoomService` is the shipped fake."""
+the room, list the rooms that exist. `LiveKitRoomService` is the real one;
+`RecordingRoomService` is the shipped fake."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -17,6 +18,7 @@ from livekit.protocol.models import ParticipantInfo, ParticipantPermission
 from livekit.protocol.room import (
     DeleteRoomRequest,
     ListParticipantsRequest,
+    ListRoomsRequest,
     RoomParticipantIdentity,
     UpdateParticipantRequest,
 )
@@ -51,6 +53,10 @@ class RoomService(Protocol):
     async def ensure_agent(self, room: str, agent_name: str, metadata: str) -> bool:
         """Dispatch the agent into `room` unless an agent is in it (creating the room if it
         is gone); True if a dispatch was created."""
+        ...
+
+    async def list_rooms(self, rooms: Iterable[str]) -> set[str]:
+        """Which of `rooms` exist on the server now."""
         ...
 
 
@@ -130,6 +136,18 @@ class LiveKitRoomService:
         await self._call("create_dispatch", self._api.agent_dispatch.create_dispatch(request))
         return True
 
+    async def list_rooms(self, rooms: Iterable[str]) -> set[str]:
+        """Which of `rooms` exist now: one `ListRooms` request per 100 names."""
+        names = sorted(set(rooms))
+        found: set[str] = set()
+        for start in range(0, len(names), 100):
+            request = ListRoomsRequest(names=names[start : start + 100])
+            async with _translated("list_rooms", self._url):
+                async with asyncio.timeout(self._timeout_s):
+                    listing = await self._api.room.list_rooms(request)
+                found.update(room.name for room in listing.rooms)
+        return found
+
     async def _call(self, what: str, request: Awaitable[T]) -> None:
         async with _translated(what, self._url):
             async with asyncio.timeout(self._timeout_s):
@@ -159,11 +177,13 @@ class RecordingRoomService:
     """A `RoomService` that records what it was asked, for tests and dry runs.
 
     `calls` holds `(method, room, identity)` tuples (identity "" for `delete_room`); set
-    `failure` to make every call raise it.
+    `failure` to make every call raise it. `list_rooms` is a read and is not recorded: it
+    answers from `live`, or, while `live` is None, takes every room asked about to exist.
     """
 
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     failure: Exception | None = None
+    live: set[str] | None = None
 
     async def revoke_participant(self, room: str, identity: str) -> None:
         """Record the call."""
@@ -182,6 +202,13 @@ class RecordingRoomService:
         dispatched = any(c[:2] == ("ensure_agent", room) for c in self.calls)
         self._record("ensure_agent", room, agent_name)
         return not dispatched
+
+    async def list_rooms(self, rooms: Iterable[str]) -> set[str]:
+        """The rooms of `rooms` that are in `live` (all of them while it is None)."""
+        if self.failure is not None:
+            raise self.failure
+        asked = set(rooms)
+        return asked if self.live is None else asked & self.live
 
     def _record(self, method: str, room: str, identity: str) -> None:
         if self.failure is not None:

@@ -107,6 +107,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        5,
+        "call ledger: who was in each call's room and when, what is known of the room",
+        (
+            """CREATE TABLE IF NOT EXISTS call_participants (
+                room TEXT NOT NULL,
+                sid TEXT NOT NULL,
+                identity TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                joined_at DOUBLE PRECISION,
+                left_at DOUBLE PRECISION,
+                disconnect_reason TEXT,
+                PRIMARY KEY (room, sid)
+            )""",
+            """CREATE TABLE IF NOT EXISTS call_rooms (
+                room TEXT PRIMARY KEY,
+                finished_at DOUBLE PRECISION,
+                seen_at DOUBLE PRECISION,
+                gone_at DOUBLE PRECISION
+            )""",
+            "CREATE INDEX IF NOT EXISTS calls_open ON calls (created_at) WHERE ended_at IS NULL",
+        ),
+    ),
+    Migration(
         7,
         "admin tokens (hashed, scoped, revocable) and console sessions",
         (
