@@ -540,3 +540,51 @@ async def test_after_any_faults_no_call_is_open_a_ttl_and_a_minute_after_start(
         assert r.end_reason in EndReason.__members__.values(), r
         assert r.duration_ms is not None and r.duration_ms >= 0, r
         assert announced[r.call_id] == 1, r
+
+
+# The task
+
+
+class FailingOnceLedger(SqlCallLedger):
+    """A ledger whose first read of the open calls fails as a database that is down."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.swept = asyncio.Event()
+
+    async def open_calls(self) -> list[CallRecord]:
+        from provisioning.errors import StorageUnavailableError
+
+        self.reads += 1
+        if self.reads == 1:
+            raise StorageUnavailableError("database is down")
+        self.swept.set()
+        return []
+
+
+@pytest.mark.unit
+async def test_the_sweeper_is_a_named_task_that_outlives_a_failed_sweep_and_stops_on_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger = FailingOnceLedger()
+
+    async def announce(call: CallRecord) -> None:
+        raise AssertionError("nothing to close")
+
+    sweeper = Sweeper(
+        None,  # type: ignore[arg-type]  # never reached: there are no open calls
+        ledger,
+        RecordingRoomService(),
+        call_ended=announce,
+        clock=FakeClock(),
+        period_s=0.01,
+    )
+    async with asyncio.timeout(TIMEOUT_S):
+        async with sweeper:
+            [task] = [t for t in asyncio.all_tasks() if t.get_name() == "call-sweeper"]
+            await ledger.swept.wait()
+        assert task.cancelled()
+    assert ledger.reads >= 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "call sweep failed: database is down"
+    ]
