@@ -168,3 +168,12 @@ async def test_a_worker_that_cannot_start_is_a_call_error() -> None:
     async with asyncio.timeout(10), CallWorkers(spawn=broken) as pool:
         with pytest.raises(CallError, match="could not start the call worker"):
             await pool.take()
+
+
+async def test_the_memory_a_call_freed_is_given_back_after_it() -> None:
+    trims: list[int] = []
+    async with asyncio.timeout(30), CallWorkers(after_call=lambda: trims.append(1)) as pool:
+        worker = await pool.take()
+        assert trims == []
+        await pool.release(worker)
+        assert trims == [1]
