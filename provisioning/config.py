@@ -71,6 +71,46 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """The fleet view: when a device that stopped checking in counts as offline."""
+
+    # Three missed heartbeats (a device checks in every 60 s).
+    offline_after_s: int = 180
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Fleet events out: where they are POSTed, the signing secret, and how hard to try."""
+
+    # May carry credentials (user:password@, a token in the path or query): see `shown_url`.
+    url: str = field(repr=False)
+    secret: str = field(repr=False)
+    # Each attempt (connect, send, answer) is bounded by this.
+    timeout_s: int = 10
+    # An event is given up after this many failed attempts, or this long after it happened.
+    max_attempts: int = 100
+    max_age_s: int = 86_400
+    # The wait between attempts doubles up to this (with jitter).
+    max_backoff_s: int = 600
+
+    @property
+    def shown_url(self) -> str:
+        """The URL for logs and messages: scheme, host and port only."""
+        return redacted_url(self.url)
+
+
+def redacted_url(url: str) -> str:
+    """`scheme://host[:port]`, then `/…` if the URL had a path or query: no credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    tail = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{tail}"
+
+
+@dataclass(frozen=True)
 class Config:
     """All backend settings; `source` is the file they came from, if any."""
 
@@ -79,6 +119,9 @@ class Config:
     database: DatabaseConfig = DatabaseConfig()
     calls: CallsConfig = CallsConfig()
     auth: AuthConfig = AuthConfig()
+    fleet: FleetConfig = FleetConfig()
+    # None: no webhook receiver, fleet events are dropped.
+    webhooks: WebhooksConfig | None = None
     source: Path | None = None
 
 
@@ -145,7 +188,7 @@ def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int =
     `file_mode` is the config file's permission bits: a secret written inline is
     refused when others can read the file.
     """
-    sections = {"server", "database", "livekit", "calls", "auth"}
+    sections = {"server", "database", "livekit", "calls", "auth", "fleet", "webhooks"}
     unknown = sorted(set(data) - sections)
     if unknown:
         raise ConfigError(f"{file}: [{unknown[0]}] is not a known section")
@@ -176,6 +219,7 @@ def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int =
         file, "calls", data.get("calls", {}), {"agent_name", "token_ttl_s", "max_per_minute"}
     )
     auth = _Section(file, "auth", data.get("auth", {}), {"max_clock_skew_s"})
+    fleet = _Section(file, "fleet", data.get("fleet", {}), {"offline_after_s"})
 
     url = livekit.string("url")
     if not url.startswith(("ws://", "wss://")):
@@ -207,6 +251,12 @@ def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int =
                 "max_clock_skew_s", AuthConfig.max_clock_skew_s, *CLOCK_SKEW_RANGE_S
             ),
         ),
+        fleet=FleetConfig(
+            offline_after_s=fleet.integer(
+                "offline_after_s", FleetConfig.offline_after_s, 60, 86_400
+            )
+        ),
+        webhooks=_webhooks(data["webhooks"], file, base, file_mode) if "webhooks" in data else None,
         source=file,
     )
 
@@ -231,6 +281,40 @@ def _database(database: _Section, base: Path) -> DatabaseConfig:
     if database.has("password_file"):
         password = _secret_file(database, "password_file", base)
     return DatabaseConfig(url=url, password=password, pool_size=pool_size, timeout_s=timeout_s)
+
+
+def _webhooks(table: Any, file: Path, base: Path, file_mode: int) -> WebhooksConfig:
+    section = _Section(
+        file,
+        "webhooks",
+        table,
+        {"url", "secret_file", "timeout_s", "max_attempts", "max_age_s", "max_backoff_s"},
+        file_mode,
+    )
+    url = section.string("url")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise section.error("url", "is not a valid URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise section.error("url", "must be an http:// or https:// URL with a host")
+    if parts.password is not None and file_mode & 0o077:
+        raise section.error(
+            "url",
+            f"holds a password in a file others can read (mode {file_mode:04o}): "
+            "make the config readable by its owner only (0600)",
+        )
+    if not section.has("secret_file"):
+        raise section.error("secret_file", "is required (the key webhooks are signed with)")
+    return WebhooksConfig(
+        url=url,
+        secret=_secret_file(section, "secret_file", base),
+        timeout_s=section.integer("timeout_s", WebhooksConfig.timeout_s, 1, 60),
+        max_attempts=section.integer("max_attempts", WebhooksConfig.max_attempts, 1, 10_000),
+        max_age_s=section.integer("max_age_s", WebhooksConfig.max_age_s, 60, 30 * 86_400),
+        max_backoff_s=section.integer("max_backoff_s", WebhooksConfig.max_backoff_s, 1, 3600),
+    )
 
 
 def _api_secret(livekit: _Section, base: Path) -> str:

@@ -9,7 +9,8 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from appliance.vocabulary import EndReason, Trigger
 from provisioning.config import Config
@@ -17,8 +18,12 @@ from provisioning.errors import (
     AlreadyEnrolledError,
     BadRequestError,
     CallEndedError,
+    DevicePendingError,
+    DeviceRejectedError,
     DeviceRevokedError,
+    ForbiddenError,
     InvalidEnrollmentCodeError,
+    InvalidStateError,
     LiveKitUnavailableError,
     MissingSignatureError,
     RateLimitedError,
@@ -29,13 +34,16 @@ from provisioning.errors import (
     UnknownDeviceIdError,
 )
 from provisioning.events import EventKind, FleetEvent, FleetEvents, NoEvents
+from provisioning.fleet_settings import merged, validate_group_name, validate_settings
 from provisioning.livekit_events import LiveKitEvents, WebhookOutcome
 from provisioning.logs import AUDIT_LOGGER
 from provisioning.models import (
+    AdminAction,
     Admission,
     CallGrant,
     CallRecord,
     Device,
+    DeviceReport,
     DeviceStatus,
     EnrollmentCode,
     HeldGrant,
@@ -70,6 +78,9 @@ MAX_GRANTS_PER_MINUTE = 6
 GRANT_RETENTION_S = 3600.0
 # Devices (their keys) kept in memory; each is about half a kilobyte.
 DEVICES_CACHED = 100_000
+# How long a cached device (key, group, settings) is used before it is read again, so that
+# settings an admin changed through another backend process reach this one too.
+DEVICE_CACHE_TTL_S = 30.0
 
 
 def normalize_code(code: str) -> str:
@@ -107,7 +118,7 @@ class ProvisioningCore:
         )
         self._minter = minter
         self._rooms = rooms
-        self._devices: dict[str, Device] = {}
+        self._devices: dict[str, tuple[Device, float]] = {}
         self._events: FleetEvents = NoEvents() if events is None else events
         self._livekit_events = LiveKitEvents(
             storage,
@@ -124,59 +135,229 @@ class ProvisioningCore:
 
     # Administration
 
-    async def create_enrollment_code(self, ttl_s: int = 3600, label: str = "") -> str:
-        """A fresh one-time code valid for `ttl_s` seconds, shown once and stored hashed."""
+    async def create_enrollment_code(
+        self,
+        ttl_s: int = 3600,
+        label: str = "",
+        *,
+        requires_approval: bool = False,
+        group: str | None = None,
+        actor: str = "cli",
+    ) -> str:
+        """A fresh one-time code valid for `ttl_s` seconds, shown once and stored hashed.
+
+        A device enrolled with it is approved at once, or, with `requires_approval`, waits
+        as `pending` for an admin; it joins `group` if one is given.
+        """
         if isinstance(ttl_s, bool) or not 1 <= ttl_s <= MAX_CODE_TTL_S:
             raise BadRequestError(f"ttl must be between 1 and {MAX_CODE_TTL_S} seconds")
         if len(label) > MAX_LABEL_LEN:
             raise BadRequestError(f"label must be at most {MAX_LABEL_LEN} characters")
         if not label.isprintable():
             raise BadRequestError("label must contain printable characters only")
+        if group is not None:
+            group = validate_group_name(group)
         groups = (
             "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUP_LEN))
             for _ in range(CODE_GROUPS)
         )
         code = "-".join(groups)
         now = self._clock()
+        code_hash = hash_code(code)
         await self._storage.add_enrollment_code(
             EnrollmentCode(
-                code_hash=hash_code(code),
+                code_hash=code_hash,
                 label=label,
                 created_at=now,
                 expires_at=now + ttl_s,
                 used_at=None,
                 device_id=None,
+                requires_approval=requires_approval,
+                group=group,
             )
         )
+        detail = {"label": label, "ttl_s": ttl_s, "requires_approval": requires_approval}
+        if group is not None:
+            detail["group"] = group
+        # The code itself is never recorded: only the first characters of its hash.
+        await self._record(actor, "enrollment_code.create", f"code:{code_hash[:12]}", detail)
         audit.info("enrollment code created", extra={"label": label, "ttl_s": ttl_s})
         return code
+
+    async def list_enrollment_codes(self) -> list[EnrollmentCode]:
+        """Every enrollment code (by hash), newest first."""
+        return await self._storage.list_enrollment_codes()
 
     async def list_devices(self) -> list[Device]:
         """All enrolled devices, oldest first."""
         return await self._storage.list_devices()
 
-    async def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
-        """All calls, oldest first, optionally of one device."""
-        return await self._storage.list_calls(device_id)
+    async def get_device(self, device_id: str) -> Device:
+        """One device; `UnknownDeviceIdError` if there is none."""
+        device = await self._storage.get_device(device_id)
+        if device is None:
+            raise UnknownDeviceIdError(f"no device {device_id}")
+        return device
+
+    def offline(self, device: Device) -> bool:
+        """Whether the device has missed its check-ins (none for `fleet.offline_after_s`)."""
+        if device.status is not DeviceStatus.APPROVED and device.status is not DeviceStatus.PENDING:
+            return False
+        if device.last_seen is None:
+            return True
+        return self._clock() - device.last_seen > self._config.fleet.offline_after_s
+
+    async def list_calls(
+        self,
+        device_id: str | None = None,
+        *,
+        end_reason: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[CallRecord]:
+        """Calls, oldest first; optionally of one device, with one end reason, or started
+        in [since, until)."""
+        return await self._storage.list_calls(
+            device_id, end_reason=end_reason, since=since, until=until
+        )
+
+    async def list_admin_actions(self, limit: int = 100) -> list[AdminAction]:
+        """The latest admin actions, newest first: who did what, and when."""
+        return await self._storage.list_admin_actions(limit)
+
+    async def list_groups(self) -> dict[str, Mapping[str, Any]]:
+        """Every device group and its settings."""
+        return await self._storage.list_groups()
+
+    async def approve_device(self, device_id: str, *, actor: str) -> Device:
+        """Let a pending device in: it gets tokens from its next request on."""
+        device = await self._transition(
+            device_id, DeviceStatus.APPROVED, (DeviceStatus.PENDING,), actor, "device.approve"
+        )
+        await self._announce(EventKind.DEVICE_APPROVED, device)
+        return device
+
+    async def reject_device(self, device_id: str, *, actor: str) -> Device:
+        """Refuse a pending device for good: it needs a new key and code."""
+        device = await self._transition(
+            device_id, DeviceStatus.REJECTED, (DeviceStatus.PENDING,), actor, "device.reject"
+        )
+        await self._announce(EventKind.DEVICE_REJECTED, device)
+        return device
+
+    async def set_device_settings(self, device_id: str, settings: object, *, actor: str) -> Device:
+        """Replace a device's own settings (checked); it applies them at its next check-in."""
+        checked = validate_settings(settings)
+        device = await self._storage.change_device(
+            device_id, self._action(actor, "device.settings", device_id, checked), settings=checked
+        )
+        if device is None:
+            raise UnknownDeviceIdError(f"no device {device_id}")
+        self._devices.pop(device_id, None)
+        audit.info("device settings changed", extra={"device_id": device_id, "actor": actor})
+        return device
+
+    async def set_device_group(self, device_id: str, group: str | None, *, actor: str) -> Device:
+        """Put a device in a group (or none); it gets the group's settings at check-in."""
+        if group is not None:
+            group = validate_group_name(group)
+        device = await self._storage.change_device(
+            device_id,
+            self._action(actor, "device.group", device_id, {"group": group}),
+            group=group,
+            clear_group=group is None,
+        )
+        if device is None:
+            raise UnknownDeviceIdError(f"no device {device_id}")
+        self._devices.pop(device_id, None)
+        return device
+
+    async def set_group_settings(self, group: str, settings: object, *, actor: str) -> None:
+        """Create or replace a group's settings (checked)."""
+        group = validate_group_name(group)
+        checked = validate_settings(settings)
+        await self._storage.set_group_settings(
+            group, checked, self._action(actor, "group.settings", f"group:{group}", checked)
+        )
+        self._devices.clear()  # any cached device may be in the group
+        audit.info("group settings changed", extra={"group": group, "actor": actor})
+
+    def agent_of(self, device: Device) -> str:
+        """The agent dispatched into the device's calls (its settings, or the backend's)."""
+        agent = self.settings_of(device).get("agent_name")
+        return agent if isinstance(agent, str) else self.agent_name
+
+    def settings_of(self, device: Device) -> dict[str, Any]:
+        """The settings a device gets: its group's, overridden by its own."""
+        return merged(device.group_settings, device.settings)
+
+    async def _transition(
+        self,
+        device_id: str,
+        status: DeviceStatus,
+        allowed: tuple[DeviceStatus, ...],
+        actor: str,
+        action: str,
+    ) -> Device:
+        device = await self._storage.change_device(
+            device_id,
+            self._action(actor, action, device_id, {"status": status.value}),
+            status=status,
+            from_statuses=allowed,
+        )
+        if device is None:
+            current = await self.get_device(device_id)  # UnknownDeviceIdError if none
+            raise InvalidStateError(
+                f"device {device_id} is {current.status.value}, not "
+                + " or ".join(s.value for s in allowed)
+            )
+        self._devices.pop(device_id, None)
+        audit.info(action.replace(".", " ") + "d", extra={"device_id": device_id, "actor": actor})
+        return device
+
+    def _action(
+        self, actor: str, action: str, target: str, detail: Mapping[str, Any]
+    ) -> AdminAction:
+        return AdminAction(self._clock(), actor, action, target, dict(detail))
+
+    async def _record(
+        self, actor: str, action: str, target: str, detail: Mapping[str, Any]
+    ) -> None:
+        await self._storage.add_admin_action(self._action(actor, action, target, detail))
+
+    async def _announce(self, kind: EventKind, device: Device) -> None:
+        await self._events.emit(
+            FleetEvent(
+                kind,
+                self._clock(),
+                {"device_id": device.device_id, "name": device.name, "status": device.status.value},
+            )
+        )
 
     async def list_livekit_events(self, room: str | None = None) -> list[LiveKitEventRecord]:
         """LiveKit webhook events recorded, in the order received, optionally of one room."""
         return await self._storage.list_livekit_events(room)
 
-    async def revoke_device(self, device_id: str) -> Device:
+    async def revoke_device(self, device_id: str, *, actor: str = "cli") -> Device:
         """Refuse the device from now on and end its live call; `UnknownDeviceIdError` if none.
 
         Its held grants are forgotten (they can no longer become calls) and the rooms of
         its open calls and grants are deleted through LiveKit, which disconnects the device
         at once. A room that cannot be deleted now is logged; LiveKit's webhook for the
-        device joining any room is refused the same way (`LiveKitEvents`).
+        device joining any room is refused the same way (`LiveKitEvents`). Revoking a
+        revoked device changes nothing.
         """
-        if not await self._storage.set_device_status(device_id, DeviceStatus.REVOKED):
-            raise UnknownDeviceIdError(f"no device {device_id}")
-        audit.info("device revoked", extra={"device_id": device_id})
-        await self._events.emit(
-            FleetEvent(EventKind.DEVICE_REVOKED, self._clock(), {"device_id": device_id})
+        current = await self.get_device(device_id)
+        if current.status is DeviceStatus.REVOKED:
+            return current
+        device = await self._transition(
+            device_id,
+            DeviceStatus.REVOKED,
+            (DeviceStatus.PENDING, DeviceStatus.APPROVED, DeviceStatus.REJECTED),
+            actor,
+            "device.revoke",
         )
+        await self._announce(EventKind.DEVICE_REVOKED, device)
         grants = await self._storage.delete_grants(device_id)
         calls = await self._storage.list_open_calls(device_id)
         for room in sorted({c.room for c in calls} | {g.room for g in grants}):
@@ -188,8 +369,6 @@ class ProvisioningCore:
                     exc.message,
                     extra={"device_id": device_id, "room": room},
                 )
-        device = await self._storage.get_device(device_id)
-        assert device is not None
         return device
 
     # Device requests
@@ -216,13 +395,14 @@ class ProvisioningCore:
             created_at=now,
         )
         try:
-            spent = await self._storage.enroll_device(device, hash_code(code), now)
+            enrolled = await self._storage.enroll_device(device, hash_code(code), now)
         except StorageConflictError as exc:
             # The same key enrolling through two backends at once: one of them wins.
             raise AlreadyEnrolledError("this device is already enrolled") from exc
-        if not spent:
+        if enrolled is None:
             raise InvalidEnrollmentCodeError()
-        audit.info("device enrolled", extra={"device_id": device_id})
+        device = enrolled
+        audit.info("device enrolled", extra={"device_id": device_id, "status": device.status.value})
         await self._events.emit(
             FleetEvent(
                 EventKind.DEVICE_ENROLLED,
@@ -248,19 +428,43 @@ class ProvisioningCore:
         """
         if not request.device_id:
             raise MissingSignatureError("X-Device-Id is missing")
-        device = self._devices.get(request.device_id)
-        if device is None:
-            device = await self._storage.get_device(request.device_id)
-            if device is None:
+        now = self._clock()
+        cached = self._devices.get(request.device_id)
+        if cached is not None and 0 <= now - cached[1] < DEVICE_CACHE_TTL_S:
+            device = cached[0]
+        else:
+            found = await self._storage.get_device(request.device_id)
+            if found is None:
                 raise UnknownDeviceError()
-            if len(self._devices) >= DEVICES_CACHED:
-                del self._devices[next(iter(self._devices))]
-            self._devices[device.device_id] = device
+            device = found
+            self._remember(device, now)
         nonce = self._verifier.check(
             request, public_key=device.public_key, device_id=device.device_id
         )
         await self._verifier.purge_if_due()
         return device, nonce
+
+    def _remember(self, device: Device, now: float) -> None:
+        if device.device_id not in self._devices and len(self._devices) >= DEVICES_CACHED:
+            del self._devices[next(iter(self._devices))]
+        self._devices[device.device_id] = (device, now)
+
+    async def check_in(self, request: SignedRequest, report: DeviceReport) -> Device:
+        """Authenticate a device's check-in (its heartbeat), record what it reports and
+        when, and return it as it is now, its settings included.
+
+        A pending device is recorded too (admins see it is alive), then refused with
+        `DevicePendingError`, as is every request of a device that is not approved.
+        """
+        device, nonce = await self._signed_by(request)
+        now = self._clock()
+        assert request.timestamp is not None  # checked by the verifier
+        offset = float(int(request.timestamp)) - now
+        admission, current = await self._storage.check_in(nonce, report, now, offset)
+        self._admitted(device, admission)
+        assert current is not None
+        self._remember(current, now)
+        return current
 
     @staticmethod
     def _admitted(device: Device, admission: Admission, allow_revoked: bool = False) -> Device:
@@ -270,7 +474,7 @@ class ProvisioningCore:
         if admission.status is None:
             raise UnknownDeviceError()
         if admission.status is not DeviceStatus.APPROVED and not allow_revoked:
-            raise DeviceRevokedError()
+            raise _refusal(admission.status)
         if admission.status is device.status:
             return device
         return dataclasses.replace(device, status=admission.status)
@@ -361,7 +565,7 @@ class ProvisioningCore:
         # dispatch one. (A room that is gone is made by the dispatch, or by the join.)
         try:
             metadata = json.dumps({"device_id": device.device_id, "call_id": call_id})
-            if await self._rooms.ensure_agent(room, self.agent_name, metadata):
+            if await self._rooms.ensure_agent(room, self.agent_of(device), metadata):
                 logger.info("agent dispatched again", extra={"call_id": call_id, "room": room})
         except LiveKitUnavailableError as exc:
             logger.warning("agent not dispatched: %s", exc.message, extra={"call_id": call_id})
@@ -370,6 +574,7 @@ class ProvisioningCore:
 
     def _mint(self, device: Device, call_id: str) -> MintedToken:
         return self._minter.mint(
+            agent_name=self.agent_of(device),
             identity=device.identity,
             name=device.name or device.device_id,
             room=room_of_call(call_id),
@@ -460,6 +665,15 @@ class ProvisioningCore:
     ) -> WebhookOutcome:
         """Verify, record (once per event id) and act on one of LiveKit's webhooks."""
         return await self._livekit_events.receive(body, authorization)
+
+
+def _refusal(status: DeviceStatus) -> ForbiddenError:
+    """The distinct refusal of a device that is not approved."""
+    if status is DeviceStatus.PENDING:
+        return DevicePendingError()
+    if status is DeviceStatus.REJECTED:
+        return DeviceRejectedError()
+    return DeviceRevokedError()
 
 
 def new_call_id() -> str:

@@ -90,6 +90,27 @@ class DeviceRevokedError(ForbiddenError):
         super().__init__("device_revoked", message)
 
 
+class DevicePendingError(ForbiddenError):
+    """The device is enrolled but waits for an admin's approval."""
+
+    def __init__(self, message: str = "device is awaiting approval") -> None:
+        super().__init__("device_pending", message)
+
+
+class DeviceRejectedError(ForbiddenError):
+    """An admin rejected the device's enrollment: it needs a new key and code."""
+
+    def __init__(self, message: str = "device was rejected") -> None:
+        super().__init__("device_rejected", message)
+
+
+class InvalidStateError(ProvisioningError, ValueError):
+    """An admin action that does not apply to the device as it is (HTTP 409)."""
+
+    status = 409
+    code = "invalid_state"
+
+
 class RequestTimeoutError(ProvisioningError, TimeoutError):
     """The client did not send its request in time (HTTP 408); the connection is closed."""
 

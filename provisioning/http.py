@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from provisioning.admin import AdminTokens, add_admin_routes
+from provisioning.admin import AdminStores, add_admin_routes
 from provisioning.backend import open_backend
 from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
@@ -29,7 +29,7 @@ from provisioning.errors import (
 from provisioning.http_server import GuardedSite
 from provisioning.livekit_events import WEBHOOK_PATH
 from provisioning.logs import printable
-from provisioning.models import CallGrant, Device
+from provisioning.models import CallGrant, Device, DeviceReport
 from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
 from provisioning.sweeper import Sweeper
@@ -187,19 +187,48 @@ async def _enroll(request: web.Request) -> web.Response:
         request=signed,
     )
     return web.json_response(
-        {"device_id": device.device_id, "identity": device.identity}, status=201
+        {"device_id": device.device_id, "identity": device.identity, "status": device.status.value},
+        status=201,
     )
 
 
 async def _device(request: web.Request) -> web.Response:
+    # The heartbeat of devices that do not report their status (`POST /v1/checkin` does).
     signed = await _signed(request)
-    device = await _authenticate(request, signed)
+    return _device_response(request, await request.app[CORE_KEY].check_in(signed, DeviceReport()))
+
+
+async def _check_in(request: web.Request) -> web.Response:
+    signed = await _signed(request)
+    data = json_object(signed.body or b"{}")
+    report = DeviceReport(**{key: _report_field(data, key) for key in _REPORT_FIELDS})
+    return _device_response(request, await request.app[CORE_KEY].check_in(signed, report))
+
+
+_REPORT_FIELDS = ("firmware", "board", "state", "last_error")
+MAX_REPORT_CHARS = 64
+
+
+def _report_field(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_REPORT_CHARS or not value.isprintable():
+        raise BadRequestError(
+            f"field {key} must be printable text of at most {MAX_REPORT_CHARS} characters"
+        )
+    return value
+
+
+def _device_response(request: web.Request, device: Device) -> web.Response:
+    core = request.app[CORE_KEY]
     return web.json_response(
         {
             "device_id": device.device_id,
             "name": device.name,
             "status": device.status.value,
-            "agent_name": request.app[CORE_KEY].agent_name,
+            "agent_name": core.agent_of(device),
+            "settings": core.settings_of(device),
         }
     )
 
@@ -283,23 +312,24 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = 10.0,
-    admin_tokens: AdminTokens | None = None,
+    admin: AdminStores | None = None,
 ) -> web.Application:
-    """The aiohttp application serving docs/api.md over `core`; with `admin_tokens`, the
-    admin API and the console too (docs/admin.md)."""
+    """The aiohttp application serving docs/api.md over `core`; with `admin`, the admin API
+    and the console too (docs/admin.md)."""
     app = web.Application(middlewares=[_error_middleware], client_max_size=max_body_bytes)
     app[CORE_KEY] = core
     app[BODY_TIMEOUT_KEY] = body_timeout_s
     app.router.add_post("/v1/enroll", _enroll)
     app.router.add_get("/v1/device", _device, allow_head=False)
+    app.router.add_post("/v1/checkin", _check_in)
     app.router.add_post("/v1/calls", _start_call)
     app.router.add_post("/v1/calls/{call_id}/end", _end_call)
     app.router.add_post("/v1/grants", _hold_grant)
     app.router.add_post("/v1/calls/{call_id}/start", _start_held_call)
     app.router.add_post("/v1/calls/{call_id}/rejoin", _rejoin_call)
     app.router.add_post(WEBHOOK_PATH, _livekit_webhook)
-    if admin_tokens is not None:
-        add_admin_routes(app, core, admin_tokens)
+    if admin is not None:
+        add_admin_routes(app, core, admin)
     return app
 
 
@@ -368,7 +398,7 @@ class BackendServer:
             app = create_app(
                 backend.core,
                 body_timeout_s=server.body_timeout_s,
-                admin_tokens=AdminTokens(backend.storage.db, clock=self._clock),
+                admin=AdminStores.over(backend.storage.db, clock=self._clock),
             )
             # No access log: one line per request is a flood under load; refusals are logged.
             runner = web.AppRunner(

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+
+def _no_settings() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
 
 IDENTITY_PREFIX = "device-"
 ROOM_PREFIX = "call-"
@@ -27,9 +35,15 @@ def call_id_of_room(room: str) -> str | None:
 
 
 class DeviceStatus(StrEnum):
-    """Whether a device may still get tokens."""
+    """Where a device is in its life: only an approved device gets tokens.
 
+    `pending` waits for an admin (enrolled with a code that requires approval); a
+    `rejected` or `revoked` device needs a new key and a new code.
+    """
+
+    PENDING = "pending"
     APPROVED = "approved"
+    REJECTED = "rejected"
     REVOKED = "revoked"
 
 
@@ -56,6 +70,17 @@ class Device:
     created_at: float
     flagged_at: float | None = None
     flag_reason: FlagReason | None = None
+    # Fleet settings: the device's own overrides, its group and that group's settings.
+    group: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=_no_settings)
+    group_settings: Mapping[str, Any] = field(default_factory=_no_settings)
+    # What its last check-in said, and when it was.
+    last_seen: float | None = None
+    firmware: str | None = None
+    board: str | None = None
+    state: str | None = None
+    last_error: str | None = None
+    clock_offset_s: float | None = None
 
     @property
     def identity(self) -> str:
@@ -73,6 +98,9 @@ class EnrollmentCode:
     expires_at: float
     used_at: float | None
     device_id: str | None
+    # A device enrolled with it waits for an admin's approval; and joins this group.
+    requires_approval: bool = False
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,3 +171,24 @@ class Admission:
 
     fresh: bool
     status: DeviceStatus | None
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """What a device says about itself at each check-in (all optional, all short text)."""
+
+    firmware: str | None = None
+    board: str | None = None
+    state: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class AdminAction:
+    """One thing an admin did, by whom and when: the fleet's audit trail."""
+
+    at: float
+    actor: str
+    action: str
+    target: str
+    detail: Mapping[str, Any] = field(default_factory=_no_settings)

@@ -25,9 +25,17 @@ class TokenMinter(Protocol):
     """What the core needs to give a device its call: one token for one room."""
 
     def mint(
-        self, *, identity: str, name: str, room: str, device_id: str, call_id: str
+        self,
+        *,
+        identity: str,
+        name: str,
+        room: str,
+        device_id: str,
+        call_id: str,
+        agent_name: str | None = None,
     ) -> MintedToken:
-        """A token for `identity` to join `room` and nothing else."""
+        """A token for `identity` to join `room` and nothing else; `agent_name` (or the
+        minter's own) is dispatched into the room."""
         ...
 
 
@@ -42,7 +50,14 @@ class LiveKitTokenMinter:
     ttl_s: int
 
     def mint(
-        self, *, identity: str, name: str, room: str, device_id: str, call_id: str
+        self,
+        *,
+        identity: str,
+        name: str,
+        room: str,
+        device_id: str,
+        call_id: str,
+        agent_name: str | None = None,
     ) -> MintedToken:
         """A token for `identity` to join `room`; everything else is fixed here."""
         metadata = json.dumps({"device_id": device_id, "call_id": call_id})
@@ -55,7 +70,7 @@ class LiveKitTokenMinter:
             can_publish_sources=["microphone"],
         )
         room_config = RoomConfiguration(
-            agents=[RoomAgentDispatch(agent_name=self.agent_name, metadata=metadata)]
+            agents=[RoomAgentDispatch(agent_name=agent_name or self.agent_name, metadata=metadata)]
         )
         token = (
             AccessToken(self.api_key, self.api_secret)

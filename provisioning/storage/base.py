@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from provisioning.models import (
+    AdminAction,
     Admission,
     CallRecord,
     Device,
+    DeviceReport,
     DeviceStatus,
     EnrollmentCode,
     FlagReason,
@@ -45,12 +47,17 @@ class Storage(Protocol):
         """The enrollment code with this hash, if any."""
         ...
 
-    async def enroll_device(self, device: Device, code_hash: str, now: float) -> bool:
-        """Atomically spend an unused, unexpired code on `device` and store the device.
+    async def enroll_device(self, device: Device, code_hash: str, now: float) -> Device | None:
+        """Atomically spend an unused, unexpired code on `device` and store the device:
+        pending if the code requires approval, in the code's group; the device stored.
 
-        False (and nothing stored) if the code cannot be spent; `StorageConflictError`
+        None (and nothing stored) if the code cannot be spent; `StorageConflictError`
         if the device id or public key is taken.
         """
+        ...
+
+    async def list_enrollment_codes(self) -> list[EnrollmentCode]:
+        """Every enrollment code (by hash), newest first."""
         ...
 
     async def get_device(self, device_id: str) -> Device | None:
@@ -67,6 +74,46 @@ class Storage(Protocol):
 
     async def set_device_status(self, device_id: str, status: DeviceStatus) -> bool:
         """Change a device's status; False if there is no such device."""
+        ...
+
+    async def change_device(
+        self,
+        device_id: str,
+        action: AdminAction,
+        *,
+        status: DeviceStatus | None = None,
+        from_statuses: tuple[DeviceStatus, ...] = (),
+        settings: Mapping[str, Any] | None = None,
+        group: str | None = None,
+        clear_group: bool = False,
+    ) -> Device | None:
+        """Change a device's status (only from `from_statuses`, if given), settings or
+        group, and record `action`, atomically; None if no device was changed."""
+        ...
+
+    async def check_in(
+        self, nonce: Nonce, report: DeviceReport, now: float, clock_offset_s: float
+    ) -> tuple[Admission, Device | None]:
+        """Spend the nonce; for an approved or pending device record its report and
+        `now` as last seen. Returns the admission and the device as it is now. Atomic."""
+        ...
+
+    async def set_group_settings(
+        self, group: str, settings: Mapping[str, Any], action: AdminAction
+    ) -> None:
+        """Create or replace a group's settings and record `action`, atomically."""
+        ...
+
+    async def list_groups(self) -> dict[str, Mapping[str, Any]]:
+        """Every group and its settings, by name."""
+        ...
+
+    async def add_admin_action(self, action: AdminAction) -> None:
+        """Record an admin action that changed no device row."""
+        ...
+
+    async def list_admin_actions(self, limit: int = 100) -> list[AdminAction]:
+        """The latest admin actions, newest first."""
         ...
 
     async def flag_device(self, device_id: str, reason: FlagReason, flagged_at: float) -> bool:
@@ -119,8 +166,16 @@ class Storage(Protocol):
         """Record the end of a call that has not ended yet; False otherwise."""
         ...
 
-    async def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
-        """Calls, oldest first, optionally of one device."""
+    async def list_calls(
+        self,
+        device_id: str | None = None,
+        *,
+        end_reason: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[CallRecord]:
+        """Calls, oldest first; optionally of one device, with one end reason, or started
+        in [since, until)."""
         ...
 
     async def count_calls_since(self, device_id: str, since: float) -> tuple[int, float | None]:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
 from provisioning.models import (
+    AdminAction,
     Admission,
     CallRecord,
     Device,
+    DeviceReport,
     DeviceStatus,
     EnrollmentCode,
     FlagReason,
@@ -17,9 +25,18 @@ from provisioning.storage.base import Database, Row
 from provisioning.storage.units import SyncSession
 
 _GRANT_COLUMNS = "call_id, device_id, room, created_at, expires_at"
-_CODE_COLUMNS = "code_hash, label, created_at, expires_at, used_at, device_id"
-_DEVICE_COLUMNS = "device_id, public_key, name, status, created_at"
-_DEVICE_ROW = f"{_DEVICE_COLUMNS}, flagged_at, flag_reason"
+_CODE_COLUMNS = (
+    "code_hash, label, created_at, expires_at, used_at, device_id, requires_approval, group_name"
+)
+_DEVICE_COLUMNS = "device_id, public_key, name, status, created_at, group_name"
+# A device with its group's settings (one query: the hot path re-reads it at check-in).
+_DEVICE_ROW = (
+    "d.device_id, d.public_key, d.name, d.status, d.created_at, d.flagged_at, d.flag_reason,"
+    " d.group_name, d.settings, g.settings, d.last_seen, d.firmware, d.board, d.state,"
+    " d.last_error, d.clock_offset_s"
+)
+_DEVICE_FROM = "devices d LEFT JOIN device_groups g ON g.name = d.group_name"
+_ACTION_COLUMNS = "at, actor, action, target, detail"
 _EVENT_COLUMNS = "event_id, event, room, created_at, received_at"
 _CALL_COLUMNS = (
     "call_id, device_id, room, trigger, created_at, token_expires_at,"
@@ -50,7 +67,7 @@ class SqlStorage:
         """Store a new enrollment code (by hash)."""
         async with self.db.session() as s:
             await s.execute(
-                f"INSERT INTO enrollment_codes ({_CODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO enrollment_codes ({_CODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     code.code_hash,
                     code.label,
@@ -58,6 +75,8 @@ class SqlStorage:
                     code.expires_at,
                     code.used_at,
                     code.device_id,
+                    int(code.requires_approval),
+                    code.group,
                 ),
             )
 
@@ -67,30 +86,46 @@ class SqlStorage:
             row = await s.fetchone(
                 f"SELECT {_CODE_COLUMNS} FROM enrollment_codes WHERE code_hash = ?", (code_hash,)
             )
-        return None if row is None else EnrollmentCode(*row)
+        return None if row is None else _code(row)
 
-    async def enroll_device(self, device: Device, code_hash: str, now: float) -> bool:
-        """Spend the code and store the device in one transaction; False if the code is spent."""
-        async with self.db.transaction() as s:
+    async def list_enrollment_codes(self) -> list[EnrollmentCode]:
+        """Every enrollment code (by hash), newest first."""
+        async with self.db.session() as s:
+            rows = await s.fetchall(
+                f"SELECT {_CODE_COLUMNS} FROM enrollment_codes ORDER BY created_at DESC"
+            )
+        return [_code(row) for row in rows]
+
+    async def enroll_device(self, device: Device, code_hash: str, now: float) -> Device | None:
+        """Spend the code and store the device in one transaction: pending if the code
+        requires approval, in the code's group. None if the code is spent or expired."""
+
+        def unit(s: SyncSession) -> Device | None:
             # Two backends spending one code: the row lock makes the second update see it used.
-            spent = await s.execute(
+            row = s.fetchone(
                 "UPDATE enrollment_codes SET used_at = ?, device_id = ?"
-                " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
+                " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?"
+                " RETURNING requires_approval, group_name",
                 (now, device.device_id, code_hash, now),
             )
-            if spent != 1:
-                return False
-            await s.execute(
-                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            if row is None:
+                return None
+            status = DeviceStatus.PENDING if row[0] else device.status
+            enrolled = replace(device, status=status, group=row[1])
+            s.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (
-                    device.device_id,
-                    device.public_key,
-                    device.name,
-                    device.status.value,
-                    device.created_at,
+                    enrolled.device_id,
+                    enrolled.public_key,
+                    enrolled.name,
+                    enrolled.status.value,
+                    enrolled.created_at,
+                    enrolled.group,
                 ),
             )
-        return True
+            return enrolled
+
+        return await self.db.run(unit)
 
     # Devices
 
@@ -98,7 +133,7 @@ class SqlStorage:
         """The device with this id, if any."""
         async with self.db.session() as s:
             row = await s.fetchone(
-                f"SELECT {_DEVICE_ROW} FROM devices WHERE device_id = ?", (device_id,)
+                f"SELECT {_DEVICE_ROW} FROM {_DEVICE_FROM} WHERE d.device_id = ?", (device_id,)
             )
         return None if row is None else _device(row)
 
@@ -106,7 +141,7 @@ class SqlStorage:
         """The device holding this raw public key, if any."""
         async with self.db.session() as s:
             row = await s.fetchone(
-                f"SELECT {_DEVICE_ROW} FROM devices WHERE public_key = ?", (public_key,)
+                f"SELECT {_DEVICE_ROW} FROM {_DEVICE_FROM} WHERE d.public_key = ?", (public_key,)
             )
         return None if row is None else _device(row)
 
@@ -114,9 +149,124 @@ class SqlStorage:
         """All devices, oldest first."""
         async with self.db.session() as s:
             rows = await s.fetchall(
-                f"SELECT {_DEVICE_ROW} FROM devices ORDER BY created_at, device_id"
+                f"SELECT {_DEVICE_ROW} FROM {_DEVICE_FROM} ORDER BY d.created_at, d.device_id"
             )
         return [_device(row) for row in rows]
+
+    async def change_device(
+        self,
+        device_id: str,
+        action: AdminAction,
+        *,
+        status: DeviceStatus | None = None,
+        from_statuses: tuple[DeviceStatus, ...] = (),
+        settings: Mapping[str, Any] | None = None,
+        group: str | None = None,
+        clear_group: bool = False,
+    ) -> Device | None:
+        """Change a device (its status, if it is in one of `from_statuses`; its settings;
+        its group) and record `action`, in one unit. None if there is no such device, or
+        its status is not one of `from_statuses`."""
+        sets: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            sets.append("status = ?")
+            params.append(status.value)
+        if settings is not None:
+            sets.append("settings = ?")
+            params.append(_json(settings))
+        if group is not None or clear_group:
+            sets.append("group_name = ?")
+            params.append(group)
+        where = "device_id = ?"
+        params.append(device_id)
+        if from_statuses:
+            where += f" AND status IN ({', '.join('?' for _ in from_statuses)})"
+            params += [s.value for s in from_statuses]
+
+        def unit(s: SyncSession) -> Device | None:
+            if s.execute(f"UPDATE devices SET {', '.join(sets)} WHERE {where}", params) != 1:
+                return None
+            _add_action(s, action)
+            row = s.fetchone(
+                f"SELECT {_DEVICE_ROW} FROM {_DEVICE_FROM} WHERE d.device_id = ?", (device_id,)
+            )
+            return None if row is None else _device(row)
+
+        return await self.db.run(unit)
+
+    async def check_in(
+        self, nonce: Nonce, report: DeviceReport, now: float, clock_offset_s: float
+    ) -> tuple[Admission, Device | None]:
+        """Spend the nonce and, for a device that is approved or pending, record its report
+        and when it was seen; returns the device as it is now. One unit."""
+
+        def unit(s: SyncSession) -> tuple[Admission, Device | None]:
+            admission = _admit(s, nonce)
+            if not admission.fresh or admission.status is None:
+                return admission, None
+            if admission.status in (DeviceStatus.APPROVED, DeviceStatus.PENDING):
+                s.execute(
+                    "UPDATE devices SET last_seen = ?, firmware = ?, board = ?, state = ?,"
+                    " last_error = ?, clock_offset_s = ? WHERE device_id = ?",
+                    (
+                        now,
+                        report.firmware,
+                        report.board,
+                        report.state,
+                        report.last_error,
+                        clock_offset_s,
+                        nonce.device_id,
+                    ),
+                )
+            row = s.fetchone(
+                f"SELECT {_DEVICE_ROW} FROM {_DEVICE_FROM} WHERE d.device_id = ?",
+                (nonce.device_id,),
+            )
+            return admission, None if row is None else _device(row)
+
+        return await self.db.run(unit)
+
+    # Groups and admin actions
+
+    async def set_group_settings(
+        self, group: str, settings: Mapping[str, Any], action: AdminAction
+    ) -> None:
+        """Create or replace a group's settings and record `action`, in one unit."""
+
+        def unit(s: SyncSession) -> None:
+            s.execute(
+                "INSERT INTO device_groups (name, settings, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,"
+                " updated_at = excluded.updated_at",
+                (group, _json(settings), action.at),
+            )
+            _add_action(s, action)
+
+        await self.db.run(unit)
+
+    async def list_groups(self) -> dict[str, Mapping[str, Any]]:
+        """Every group and its settings, by name."""
+        async with self.db.session() as s:
+            rows = await s.fetchall("SELECT name, settings FROM device_groups ORDER BY name")
+        return {name: _settings(text) for name, text in rows}
+
+    async def add_admin_action(self, action: AdminAction) -> None:
+        """Record an admin action on its own (one that changed no device row)."""
+        await self.db.run(lambda s: _add_action(s, action))
+
+    async def list_admin_actions(self, limit: int = 100) -> list[AdminAction]:
+        """The latest admin actions, newest first."""
+        async with self.db.session() as s:
+            rows = await s.fetchall(
+                f"SELECT {_ACTION_COLUMNS} FROM admin_actions"
+                " ORDER BY at DESC, action_id DESC LIMIT ?",
+                (limit,),
+            )
+        return [
+            AdminAction(at, actor, action, target, _settings(detail))
+            for at, actor, action, target, detail in rows
+        ]
 
     async def set_device_status(self, device_id: str, status: DeviceStatus) -> bool:
         """Change a device's status; False if there is no such device."""
@@ -226,19 +376,33 @@ class SqlStorage:
             )
         return changed == 1
 
-    async def list_calls(self, device_id: str | None = None) -> list[CallRecord]:
-        """Calls, oldest first, optionally of one device."""
+    async def list_calls(
+        self,
+        device_id: str | None = None,
+        *,
+        end_reason: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[CallRecord]:
+        """Calls, oldest first; optionally of one device, with one end reason, or started
+        in [since, until)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("device_id = ?", device_id),
+            ("end_reason = ?", end_reason),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
         async with self.db.session() as s:
-            if device_id is None:
-                rows = await s.fetchall(
-                    f"SELECT {_CALL_COLUMNS} FROM calls ORDER BY created_at, call_id"
-                )
-            else:
-                rows = await s.fetchall(
-                    f"SELECT {_CALL_COLUMNS} FROM calls WHERE device_id = ?"
-                    " ORDER BY created_at, call_id",
-                    (device_id,),
-                )
+            rows = await s.fetchall(
+                f"SELECT {_CALL_COLUMNS} FROM calls{condition} ORDER BY created_at, call_id",
+                params,
+            )
         return [CallRecord(*row) for row in rows]
 
     async def count_calls_since(self, device_id: str, since: float) -> tuple[int, float | None]:
@@ -371,7 +535,9 @@ def _call_values(call: CallRecord) -> tuple[object, ...]:
 
 
 def _device(row: Row) -> Device:
-    device_id, public_key, name, status, created_at, flagged_at, flag_reason = row
+    (device_id, public_key, name, status, created_at, flagged_at, flag_reason, group) = row[:8]
+    settings, group_settings = row[8:10]
+    last_seen, firmware, board, state, last_error, clock_offset_s = row[10:]
     return Device(
         device_id=device_id,
         public_key=bytes(public_key),
@@ -380,6 +546,41 @@ def _device(row: Row) -> Device:
         created_at=created_at,
         flagged_at=flagged_at,
         flag_reason=None if flag_reason is None else FlagReason(flag_reason),
+        group=group,
+        settings=_settings(settings),
+        group_settings=_settings(group_settings),
+        last_seen=last_seen,
+        firmware=firmware,
+        board=board,
+        state=state,
+        last_error=last_error,
+        clock_offset_s=clock_offset_s,
+    )
+
+
+def _code(row: Row) -> EnrollmentCode:
+    code_hash, label, created_at, expires_at, used_at, device_id, requires_approval, group = row
+    return EnrollmentCode(
+        code_hash, label, created_at, expires_at, used_at, device_id, bool(requires_approval), group
+    )
+
+
+def _json(settings: Mapping[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def _settings(text: str | None) -> Mapping[str, Any]:
+    """Stored settings JSON (written by `_json` from validated settings) as a read-only map."""
+    if not text:
+        return MappingProxyType({})
+    value = json.loads(text)
+    return MappingProxyType(value if isinstance(value, dict) else {})
+
+
+def _add_action(s: SyncSession, action: AdminAction) -> None:
+    s.execute(
+        f"INSERT INTO admin_actions ({_ACTION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+        (action.at, action.actor, action.action, action.target, _json(action.detail)),
     )
 
 

@@ -54,6 +54,7 @@ async def test_check_in(enrolled: TestDevice, api: Api) -> None:
         "name": "kiosk",
         "status": "approved",
         "agent_name": AGENT_NAME,
+        "settings": {},
     }
 
 

@@ -25,6 +25,7 @@ async def test_enroll_returns_device_id_derived_from_key(server: BackendServer, 
     assert response.json() == {
         "device_id": device.device_id,
         "identity": f"device-{device.device_id}",
+        "status": "approved",
     }
     [stored] = await server.core.list_devices()
     assert stored.device_id == device.device_id
