@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provisioning.admin import AdminScope, AdminTokens
-from provisioning.admin.api import end_reason, parse_time
+from provisioning.admin.api import delivery_state, end_reason, parse_time
 from provisioning.backend import open_backend
 from provisioning.config import Config, load_config
 from provisioning.core import ProvisioningCore
@@ -21,6 +21,7 @@ from provisioning.errors import BadRequestError, ConfigError, ProvisioningError
 from provisioning.http import BackendServer
 from provisioning.logs import configure_logging, printable
 from provisioning.models import Device
+from provisioning.webhooks_out import Delivery, WebhookOutbox
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,12 @@ def _build_parser() -> argparse.ArgumentParser:
     actions_list = actions_cmds.add_parser("list", help="newest first")
     actions_list.add_argument("--limit", type=int, default=100)
 
+    webhooks = commands.add_parser("webhooks", help="webhook deliveries of fleet events")
+    webhooks_cmds = webhooks.add_subparsers(dest="action", required=True)
+    webhooks_list = webhooks_cmds.add_parser("list", help="newest first, with the last attempt")
+    webhooks_list.add_argument("--state", default=None, help="pending, delivered or failed")
+    webhooks_list.add_argument("--limit", type=int, default=50)
+
     tokens = commands.add_parser("admin-token", help="tokens for the admin API and console")
     tokens_cmds = tokens.add_subparsers(dest="action", required=True)
     token_create = tokens_cmds.add_parser("create", help="make a token and print it, once")
@@ -147,6 +154,12 @@ def _print_device(core: ProvisioningCore, device: Device) -> None:
     )
     for key, value in fields:
         print(f"{key}: {printable(value)}")
+
+
+def _result(delivery: Delivery) -> str:
+    if delivery.last_status is not None:
+        return f"HTTP {delivery.last_status}"
+    return "-" if delivery.last_error is None else delivery.last_error.value
 
 
 async def _devices(core: ProvisioningCore, args: argparse.Namespace) -> None:
@@ -304,6 +317,26 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
                 (
                     (_when(a.at), a.actor, a.action, a.target, json.dumps(dict(a.detail)))
                     for a in await core.list_admin_actions(args.limit)
+                ),
+            )
+        elif args.command == "webhooks":
+            deliveries = await WebhookOutbox(backend.storage.db).list_deliveries(
+                limit=args.limit, state=delivery_state(args.state)
+            )
+            _print_table(
+                ("EVENT_ID", "TYPE", "DEVICE_ID", "AT", "STATE", "TRIES", "LAST_TRY", "RESULT"),
+                (
+                    (
+                        d.event_id,
+                        d.kind,
+                        d.device_id or "-",
+                        _when(d.created_at),
+                        d.state.value,
+                        str(d.attempts),
+                        _when(d.last_attempt_at),
+                        _result(d),
+                    )
+                    for d in deliveries
                 ),
             )
         elif args.command == "admin-token":

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from provisioning.admin.api import AdminApi
 from provisioning.admin.console import Console
-from provisioning.admin.tokens import AdminScope, AdminToken, AdminTokens
+from provisioning.admin.tokens import AdminScope, AdminToken, AdminTokens, Clock
 from provisioning.core import ProvisioningCore
+from provisioning.storage.base import Database
+from provisioning.webhooks_out import WebhookOutbox
 
-__all__ = ["AdminScope", "AdminToken", "AdminTokens", "add_admin_routes"]
+__all__ = ["AdminScope", "AdminStores", "AdminToken", "AdminTokens", "add_admin_routes"]
 
 
-def add_admin_routes(app: web.Application, core: ProvisioningCore, tokens: AdminTokens) -> None:
+@dataclass(frozen=True)
+class AdminStores:
+    """What the admin adapters read beside the core: tokens and sessions, webhook deliveries."""
+
+    tokens: AdminTokens
+    deliveries: WebhookOutbox
+
+    @classmethod
+    def over(cls, db: Database, *, clock: Clock = time.time) -> AdminStores:
+        """The stores in the backend's own database."""
+        return cls(tokens=AdminTokens(db, clock=clock), deliveries=WebhookOutbox(db))
+
+
+def add_admin_routes(app: web.Application, core: ProvisioningCore, stores: AdminStores) -> None:
     """Serve the admin API (`/v1/admin/`) and the console (`/console/`) over `core`."""
-    AdminApi(core, tokens).add_routes(app)
-    Console(core, tokens).add_routes(app)
+    AdminApi(core, stores.tokens, stores.deliveries).add_routes(app)
+    Console(core, stores.tokens, stores.deliveries).add_routes(app)

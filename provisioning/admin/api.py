@@ -20,6 +20,7 @@ from provisioning.admin.tokens import AdminToken, AdminTokens
 from provisioning.core import ProvisioningCore
 from provisioning.errors import BadRequestError
 from provisioning.models import AdminAction, CallRecord, Device, EnrollmentCode
+from provisioning.webhooks_out import Delivery, DeliveryState, WebhookOutbox
 
 PREFIX = "/v1/admin"
 DEFAULT_LIMIT = 200
@@ -116,6 +117,34 @@ def code_json(code: EnrollmentCode) -> dict[str, Any]:
     }
 
 
+def delivery_json(delivery: Delivery) -> dict[str, Any]:
+    """One fleet event's webhook delivery: its state and last attempt."""
+    return {
+        "event_id": delivery.event_id,
+        "type": delivery.kind,
+        "device_id": delivery.device_id,
+        "created_at": iso(delivery.created_at),
+        "state": delivery.state.value,
+        "attempts": delivery.attempts,
+        "next_attempt_at": None if delivery.finished_at else iso(delivery.next_attempt_at),
+        "last_attempt_at": iso(delivery.last_attempt_at),
+        "last_status": delivery.last_status,
+        "last_error": None if delivery.last_error is None else delivery.last_error.value,
+        "finished_at": iso(delivery.finished_at),
+    }
+
+
+def delivery_state(value: str | None) -> DeliveryState | None:
+    """A filter's delivery state (pending, delivered, failed), checked."""
+    if value is None or value == "":
+        return None
+    try:
+        return DeliveryState(value)
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in DeliveryState)
+        raise BadRequestError(f"state must be one of {choices}") from exc
+
+
 def action_json(action: AdminAction) -> dict[str, Any]:
     """One admin action."""
     return {
@@ -158,11 +187,14 @@ def _refused(exc: AdminAuthError) -> web.Response:
 
 
 class AdminApi:
-    """The `/v1/admin/` routes over `core`, authenticated by `tokens`."""
+    """The `/v1/admin/` routes over `core` (and the webhook outbox), authenticated by `tokens`."""
 
-    def __init__(self, core: ProvisioningCore, tokens: AdminTokens) -> None:
+    def __init__(
+        self, core: ProvisioningCore, tokens: AdminTokens, deliveries: WebhookOutbox
+    ) -> None:
         self._core = core
         self._tokens = tokens
+        self._deliveries = deliveries
 
     def add_routes(self, app: web.Application) -> None:
         """Register every admin route; a route that is not GET needs a read-write token."""
@@ -182,6 +214,7 @@ class AdminApi:
             ("POST", f"{p}/enrollment-codes", self.create_code),
             ("GET", f"{p}/actions", self.list_actions),
             ("GET", f"{p}/livekit-events", self.list_livekit_events),
+            ("GET", f"{p}/webhook-deliveries", self.list_deliveries),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, self._authorized(handler, write=method != "GET"))
@@ -334,3 +367,11 @@ class AdminApi:
                 ]
             }
         )
+
+    async def list_deliveries(self, request: web.Request) -> web.Response:
+        deliveries = await self._deliveries.list_deliveries(
+            limit=limit_of(request.query),
+            state=delivery_state(request.query.get("state")),
+            device_id=request.query.get("device_id") or None,
+        )
+        return web.json_response({"deliveries": [delivery_json(d) for d in deliveries]})

@@ -20,12 +20,13 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from provisioning.admin import pages
-from provisioning.admin.api import end_reason, parse_time
+from provisioning.admin.api import delivery_state, end_reason, parse_time
 from provisioning.admin.errors import AdminAuthError, CsrfError, ReadOnlyTokenError
 from provisioning.admin.html import NAV, Markup, page
 from provisioning.admin.tokens import SESSION_TTL_S, AdminTokens, ConsoleSession
 from provisioning.core import ProvisioningCore
 from provisioning.errors import BadRequestError, ProvisioningError
+from provisioning.webhooks_out import WebhookOutbox
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ SESSION_COOKIE = "kiosk_console"
 LOGIN_COOKIE = "kiosk_console_login"
 LOGIN_TTL_S = 900
 CALLS_SHOWN = 200
+DELIVERIES_SHOWN = 100
 DAY_S = 86400
 HEADERS = {
     "Cache-Control": "no-store",
@@ -96,11 +98,14 @@ def redirect(location: str) -> web.Response:
 
 
 class Console:
-    """The console's routes over `core`; sign-in and sessions through `tokens`."""
+    """The console's routes over `core` and the webhook outbox; sessions through `tokens`."""
 
-    def __init__(self, core: ProvisioningCore, tokens: AdminTokens) -> None:
+    def __init__(
+        self, core: ProvisioningCore, tokens: AdminTokens, deliveries: WebhookOutbox
+    ) -> None:
         self._core = core
         self._tokens = tokens
+        self._deliveries = deliveries
 
     def add_routes(self, app: web.Application) -> None:
         """Register the console's pages and forms."""
@@ -353,10 +358,15 @@ class Console:
         return self._show("Admin actions", pages.actions_page(actions), session)
 
     async def webhooks(self, request: web.Request, session: ConsoleSession) -> web.Response:
-        # TODO(webhooks-out): show the outbox's last attempts and failures once its storage
-        # offers a listing (another part of issue 10 builds the outbox).
-        body = pages.notice("Webhook deliveries are not recorded by this backend yet.")
-        return self._show("Webhook deliveries", body, session)
+        chosen = request.query.get("state", "")
+        error = None
+        try:
+            state = delivery_state(chosen)
+            deliveries = await self._deliveries.list_deliveries(limit=DELIVERIES_SHOWN, state=state)
+        except BadRequestError as exc:
+            deliveries, error = [], exc.message
+        body = pages.deliveries_page(deliveries, chosen, error=error)
+        return self._show("Webhook deliveries", body, session, 400 if error else 200)
 
 
 def _settings(form: Form) -> dict[str, object]:

@@ -96,7 +96,8 @@ button,input,select,textarea{font:inherit;padding:.3rem .5rem}
 button{cursor:pointer;border:1px solid #789;background:#fff;border-radius:4px}
 button.danger{border-color:#a33;color:#a33}
 .badge{display:inline-block;padding:0 .4rem;border-radius:4px;font-size:.85em;background:#ddd}
-.offline{background:#f3c9c9;color:#611}
+.offline,.failed{background:#f3c9c9;color:#611}
+.delivered{background:#d5ecd5}
 .pending{background:#fce9b0}
 .secret{font:1.4rem monospace;padding:.5rem;background:#fff;border:2px dashed #789;
 display:inline-block;user-select:all}

@@ -196,6 +196,21 @@ _PATHS: dict[str, Any] = {
             parameters=[{"name": "room", "in": "query", "schema": {"type": "string"}}, _LIMIT],
         )
     },
+    "/v1/admin/webhook-deliveries": {
+        "get": _op(
+            "Webhook deliveries of fleet events, newest first: last attempts and failures",
+            _json(_list_of("deliveries", "Delivery"), "the deliveries"),
+            parameters=[
+                {
+                    "name": "state",
+                    "in": "query",
+                    "schema": {"enum": ["pending", "delivered", "failed"]},
+                },
+                {"name": "device_id", "in": "query", "schema": {"type": "string"}},
+                _LIMIT,
+            ],
+        )
+    },
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -301,6 +316,22 @@ _SCHEMAS: dict[str, Any] = {
             "action": {"type": "string"},
             "target": {"type": "string"},
             "detail": _OBJECT,
+        },
+    },
+    "Delivery": {
+        "type": "object",
+        "properties": {
+            "event_id": {"type": "string"},
+            "type": {"type": "string", "description": "call.started, device.approved, ..."},
+            "device_id": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "state": {"enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "integer"},
+            "next_attempt_at": _TIME,
+            "last_attempt_at": _TIME,
+            "last_status": {"type": ["integer", "null"]},
+            "last_error": _TEXT_OR_NULL,
+            "finished_at": _TIME,
         },
     },
     "LiveKitEvent": {

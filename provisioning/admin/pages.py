@@ -14,6 +14,7 @@ from typing import Any
 from appliance.vocabulary import EndReason
 from provisioning.admin.html import Markup, duration, html, join, table, when
 from provisioning.models import AdminAction, CallRecord, Device, DeviceStatus, EnrollmentCode
+from provisioning.webhooks_out import Delivery, DeliveryState
 
 # (form field, settings path, label, input attributes)
 SETTINGS_FIELDS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
@@ -363,6 +364,65 @@ def actions_page(actions: Sequence[AdminAction]) -> Markup:
             for a in actions
         ),
         empty="No admin action recorded yet.",
+    )
+
+
+def _last_result(delivery: Delivery) -> str:
+    if delivery.last_error is None:
+        return "-" if delivery.last_status is None else f"HTTP {delivery.last_status}"
+    if delivery.last_status is not None:
+        return f"HTTP {delivery.last_status}"
+    return delivery.last_error.value
+
+
+def deliveries_page(deliveries: Sequence[Delivery], state: str, *, error: str | None) -> Markup:
+    """The newest fleet events' webhook deliveries: state, attempts, the last result."""
+    options = join(
+        html(
+            '<option value="{}"{}>{}</option>',
+            value,
+            Markup(" selected" if value == state else ""),
+            value or "any",
+        )
+        for value in ["", *(s.value for s in DeliveryState)]
+    )
+    form = html(
+        "<form method=get action=/console/webhooks class=filters>"
+        "<label>State <select name=state>{}</select></label>"
+        "<button type=submit>Filter</button></form>",
+        options,
+    )
+    rows = (
+        (
+            when(d.created_at),
+            html("{}<br><small>{}</small>", d.kind, d.event_id),
+            d.device_id,
+            html('<span class="badge {}">{}</span>', d.state.value, d.state.value),
+            d.attempts,
+            when(d.last_attempt_at),
+            _last_result(d),
+            "-" if d.finished_at is not None else when(d.next_attempt_at),
+        )
+        for d in deliveries
+    )
+    return html(
+        "{}{}{}",
+        form,
+        notice(error, error=True),
+        table(
+            (
+                "Event at",
+                "Event",
+                "Device",
+                "State",
+                "Attempts",
+                "Last attempt",
+                "Last result",
+                "Next",
+            ),
+            rows,
+            empty="No webhook delivery recorded (is [webhooks] configured?).",
+        ),
     )
 
 

@@ -11,18 +11,27 @@ from typing import Any
 import httpx
 import pytest
 
+from provisioning.admin import AdminStores
 from provisioning.admin.openapi import document
 from provisioning.admin.tokens import AdminTokens
 from provisioning.backend import open_backend
 from provisioning.config import Config
 from provisioning.http import BackendServer, create_app
 from provisioning.rooms import RecordingRoomService
+from provisioning.storage.base import Database
 
-from .admin_fixtures import admin_tokens, database_url, read_token, write_token
+from .admin_fixtures import (
+    add_deliveries,
+    admin_db,
+    admin_tokens,
+    database_url,
+    read_token,
+    write_token,
+)
 from .conftest import TIMEOUT_S, Api, FakeClock, TestDevice, assert_refused
 
 pytestmark = pytest.mark.integration
-__all__ = ["admin_tokens", "database_url", "read_token", "write_token"]
+__all__ = ["admin_db", "admin_tokens", "database_url", "read_token", "write_token"]
 
 
 class Admin:
@@ -76,7 +85,7 @@ def documented_operations() -> list[tuple[str, str]]:
 
 async def test_the_openapi_document_lists_every_admin_route_and_no_other(config: Config) -> None:
     async with open_backend(config, rooms=RecordingRoomService()) as backend:
-        app = create_app(backend.core, admin_tokens=AdminTokens(backend.storage.db))
+        app = create_app(backend.core, admin=AdminStores.over(backend.storage.db))
         served = set()
         for resource in app.router.resources():
             info = resource.get_info()
@@ -251,6 +260,28 @@ async def test_calls_filter_by_device_reason_and_date(
     assert calls[0]["duration_ms"] == 5_000 and calls[0]["ended_at"].endswith("Z")
     for bad in ({"end_reason": "bored"}, {"since": "yesterday"}, {"limit": "0"}):
         assert_refused(await admin("GET", "/calls", **bad), 400, "bad_request")
+
+
+async def test_webhook_deliveries_show_the_last_attempt(
+    reader: Admin, admin_db: Database, clock: FakeClock
+) -> None:
+    ok, bad = await add_deliveries(admin_db, clock)
+    listed = await reader("GET", "/webhook-deliveries")
+    assert listed.status_code == 200, listed.text
+    by_id = {d["event_id"]: d for d in listed.json()["deliveries"]}
+    assert (by_id[ok]["state"], by_id[ok]["last_status"], by_id[ok]["attempts"]) == (
+        "delivered",
+        204,
+        1,
+    )
+    assert (by_id[bad]["state"], by_id[bad]["last_status"], by_id[bad]["last_error"]) == (
+        "failed",
+        503,
+        "http_status",
+    )
+    failed = (await reader("GET", "/webhook-deliveries", state="failed")).json()["deliveries"]
+    assert [d["event_id"] for d in failed] == [bad]
+    assert_refused(await reader("GET", "/webhook-deliveries", state="lost"), 400, "bad_request")
 
 
 async def test_unknown_admin_path_is_a_json_404(admin: Admin) -> None:

@@ -13,12 +13,20 @@ from provisioning.admin.console import LOGIN_COOKIE, SESSION_COOKIE
 from provisioning.admin.tokens import SESSION_TTL_S, AdminTokens
 from provisioning.http import BackendServer
 from provisioning.models import DeviceStatus
+from provisioning.storage.base import Database
 
-from .admin_fixtures import admin_tokens, database_url, read_token, write_token
-from .conftest import TIMEOUT_S, Api, TestDevice
+from .admin_fixtures import (
+    add_deliveries,
+    admin_db,
+    admin_tokens,
+    database_url,
+    read_token,
+    write_token,
+)
+from .conftest import TIMEOUT_S, Api, FakeClock, TestDevice
 
 pytestmark = pytest.mark.integration
-__all__ = ["admin_tokens", "database_url", "read_token", "write_token"]
+__all__ = ["admin_db", "admin_tokens", "database_url", "read_token", "write_token"]
 
 _CSRF = re.compile(r'name=csrf value="([^"]+)"')
 
@@ -282,3 +290,19 @@ async def test_sign_out_and_token_revocation_end_the_session(
     assert (await browser.get("/console/devices")).status_code == 200
     await admin_tokens.revoke("ops")
     assert (await browser.get("/console/devices")).status_code == 303
+
+
+async def test_webhook_deliveries_page_shows_failures(
+    browser: Browser, admin_db: Database, clock: FakeClock, read_token: str
+) -> None:
+    ok, bad = await add_deliveries(admin_db, clock)
+    await browser.sign_in(read_token)
+    page = (await browser.get("/console/webhooks")).text
+    assert "device.approved" in page and "call.ended" in page
+    assert "HTTP 204" in page and "HTTP 503" in page
+    failed = (await browser.get("/console/webhooks", params={"state": "failed"})).text
+    assert "call.ended" in failed and "device.approved" not in failed
+    assert bad in failed and ok not in failed
+    assert '<span class="badge failed">failed</span>' in failed
+    bad_filter = await browser.get("/console/webhooks", params={"state": "<x>"})
+    assert bad_filter.status_code == 400 and "<x>" not in bad_filter.text

@@ -14,8 +14,16 @@ import pytest
 
 from provisioning.http import BackendServer
 from provisioning.models import DeviceStatus
+from provisioning.storage.base import Database
 
-from .admin_fixtures import admin_tokens, database_url, read_token, write_token
+from .admin_fixtures import (
+    add_deliveries,
+    admin_db,
+    admin_tokens,
+    database_url,
+    read_token,
+    write_token,
+)
 from .chromium import Cdp, Chromium, Page, chromium_path
 from .conftest import Api, FakeClock, TestDevice
 
@@ -23,7 +31,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed"),
 ]
-__all__ = ["admin_tokens", "database_url", "read_token", "write_token"]
+__all__ = ["admin_db", "admin_tokens", "database_url", "read_token", "write_token"]
 
 # The whole browser session of one test, however loaded the machine.
 TEST_TIMEOUT_S = 90.0
@@ -178,9 +186,16 @@ async def test_approve_revoke_and_filter_calls_in_chromium(
 
 
 async def test_a_read_only_token_in_chromium_sees_rows_but_no_button(
-    server: BackendServer, api: Api, cdp: Cdp, read_token: str, tmp_path: Path
+    server: BackendServer,
+    api: Api,
+    cdp: Cdp,
+    read_token: str,
+    admin_db: Database,
+    clock: FakeClock,
+    tmp_path: Path,
 ) -> None:
     pending = await enroll(server, api, "Reception", approval=True)
+    delivered, failed = await add_deliveries(admin_db, clock)
     async with asyncio.timeout(TEST_TIMEOUT_S), Page.open(cdp) as page:
         await sign_in(page, server, read_token)
         assert row_of(await page.rows("#pending table"), pending.device_id)[0] == "Reception"
@@ -191,4 +206,16 @@ async def test_a_read_only_token_in_chromium_sees_rows_but_no_button(
         await page.screenshot(tmp_path / "screenshots" / "read-only-devices.png")
         await page.goto(f"{server.url}/console/enrollment-codes")
         assert await page.evaluate("document.querySelectorAll('form[method=post]').length") == 1
+
+        # Webhook deliveries: the last attempt of each, failures filtered.
+        await page.goto(f"{server.url}/console/webhooks")
+        rows = await page.rows("main table")
+        assert [(r[1].split()[1], r[3], r[6]) for r in rows] == [
+            (failed, "failed", "HTTP 503"),
+            (delivered, "delivered", "HTTP 204"),
+        ]
+        await page.fill("select[name=state]", "failed")
+        await page.click("form.filters button")
+        assert [r[1].split()[1] for r in await page.rows("main table")] == [failed]
+        await page.screenshot(tmp_path / "screenshots" / "webhooks-failed.png")
     assert (await server.core.get_device(pending.device_id)).status is DeviceStatus.PENDING
