@@ -80,9 +80,15 @@ def devices_page(
     """Pending approvals first, then every device."""
     pending = [d for d in devices if d.status is DeviceStatus.PENDING]
     pending_table = table(
-        ("Name", "Device", "Enrolled", "Actions"),
+        ("Name", "Device", "Enrolled", "Last seen", "Actions"),
         (
-            (_device_link(d), d.device_id, when(d.created_at), _device_actions(d, csrf))
+            (
+                _device_link(d),
+                d.device_id,
+                when(d.created_at),
+                when(d.last_seen),
+                _device_actions(d, csrf),
+            )
             for d in pending
         ),
         empty="No device is waiting for approval.",

@@ -18,11 +18,12 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 STARTUP_TIMEOUT_S = 30.0
 STEP_TIMEOUT_S = 20.0
@@ -32,6 +33,40 @@ _DEVTOOLS = re.compile(r"DevTools listening on (ws://\S+)")
 def chromium_path() -> str | None:
     """The system's Chromium, if installed (scripts/setup installs Debian's `chromium`)."""
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """One headless Chromium for the test module that imports this fixture."""
+    browser = Chromium(tmp_path_factory.mktemp("chromium"))
+    browser.start()
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture
+async def cdp(chromium: Chromium) -> AsyncIterator[Cdp]:
+    """A DevTools connection to the module's browser, for one test."""
+    async with Cdp.connect(chromium.endpoint) as connection:
+        yield connection
+
+
+async def sign_in(page: Page, base_url: str, token: str) -> None:
+    """Sign in to the console with an admin token, through its form."""
+    await page.goto(f"{base_url}/console/devices")
+    assert (await page.url()).endswith("/console/login")
+    await page.fill("input[name=token]", token)
+    await page.click("form[action='/console/login'] button")
+    assert (await page.url()).endswith("/console/devices")
+
+
+def row_of(rows: list[list[str]], text: str) -> list[str]:
+    """The one row with a cell containing `text`."""
+    matches = [row for row in rows if any(text in cell for cell in row)]
+    assert len(matches) == 1, (text, rows)
+    return matches[0]
 
 
 class Chromium:

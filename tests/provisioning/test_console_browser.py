@@ -7,7 +7,6 @@ Screenshots go to the test's tmp dir (their paths are printed); the checks read 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,33 +23,25 @@ from .admin_fixtures import (
     read_token,
     write_token,
 )
-from .chromium import Cdp, Chromium, Page, chromium_path
+from .chromium import Cdp, Page, cdp, chromium, chromium_path, row_of, sign_in
 from .conftest import Api, FakeClock, TestDevice
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed"),
 ]
-__all__ = ["admin_db", "admin_tokens", "database_url", "read_token", "write_token"]
+__all__ = [
+    "admin_db",
+    "admin_tokens",
+    "cdp",
+    "chromium",
+    "database_url",
+    "read_token",
+    "write_token",
+]
 
 # The whole browser session of one test, however loaded the machine.
 TEST_TIMEOUT_S = 90.0
-
-
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
-    browser = Chromium(tmp_path_factory.mktemp("chromium"))
-    browser.start()
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture
-async def cdp(chromium: Chromium) -> AsyncIterator[Cdp]:
-    async with Cdp.connect(chromium.endpoint) as connection:
-        yield connection
 
 
 async def enroll(server: BackendServer, api: Api, name: str, *, approval: bool) -> TestDevice:
@@ -70,20 +61,6 @@ async def call(api: Api, device: TestDevice, reason: str, duration_ms: int) -> N
         {"reason": reason, "duration_ms": duration_ms},
     )
     assert ended.status_code == 200, ended.text
-
-
-async def sign_in(page: Page, server: BackendServer, token: str) -> None:
-    await page.goto(f"{server.url}/console/devices")
-    assert (await page.url()).endswith("/console/login")
-    await page.fill("input[name=token]", token)
-    await page.click("form[action='/console/login'] button")
-    assert (await page.url()).endswith("/console/devices")
-
-
-def row_of(rows: list[list[str]], text: str) -> list[str]:
-    matches = [row for row in rows if any(text in cell for cell in row)]
-    assert len(matches) == 1, (text, rows)
-    return matches[0]
 
 
 async def test_approve_revoke_and_filter_calls_in_chromium(
@@ -107,7 +84,7 @@ async def test_approve_revoke_and_filter_calls_in_chromium(
     async with asyncio.timeout(TEST_TIMEOUT_S), Page.open(cdp) as page:
         await page.goto(f"{server.url}/console/login")
         await page.screenshot(shots / "01-login.png")
-        await sign_in(page, server, write_token)
+        await sign_in(page, server.url, write_token)
         pending = await page.rows("#pending table")
         assert row_of(pending, lobby.device_id)[0] == "Lobby <kiosk> & co"
         assert "ops (read-write)" in await page.text("header")
@@ -197,7 +174,7 @@ async def test_a_read_only_token_in_chromium_sees_rows_but_no_button(
     pending = await enroll(server, api, "Reception", approval=True)
     delivered, failed = await add_deliveries(admin_db, clock)
     async with asyncio.timeout(TEST_TIMEOUT_S), Page.open(cdp) as page:
-        await sign_in(page, server, read_token)
+        await sign_in(page, server.url, read_token)
         assert row_of(await page.rows("#pending table"), pending.device_id)[0] == "Reception"
         buttons = await page.evaluate(
             "Array.from(document.querySelectorAll('button')).map(b => b.innerText)"
