@@ -9,20 +9,26 @@ from dataclasses import dataclass
 
 from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
+from provisioning.events import FleetEvents, NoEvents
 from provisioning.rooms import LiveKitRoomService, RoomService
 from provisioning.storage import SqlStorage, open_storage
 from provisioning.storage.call_ledger import ledger_of
 from provisioning.sweeper import Sweeper
 from provisioning.tokens import LiveKitTokenMinter
+from provisioning.webhooks_out import Webhooks, open_webhooks
 
 
 @dataclass(frozen=True)
 class Backend:
-    """An open backend: its config, storage and core. The HTTP server and the CLI use this."""
+    """An open backend: its config, storage and core. The HTTP server and the CLI use this.
+
+    `webhooks` is the webhooks-out service (its outbox lists deliveries), if configured.
+    """
 
     config: Config
     storage: SqlStorage
     core: ProvisioningCore
+    webhooks: Webhooks | None = None
     sweeper: Sweeper | None = None
 
 
@@ -37,7 +43,8 @@ async def open_backend(
     """Open the configured database (migrating it) and wire the core; close both on exit.
 
     `rooms` replaces the client of the configured LiveKit server's room service (tests).
-    `sweep` runs the call sweeper (the server does; a CLI command does not).
+    `sweep` runs the background tasks, the call sweeper and the webhook sender (the
+    server does; a CLI command does not: the events it records wait for a server's sender).
     """
     async with AsyncExitStack() as stack:
         storage = await open_storage(config.database)
@@ -54,11 +61,21 @@ async def open_backend(
             agent_name=config.calls.agent_name,
             ttl_s=config.calls.token_ttl_s,
         )
-        core = ProvisioningCore(storage, config, minter=minter, rooms=rooms, clock=clock)
+        events: FleetEvents = NoEvents()
+        webhooks = None
+        if config.webhooks is not None:
+            # Closed before the storage: the sender's task ends first.
+            webhooks = await stack.enter_async_context(
+                open_webhooks(config.webhooks, storage.db, clock=clock, deliver=sweep)
+            )
+            events = webhooks.events
+        core = ProvisioningCore(
+            storage, config, minter=minter, rooms=rooms, events=events, clock=clock
+        )
         sweeper = None
         if sweep:
             # Entered last, so stopped first: its task ends before what it uses is closed.
             sweeper = await stack.enter_async_context(
                 Sweeper(storage, ledger_of(storage), rooms, call_ended=core.call_ended, clock=clock)
             )
-        yield Backend(config=config, storage=storage, core=core, sweeper=sweeper)
+        yield Backend(config=config, storage=storage, core=core, webhooks=webhooks, sweeper=sweeper)
