@@ -3,8 +3,8 @@
 `Chromium` runs the browser process (one per test module); `Cdp` is one websocket to it;
 `Page` is a tab in a browser context of its own (its own cookies), with the few things the
 console tests do: go to a URL, fill and click, read text and table rows, screenshot.
-Every wait is bounded; a navigation is awaited through `Page.loadEventFired`, registered
-before the action that starts it.
+Every wait is bounded; a navigation is over when a complete document is there that is not
+the one the action started from.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pytest
 
 STARTUP_TIMEOUT_S = 30.0
 STEP_TIMEOUT_S = 20.0
+POLL_S = 0.05
 _DEVTOOLS = re.compile(r"DevTools listening on (ws://\S+)")
 
 
@@ -131,13 +132,12 @@ class Chromium:
 
 
 class Cdp:
-    """One DevTools websocket: commands answered by id, events handed to their waiters."""
+    """One DevTools websocket: commands, each answered by its id."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
         self._ids = itertools.count(1)
         self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._waiters: list[tuple[str, str | None, asyncio.Future[dict[str, Any]]]] = []
         self._reader = asyncio.create_task(self._read(), name="cdp-reader")
 
     @classmethod
@@ -161,17 +161,10 @@ class Cdp:
             if message.type is not aiohttp.WSMsgType.TEXT:
                 break
             data = json.loads(message.data)
-            if "id" in data:
+            if "id" in data:  # events are not used
                 future = self._answers.pop(data["id"], None)
                 if future is not None and not future.done():
                     future.set_result(data)
-                continue
-            for waiter in list(self._waiters):
-                method, session, future = waiter
-                if data.get("method") == method and session in (None, data.get("sessionId")):
-                    self._waiters.remove(waiter)
-                    if not future.done():
-                        future.set_result(data.get("params", {}))
         for future in self._answers.values():
             if not future.done():
                 future.set_exception(ConnectionError("the browser closed the DevTools socket"))
@@ -193,12 +186,6 @@ class Cdp:
             raise RuntimeError(f"{method}: {answer['error']}")
         result: dict[str, Any] = answer.get("result", {})
         return result
-
-    def expect(self, method: str, *, session: str | None = None) -> asyncio.Future[dict[str, Any]]:
-        """A future for the next `method` event (of `session`); create it before the cause."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.append((method, session, future))
-        return future
 
 
 class Page:
@@ -239,10 +226,20 @@ class Page:
         )
 
     async def _navigation(self, action: Any) -> None:
-        loaded = self._cdp.expect("Page.loadEventFired", session=self._session)
+        # The old document is marked; the new one is there once a complete document has no
+        # mark. Stray load events (about:blank's, a late one) cannot be mistaken for it.
+        await self.evaluate("window.__replaced = true")
         await action
         async with asyncio.timeout(STEP_TIMEOUT_S):
-            await loaded
+            while True:
+                try:
+                    if await self.evaluate(
+                        "document.readyState === 'complete' && window.__replaced !== true"
+                    ):
+                        return
+                except RuntimeError:  # the context went away mid-navigation
+                    pass
+                await asyncio.sleep(POLL_S)
 
     async def goto(self, url: str) -> None:
         """Load `url` and wait for its load event."""
