@@ -19,7 +19,7 @@ from provisioning.admin.openapi import OPENAPI_PATH, document
 from provisioning.admin.tokens import AdminToken, AdminTokens
 from provisioning.core import ProvisioningCore
 from provisioning.errors import BadRequestError
-from provisioning.models import AdminAction, CallRecord, Device, EnrollmentCode
+from provisioning.models import AdminAction, CallRecord, Device, DeviceStatus, EnrollmentCode
 from provisioning.webhooks_out import Delivery, DeliveryState, WebhookOutbox
 
 PREFIX = "/v1/admin"
@@ -241,6 +241,9 @@ class AdminApi:
         devices = await self._core.list_devices()
         status = request.query.get("status")
         if status:
+            if status not in DeviceStatus.__members__.values():
+                choices = ", ".join(s.value for s in DeviceStatus)
+                raise BadRequestError(f"status must be one of {choices}")
             devices = [d for d in devices if d.status.value == status]
         return web.json_response({"devices": [device_json(self._core, d) for d in devices]})
 

@@ -14,7 +14,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -23,6 +23,7 @@ from provisioning.admin import pages
 from provisioning.admin.api import delivery_state, end_reason, parse_time
 from provisioning.admin.errors import AdminAuthError, CsrfError, ReadOnlyTokenError
 from provisioning.admin.html import NAV, Markup, page
+from provisioning.admin.settings_form import parse_settings
 from provisioning.admin.tokens import SESSION_TTL_S, AdminTokens, ConsoleSession
 from provisioning.core import ProvisioningCore
 from provisioning.errors import BadRequestError, ProvisioningError
@@ -123,6 +124,8 @@ class Console:
         add_get("/console/calls", self._page(self.calls), allow_head=False)
         add_get("/console/enrollment-codes", self._page(self.codes), allow_head=False)
         add_post("/console/enrollment-codes", self._form(self.create_code))
+        add_get("/console/groups", self._page(self.groups), allow_head=False)
+        add_post("/console/groups", self._form(self.set_group))
         add_get("/console/actions", self._page(self.actions), allow_head=False)
         add_get("/console/webhooks", self._page(self.webhooks), allow_head=False)
 
@@ -284,7 +287,8 @@ class Console:
         else:
             try:
                 if action == "settings":
-                    await self._core.set_device_settings(device_id, _settings(form), actor=actor)
+                    settings = parse_settings(lambda name: _text(form, name))
+                    await self._core.set_device_settings(device_id, settings, actor=actor)
                 else:
                     group = _text(form, "group").strip() or None
                     await self._core.set_device_group(device_id, group, actor=actor)
@@ -353,6 +357,36 @@ class Console:
         # The answer to this POST is the only place the code is ever shown.
         return await self.codes(request, session, new_code=code)
 
+    async def groups(
+        self,
+        request: web.Request,
+        session: ConsoleSession,
+        *,
+        error: str | None = None,
+    ) -> web.Response:
+        groups = await self._core.list_groups()
+        members: dict[str, int] = {}
+        for device in await self._core.list_devices():
+            if device.group is not None:
+                members[device.group] = members.get(device.group, 0) + 1
+        saved = request.query.get("saved", "")
+        message = f"Settings saved for group {saved}." if saved in groups else None
+        body = pages.groups_page(
+            groups, members, csrf=self._csrf(session), message=message, error=error
+        )
+        return self._show("Groups", body, session, 400 if error else 200)
+
+    async def set_group(
+        self, request: web.Request, session: ConsoleSession, form: Form
+    ) -> web.Response:
+        group = _text(form, "group").strip()
+        try:
+            settings = parse_settings(lambda name: _text(form, name))
+            await self._core.set_group_settings(group, settings, actor=session.token.actor)
+        except BadRequestError as exc:
+            return await self.groups(request, session, error=exc.message)
+        return redirect(f"/console/groups?{urlencode({'saved': group})}")
+
     async def actions(self, request: web.Request, session: ConsoleSession) -> web.Response:
         actions = await self._core.list_admin_actions(200)
         return self._show("Admin actions", pages.actions_page(actions), session)
@@ -367,30 +401,3 @@ class Console:
             deliveries, error = [], exc.message
         body = pages.deliveries_page(deliveries, chosen, error=error)
         return self._show("Webhook deliveries", body, session, 400 if error else 200)
-
-
-def _settings(form: Form) -> dict[str, object]:
-    """The settings form as a settings object; empty fields are left out (not set)."""
-    settings: dict[str, object] = {}
-    for name, path, label, attrs in pages.SETTINGS_FIELDS:
-        text = _text(form, name).strip()
-        if not text:
-            continue
-        value: object = text
-        if "type=number" in attrs:
-            try:
-                value = float(text)
-            except ValueError as exc:
-                raise BadRequestError(f"{label} must be a number") from exc
-        target = settings
-        for key in path[:-1]:
-            nested = target.setdefault(key, {})
-            assert isinstance(nested, dict)
-            target = nested
-        target[path[-1]] = value
-    enabled = _text(form, "wake_word_enabled")
-    if enabled in ("on", "off"):
-        wake = settings.setdefault("wake_word", {})
-        assert isinstance(wake, dict)
-        wake["enabled"] = enabled == "on"
-    return settings

@@ -119,6 +119,7 @@ form.filters label{display:flex;flex-direction:column;font-size:.9em}
 NAV = (
     ("/console/devices", "Devices"),
     ("/console/calls", "Calls"),
+    ("/console/groups", "Groups"),
     ("/console/enrollment-codes", "Enrollment codes"),
     ("/console/webhooks", "Webhooks"),
     ("/console/actions", "Actions"),

@@ -13,18 +13,10 @@ from typing import Any
 
 from appliance.vocabulary import EndReason
 from provisioning.admin.html import Markup, duration, html, join, table, when
+from provisioning.admin.settings_form import settings_fields
 from provisioning.models import AdminAction, CallRecord, Device, DeviceStatus, EnrollmentCode
 from provisioning.webhooks_out import Delivery, DeliveryState
 
-# (form field, settings path, label, input attributes)
-SETTINGS_FIELDS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("agent_name", ("agent_name",), "Agent", "type=text maxlength=64"),
-    ("call_max_duration_s", ("call", "max_duration_s"), "Max call (s)", "type=number step=any"),
-    ("call_idle_timeout_s", ("call", "idle_timeout_s"), "Idle timeout (s)", "type=number step=any"),
-    ("call_cooldown_s", ("call", "cooldown_s"), "Cooldown (s)", "type=number step=any"),
-    ("wake_word_model", ("wake_word", "model"), "Wake word model", "type=text maxlength=64"),
-    ("speaker_volume", ("speaker_volume",), "Volume (0-1)", "type=number step=0.05 min=0 max=1"),
-)
 CODE_TTLS = ((3600, "1 hour"), (86400, "1 day"), (7 * 86400, "7 days"), (30 * 86400, "30 days"))
 
 
@@ -121,15 +113,6 @@ def devices_page(
     )
 
 
-def _setting(settings: Mapping[str, Any], path: tuple[str, ...]) -> object:
-    value: object = settings
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
 def device_page(
     device: Device,
     *,
@@ -182,42 +165,63 @@ def device_page(
 
 
 def _settings_form(device: Device, csrf: str) -> Markup:
-    fields = [
-        html(
-            '<label>{} <input name="{}" {} value="{}"></label>',
-            label,
-            name,
-            Markup(attrs),
-            "" if (v := _setting(device.settings, path)) is None else v,
-        )
-        for name, path, label, attrs in SETTINGS_FIELDS
-    ]
-    enabled = _setting(device.settings, ("wake_word", "enabled"))
-    options = join(
-        html(
-            '<option value="{}"{}>{}</option>',
-            value,
-            Markup(" selected" if value == chosen else ""),
-            label,
-        )
-        for value, label, chosen in (
-            ("", "(not set)", "" if enabled is None else None),
-            ("on", "on", "on" if enabled is True else None),
-            ("off", "off", "off" if enabled is False else None),
-        )
-    )
     return html(
         "<h2>Settings</h2><p>Empty fields are not set: the group's or the device's own file "
         "apply. The device applies them at its next check-in.</p>"
         '<form method=post action="/console/devices/{}/settings" class=stack>'
         '<input type=hidden name=csrf value="{}">{}'
-        "<label>Wake word <select name=wake_word_enabled>{}</select></label>"
         "<button type=submit>Save settings</button></form>",
         device.device_id,
         csrf,
-        join(fields),
-        options,
+        settings_fields(device.settings),
     )
+
+
+def groups_page(
+    groups: Mapping[str, Mapping[str, Any]],
+    members: Mapping[str, int],
+    *,
+    csrf: str | None,
+    message: str | None,
+    error: str | None,
+) -> Markup:
+    """Every group with its settings and devices; (read-write) a form for each, and a new one."""
+    parts = [notice(message), notice(error, error=True)]
+    parts.append(
+        table(
+            ("Group", "Devices", "Settings"),
+            (
+                (name, members.get(name, 0), json.dumps(dict(settings), sort_keys=True))
+                for name, settings in sorted(groups.items())
+            ),
+            empty="No group yet.",
+        )
+    )
+    if csrf is not None:
+        for name, settings in sorted(groups.items()):
+            parts.append(
+                html(
+                    "<h2>{}</h2><form method=post action=/console/groups class=stack>"
+                    '<input type=hidden name=csrf value="{}">'
+                    '<input type=hidden name=group value="{}">{}'
+                    "<button type=submit>Save group settings</button></form>",
+                    name,
+                    csrf,
+                    name,
+                    settings_fields(settings),
+                )
+            )
+        parts.append(
+            html(
+                "<h2>New group</h2><form method=post action=/console/groups class=stack>"
+                '<input type=hidden name=csrf value="{}">'
+                "<label>Name <input name=group maxlength=64 required></label>{}"
+                "<button type=submit>Create group</button></form>",
+                csrf,
+                settings_fields({}),
+            )
+        )
+    return join(parts)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,8 @@ async def test_a_read_token_reads_but_changes_nothing(
     listed = await reader("GET", "/devices")
     assert listed.status_code == 200
     assert [d["status"] for d in listed.json()["devices"]] == ["pending"]
+    assert (await reader("GET", "/devices", status="approved")).json()["devices"] == []
+    assert_refused(await reader("GET", "/devices", status="lost"), 400, "bad_request")
     path = f"/devices/{device.device_id}"
     for method, suffix, body in (
         ("POST", "/approve", None),

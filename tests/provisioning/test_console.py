@@ -180,6 +180,7 @@ async def test_a_read_only_token_sees_pages_but_no_form_and_every_write_is_refus
         "/console/calls",
         "/console/actions",
         "/console/webhooks",
+        "/console/groups",
     ):
         page = await browser.get(path)
         assert page.status_code == 200, path
@@ -195,6 +196,7 @@ async def test_a_read_only_token_sees_pages_but_no_form_and_every_write_is_refus
         (f"{base}/settings", {"speaker_volume": "0.5"}),
         (f"{base}/group", {"group": "lobby"}),
         ("/console/enrollment-codes", {"label": "sneaky"}),
+        ("/console/groups", {"group": "sneaky", "speaker_volume": "1"}),
     ):
         refused = await browser.post(path, {"csrf": csrf, **data})
         assert refused.status_code == 403, path
@@ -202,6 +204,7 @@ async def test_a_read_only_token_sees_pages_but_no_form_and_every_write_is_refus
     after = await server.core.get_device(device.device_id)
     assert (after.status, dict(after.settings), after.group) == (DeviceStatus.PENDING, {}, None)
     assert [c.label for c in await server.core.list_enrollment_codes()] == [""]
+    assert await server.core.list_groups() == {}
 
 
 async def test_every_stored_string_is_escaped(
@@ -306,3 +309,34 @@ async def test_webhook_deliveries_page_shows_failures(
     assert '<span class="badge failed">failed</span>' in failed
     bad_filter = await browser.get("/console/webhooks", params={"state": "<x>"})
     assert bad_filter.status_code == 400 and "<x>" not in bad_filter.text
+
+
+async def test_group_settings_from_the_console(
+    browser: Browser, server: BackendServer, api: Api, write_token: str
+) -> None:
+    device = await pending_device(server, api)
+    await browser.sign_in(write_token)
+    csrf = await browser.csrf()
+    created = await browser.post(
+        "/console/groups", {"csrf": csrf, "group": "lobby", "wake_word_enabled": "off"}
+    )
+    assert (
+        created.status_code == 303 and created.headers["Location"] == "/console/groups?saved=lobby"
+    )
+    assert await server.core.list_groups() == {"lobby": {"wake_word": {"enabled": False}}}
+    await browser.post(
+        f"/console/devices/{device.device_id}/group", {"csrf": csrf, "group": "lobby"}
+    )
+    page = (await browser.get("/console/groups?saved=lobby")).text
+    assert "Settings saved for group lobby." in page
+    assert re.search(r'<td data-label="Devices">1</td>', page)
+    changed = await browser.post(
+        "/console/groups", {"csrf": csrf, "group": "lobby", "speaker_volume": "0.2"}
+    )
+    assert changed.status_code == 303
+    device_now = await server.core.get_device(device.device_id)
+    assert server.core.settings_of(device_now) == {"speaker_volume": 0.2}
+    for bad in ({"group": "no spaces"}, {"group": "lobby", "speaker_volume": "loud"}):
+        refused = await browser.post("/console/groups", {"csrf": csrf, **bad})
+        assert refused.status_code == 400, bad
+    assert list(await server.core.list_groups()) == ["lobby"]

@@ -149,6 +149,14 @@ async def test_approve_revoke_and_filter_calls_in_chromium(
         assert code not in await page.text("body")
         assert "front desk" in await page.text("main table")
 
+        # A group with its settings, made from the form.
+        await page.goto(f"{server.url}/console/groups")
+        await page.fill("input[name=group]", "front")
+        await page.fill("input[name=speaker_volume]", "0.3")
+        await page.click("form[action='/console/groups'] button")
+        assert await page.rows("main table") == [["front", "0", '{"speaker_volume": 0.3}']]
+        await page.screenshot(shots / "07-groups.png")
+
         # A phone: the same page, each row a card with its labels (no header row).
         await page.viewport(390, 844, mobile=True)
         await page.goto(f"{server.url}/console/devices")
@@ -159,7 +167,7 @@ async def test_approve_revoke_and_filter_calls_in_chromium(
             == "none"
         )
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390
-        await page.screenshot(shots / "07-phone.png")
+        await page.screenshot(shots / "08-phone.png")
 
 
 async def test_a_read_only_token_in_chromium_sees_rows_but_no_button(

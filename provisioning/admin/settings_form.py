@@ -1,0 +1,89 @@
+"""The console's settings form, for a device or a group: fields to markup, and back.
+
+An empty field is "not set": the group's settings or the device's own file apply. The
+core checks what comes back (`fleet_settings.validate_settings`); this only shapes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from provisioning.admin.html import Markup, html, join
+from provisioning.errors import BadRequestError
+
+# (form field, settings path, label, input attributes)
+SETTINGS_FIELDS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("agent_name", ("agent_name",), "Agent", "type=text maxlength=64"),
+    ("call_max_duration_s", ("call", "max_duration_s"), "Max call (s)", "type=number step=any"),
+    ("call_idle_timeout_s", ("call", "idle_timeout_s"), "Idle timeout (s)", "type=number step=any"),
+    ("call_cooldown_s", ("call", "cooldown_s"), "Cooldown (s)", "type=number step=any"),
+    ("wake_word_model", ("wake_word", "model"), "Wake word model", "type=text maxlength=64"),
+    ("speaker_volume", ("speaker_volume",), "Volume (0-1)", "type=number step=0.05 min=0 max=1"),
+)
+
+
+def _setting(settings: Mapping[str, Any], path: tuple[str, ...]) -> object:
+    value: object = settings
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def settings_fields(settings: Mapping[str, Any]) -> Markup:
+    """The form's fields, filled with `settings`."""
+    fields = [
+        html(
+            '<label>{} <input name="{}" {} value="{}"></label>',
+            label,
+            name,
+            Markup(attrs),
+            "" if (v := _setting(settings, path)) is None else v,
+        )
+        for name, path, label, attrs in SETTINGS_FIELDS
+    ]
+    enabled = _setting(settings, ("wake_word", "enabled"))
+    chosen = "" if enabled is None else ("on" if enabled is True else "off")
+    options = join(
+        html(
+            '<option value="{}"{}>{}</option>',
+            value,
+            Markup(" selected" if value == chosen else ""),
+            label,
+        )
+        for value, label in (("", "(not set)"), ("on", "on"), ("off", "off"))
+    )
+    return html(
+        "{}<label>Wake word <select name=wake_word_enabled>{}</select></label>",
+        join(fields),
+        options,
+    )
+
+
+def parse_settings(text: Callable[[str], str]) -> dict[str, object]:
+    """The submitted form (`text(field)`) as a settings object; empty fields left out."""
+    settings: dict[str, object] = {}
+    for name, path, label, attrs in SETTINGS_FIELDS:
+        value_text = text(name).strip()
+        if not value_text:
+            continue
+        value: object = value_text
+        if "type=number" in attrs:
+            try:
+                value = float(value_text)
+            except ValueError as exc:
+                raise BadRequestError(f"{label} must be a number") from exc
+        target = settings
+        for key in path[:-1]:
+            nested = target.setdefault(key, {})
+            assert isinstance(nested, dict)
+            target = nested
+        target[path[-1]] = value
+    enabled = text("wake_word_enabled")
+    if enabled in ("on", "off"):
+        wake = settings.setdefault("wake_word", {})
+        assert isinstance(wake, dict)
+        wake["enabled"] = enabled == "on"
+    return settings
