@@ -1,0 +1,87 @@
+"""Barge-in in a closed loop, in real time: the shipped profiles through a sound server and a room.
+
+The kiosk's own ALSA pipeline plays the agent into a throwaway PulseAudio daemon; a room
+process hears it, adds reverberation and a person talking over the agent, and the kiosk
+captures that. What the pipeline hands to a call is measured against what the room made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.settings import DEFAULT_BOARD_DIR, BoardSelection, load_board_profile
+from tests.appliance.audio.loop.harness import ROOMS, LoopRun, run_steady
+from tests.appliance.audio.loop.pulse import PulseLoop, pulse_loop
+from tests.appliance.audio.loop.talk import barge_in
+
+pytestmark = pytest.mark.integration
+
+SECONDS, NEAR_AT = 8.0, 4.0
+STEADY_DB, FIRST_2S_DB, DOUBLE_TALK_DB = 30.0, 25.0, 3.0
+
+
+def software_aec_profiles() -> list[str]:
+    """Every shipped board profile whose echo is cancelled in the firmware."""
+    names = []
+    for path in sorted(DEFAULT_BOARD_DIR.glob("*.toml")):
+        board = load_board_profile(BoardSelection(path.stem), settings_path=path)
+        if board.audio.backend == "alsa" and board.audio.echo_cancellation == "software":
+            names.append(path.stem)
+    return names
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseLoop]:
+    with pulse_loop(tmp_path_factory.mktemp("pulse")) as running:
+        yield running
+
+
+async def _run(
+    loop: PulseLoop, workdir: Path, profile: str, room_name: str, **audio: object
+) -> LoopRun:
+    board = load_board_profile(BoardSelection(profile), settings_path=Path("loop.toml"))
+    room = next(r for r in ROOMS if r.name == room_name)
+    script = await asyncio.wait_for(barge_in(SECONDS, (NEAR_AT,), room), 30)
+    settings = dataclasses.replace(board.audio, **audio)  # type: ignore[arg-type]
+    return await asyncio.wait_for(run_steady(loop, workdir, settings, room, script), 50)
+
+
+def test_a_software_aec_profile_is_shipped() -> None:
+    assert "respeaker-2mic" in software_aec_profiles()
+
+
+@pytest.mark.parametrize("room", [room.name for room in ROOMS])
+@pytest.mark.parametrize("profile", software_aec_profiles())
+async def test_the_person_is_heard_over_the_agent_and_the_echo_is_not(
+    loop: PulseLoop, tmp_path: Path, profile: str, room: str
+) -> None:
+    run = await _run(loop, tmp_path, profile, room)
+
+    assert run.erle_steady_db() >= STEADY_DB, "steady-state echo reduction"
+    assert run.erle_first_db() >= FIRST_2S_DB, "echo reduction in the first 2 s"
+    assert run.double_talk_loss_db() <= DOUBLE_TALK_DB, "the person talking over the agent"
+    # The delay told to the canceller is the device's own figure, one value for the call,
+    # and never more than the delay the canceller really faces (the rest it finds itself).
+    told = run.delays_ms[50:]
+    assert len(set(told)) == 1, f"the delay moved within the call: {sorted(set(told))}"
+    assert 0 < told[0] <= run.canceller_delay_ms
+
+
+async def test_without_echo_cancellation_the_echo_comes_back(
+    loop: PulseLoop, tmp_path: Path
+) -> None:
+    # The baseline: the same loop and room with the canceller off shows what it removes.
+    profile = software_aec_profiles()[0]
+    run = await _run(loop, tmp_path, profile, "reverberant", echo_cancellation="off")
+
+    assert run.erle_steady_db() < 6.0
+    assert run.erle_first_db() < 6.0
+    # With the echo left in, the person is not lost: nothing but the canceller cuts them.
+    assert abs(run.double_talk_loss_db()) < 3.0
+    assert np.isnan(run.canceller_delay_ms)

@@ -1,0 +1,165 @@
+"""Closed-loop audio benchmark: echo reduction and barge-in through a sound server, per room.
+
+The kiosk's real ALSA pipeline, a throwaway PulseAudio daemon and a real-time room process
+(tests/appliance/audio/loop). Each room runs the shipped software-AEC profile, the same loop
+with the canceller off (the baseline), and the options that trade echo against double talk.
+Then a soak: over 5 minutes of agent speech through the loop, the hang-up word must not fire.
+Run with `scripts/bench tests/bench/bench_loop.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from appliance.audio.base import SAMPLE_RATE
+from appliance.audio.room import ReverbRoom
+from appliance.audio.simulated import resample
+from appliance.settings import BoardSelection, load_board_profile
+from appliance.triggers.wake.base import ENGINE_RATE, WakeDetector
+from appliance.triggers.wake.micro import MicroWakeWordEngine
+from tests.appliance.audio.loop.harness import HALL, ROOMS, LoopRun, Script, run_loop, run_steady
+from tests.appliance.audio.loop.pulse import PulseLoop, pulse_loop
+from tests.appliance.audio.loop.talk import barge_in
+from tests.appliance.triggers.speech import speak
+from tests.bench.speex_aec import SpeexProcessor
+
+pytestmark = pytest.mark.bench
+
+PROFILE = "respeaker-2mic"
+SECONDS, NEAR_AT = 12.0, (5.0,)
+VARIANTS: dict[str, dict[str, object]] = {
+    "profile": {},
+    "canceller off (baseline)": {"echo_cancellation": "off"},
+    "+ AGC on": {"auto_gain_control": True},
+    "NS off": {"noise_suppression": False},
+}
+SOAK_S = 310.0
+# The agent's sentences, and between them the hang-up words said on their own (as an agent
+# explaining how to hang up would): the clean speech triggers the engines, so the raw
+# microphone is a control that must fire, and the published stream must not.
+SOAK_SENTENCES = (
+    "Thank you for calling. Your booking for two nights is confirmed.",
+    "Breakfast is served from seven until ten in the dining room on the ground floor.",
+    "If you want to end the call, just say the word on its own, like this.",
+    "The weather on the coast will be windy with some rain in the afternoon.",
+    "Parking is free for guests, and the garage closes at midnight.",
+    "I can also book a table for dinner, or order a taxi to the station.",
+    "The museum is open every day except Monday.",
+)
+HANGUP_WORDS = {"okay_nabu": "okay nabu", "alexa": "alexa"}
+
+
+def _figures(run: LoopRun) -> str:
+    told = sorted(set(run.delays_ms[50:]))
+    quiet = ("jitter_underruns", "delay_changes")  # the agent's last frame is an underrun
+    glitches = sum(v for k, v in run.glitches.items() if k not in quiet)
+    real = run.canceller_delay_ms - run.room.delay_ms
+    real_text = "   -  " if np.isnan(real) else f"{real:5.0f} "
+    return (
+        f"{run.erle_first_db():7.1f} {run.erle_steady_db():7.1f} {run.double_talk_loss_db():7.2f}"
+        f"   {'/'.join(str(d) for d in told):>8} {real_text}  glitches "
+        f"{glitches}"
+    )
+
+
+async def _script(room: ReverbRoom, ser_db: float) -> Script:
+    return await asyncio.wait_for(barge_in(SECONDS, NEAR_AT, room, ser_db=ser_db), 60)
+
+
+async def _rooms(loop: PulseLoop, workdir: Path) -> dict[tuple[str, str, float], LoopRun]:
+    board = load_board_profile(BoardSelection(PROFILE), settings_path=Path("bench.toml"))
+    runs = {}
+    print(
+        f"\nclosed loop, {PROFILE}: PulseAudio + pulse ALSA plugin, real-time room, espeak-ng"
+        "\n  room         variant                  SER    first  steady  dt-loss   told-ms"
+        " real-ms (beyond the room)"
+    )
+    for room in (*ROOMS, HALL):
+        for ser in (0.0, -6.0):
+            script = await _script(room, ser)
+            for name, change in VARIANTS.items():
+                if ser != 0.0 and name not in ("profile",):
+                    continue
+                audio = dataclasses.replace(board.audio, **change)  # type: ignore[arg-type]
+                where = workdir / f"{room.name}-{ser}-{len(runs)}"
+                run = await asyncio.wait_for(run_steady(loop, where, audio, room, script), 120)
+                runs[(room.name, name, ser)] = run
+                print(f"  {room.name:<12} {name:<24} {ser:+4.0f} {_figures(run)}", flush=True)
+            # The alternative with its configuration exposed, in the same loop and room.
+            where = workdir / f"{room.name}-{ser}-speex"
+            with mock.patch("appliance.audio.alsa.AudioProcessor", SpeexProcessor):
+                run = await asyncio.wait_for(
+                    run_steady(loop, where, board.audio, room, script), 120
+                )
+            runs[(room.name, "speexdsp", ser)] = run
+            print(f"  {room.name:<12} {'speexdsp (0.5 s filter)':<24} {ser:+4.0f} {_figures(run)}")
+    return runs
+
+
+def _wake_counts(pcm: np.ndarray) -> dict[str, int]:
+    pcm16 = resample(pcm, SAMPLE_RATE, ENGINE_RATE)
+    counts = {}
+    for model in HANGUP_WORDS:
+        detector = WakeDetector(MicroWakeWordEngine(model), refractory_s=2.0)
+        counts[model] = len(detector.process(pcm16))
+        detector.engine.close()
+    return counts
+
+
+def _soak_speech(seconds: float) -> np.ndarray:
+    """The agent for `seconds`: sentences, each followed by a hang-up word said alone."""
+    pause = np.zeros(int(0.4 * SAMPLE_RATE), dtype=np.int16)
+    pieces, total = [], 0
+    while total < seconds * SAMPLE_RATE:
+        for i, sentence in enumerate(SOAK_SENTENCES):
+            word = list(HANGUP_WORDS.values())[i % len(HANGUP_WORDS)]
+            for piece in (
+                speak(sentence, "en", 160, SAMPLE_RATE),
+                pause,
+                speak(word, "en", 130, SAMPLE_RATE),
+                pause,
+            ):
+                pieces.append(piece)
+                total += len(piece)
+    return np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
+
+
+async def _soak(loop: PulseLoop, workdir: Path) -> tuple[dict[str, dict[str, int]], float]:
+    board = load_board_profile(BoardSelection(PROFILE), settings_path=Path("bench.toml"))
+    far = await asyncio.to_thread(_soak_speech, SOAK_S)
+    script = Script(far=far, near=np.zeros(480, dtype=np.int16), near_at_s=())
+    run = await asyncio.wait_for(
+        run_loop(loop, workdir / "soak", board.audio, ROOMS[1], script, strict=False),
+        SOAK_S + 120,
+    )
+    counts = {
+        "agent's speech (clean)": _wake_counts(far),
+        "raw microphone": _wake_counts(run.raw),
+        "published stream": _wake_counts(run.out),
+    }
+    return counts, run.erle_steady_db()
+
+
+async def test_closed_loop_figures(tmp_path: Path) -> None:
+    with pulse_loop(tmp_path / "pulse") as loop:
+        runs = await _rooms(loop, tmp_path)
+        soak, soak_erle = await _soak(loop, tmp_path)
+    print(
+        f"  hang-up words over {SOAK_S / 60:.1f} min of agent speech, reverberant room"
+        f" (steady echo reduction {soak_erle:.1f} dB):"
+    )
+    for name, counts in soak.items():
+        print(f"    {name:<28} {counts}")
+    for room in ROOMS:
+        run = runs[(room.name, "profile", 0.0)]
+        assert run.erle_steady_db() >= 30
+        assert run.erle_first_db() >= 25
+        assert run.double_talk_loss_db() <= 3
+    assert sum(soak["raw microphone"].values()) > 0, "the control: the engines hear the agent"
+    assert soak["published stream"] == dict.fromkeys(HANGUP_WORDS, 0)
