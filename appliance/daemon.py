@@ -7,12 +7,14 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
+from typing import Any
 
 import httpx
 
 from appliance.aio import AsyncResource, cancel_and_wait
+from appliance.audio.volume import ScaledSpeaker
 from appliance.backoff import Backoff
 from appliance.board import Board, open_board
 from appliance.call.events import CallEvent
@@ -20,17 +22,20 @@ from appliance.call.worker_call import WorkerCall
 from appliance.call.workers import CallWorkers
 from appliance.clock import Clock, SystemClock
 from appliance.control import ControlServer
+from appliance.fleet_settings import FleetSettings
 from appliance.provisioning_client import CallGrant, DeviceKey, Enrollment, ProvisioningClient
 from appliance.provisioning_client.call_marker import CallMarker
 from appliance.provisioning_client.outbox import Outbox
 from appliance.provisioning_client.records import DurableCallRecords, send_report
+from appliance.service.doctor import package_version
 from appliance.settings import Settings
 from appliance.state import CallTimeline
 from appliance.status.leds import StatusLed
 from appliance.status.systemd import SystemdNotifier, default_notify, watchdog_period_s
 from appliance.status.watchdog import Watchdog, watch_device
 from appliance.supervisor import Supervisor
-from appliance.triggers.wake.trigger import WakeWordTrigger, open_wake_word
+from appliance.triggers.wake.switch import WakeWordSwitch
+from appliance.triggers.wake.trigger import WakeWordTrigger
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +67,20 @@ class Daemon(AsyncResource):
         self._outbox: Outbox | None = None
         self._call_workers: CallWorkers | None = None
         self._muted_at_start = False
-        self.wake_word: WakeWordTrigger | None = None
+        self._speaker: ScaledSpeaker | None = None
+        self._wake_switch: WakeWordSwitch | None = None
+        self.fleet_settings: FleetSettings | None = None
 
     @property
     def supervisor(self) -> Supervisor:
         """The state machine (after `__aenter__`)."""
         assert self._supervisor is not None, "the daemon is not open"
         return self._supervisor
+
+    @property
+    def wake_word(self) -> WakeWordTrigger | None:
+        """The wake word running now (the fleet may switch its model), if any."""
+        return None if self._wake_switch is None else self._wake_switch.trigger
 
     @property
     def control_socket(self) -> str:
@@ -118,6 +130,8 @@ class Daemon(AsyncResource):
         )
         # A call's room runs in a worker process; one is started now, while idle.
         self._call_workers = await self._stack.enter_async_context(CallWorkers())
+        # The fleet's speaker volume, in front of the board's speaker (audio/volume.py).
+        self._speaker = ScaledSpeaker(self._board.speaker)
         self._supervisor = Supervisor(
             backend=client,
             call_factory=self._make_call,
@@ -126,6 +140,9 @@ class Daemon(AsyncResource):
             records=records,
             heartbeat_s=self.settings.backend.heartbeat_s,
             hold_grant=self.settings.backend.hold_grant,
+            firmware=package_version(),
+            board=self.settings.board.name,
+            on_settings=self._on_fleet_settings,
         )
         self._supervisor.set_muted(self._muted_at_start)
         self._supervisor.add_observer(SystemdNotifier(default_notify()))
@@ -133,16 +150,24 @@ class Daemon(AsyncResource):
             status_led = StatusLed(self._board.led, clock=self._clock)
             # Entered after the LED was opened, so it is turned off before the pin is released.
             self._supervisor.add_observer(await self._stack.enter_async_context(status_led))
-        self.wake_word = await open_wake_word(
+        self._wake_switch = WakeWordSwitch(
             self.settings,
-            self._stack,
             capture=self._board.capture,
-            speaker=self._board.speaker,
+            speaker=self._speaker,
             supervisor=self._supervisor,
             clock=self._clock,
         )
-        if self.wake_word is not None:
-            self._supervisor.add_observer(self.wake_word.on_state_change)
+        self._stack.push_async_callback(self._wake_switch.aclose)
+        wake_word = await self._wake_switch.open()
+        if wake_word is not None:
+            self._supervisor.add_observer(wake_word.on_state_change)
+        self.fleet_settings = FleetSettings(
+            self.settings.call,
+            supervisor=self._supervisor,
+            speaker=self._speaker,
+            wake_word=self._wake_switch,
+            models=self._wake_switch.models,
+        )
         if self._board.audio is not None:
             audio = self._board.audio
             audio.add_listener(self._supervisor)
@@ -175,6 +200,11 @@ class Daemon(AsyncResource):
         else:
             self.supervisor.trigger("command")
 
+    def _on_fleet_settings(self, sent: Mapping[str, Any]) -> None:
+        # The first check-in may come before the wake word is open: applied at the next.
+        if self.fleet_settings is not None:
+            self.fleet_settings.apply(sent)
+
     def _on_button(self) -> None:
         self.supervisor.trigger("button")
 
@@ -194,7 +224,7 @@ class Daemon(AsyncResource):
             grant,
             workers=self._call_workers,
             capture=self._board.capture,
-            speaker=self._board.speaker,
+            speaker=self._speaker or self._board.speaker,
             on_event=on_event,
             clock=self._clock,
             status_topic=self.settings.call.status_topic,

@@ -43,6 +43,11 @@ class CredentialsRejectedError(BackendError, PermissionError):
         super().__init__(f"{status} {code}: {message}")
 
 
+class AwaitingApprovalError(BackendError, PermissionError):
+    """The backend knows this device but an admin has not approved it yet (403
+    `device_pending`): not a fault, a wait."""
+
+
 class RateLimitedError(BackendError):
     """The backend asked us to slow down (HTTP 429)."""
 

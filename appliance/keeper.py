@@ -13,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from appliance.aio import cancel_and_wait
 from appliance.backoff import Backoff
 from appliance.clock import Clock
-from appliance.errors import BackendError, CredentialsRejectedError, RateLimitedError
-from appliance.provisioning_client import CallGrant, DeviceInfo
+from appliance.errors import (
+    AwaitingApprovalError,
+    BackendError,
+    CredentialsRejectedError,
+    RateLimitedError,
+)
+from appliance.provisioning_client import CallGrant, DeviceInfo, StatusReport
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +34,14 @@ MIN_GRANT_LEFT_S = 30.0
 # A held grant is renewed once less than this share of its lifetime is left.
 RENEW_AT_LEFT = 0.2
 HEARTBEAT_JITTER = 0.1
+# A device waiting for approval asks this often at most, so it is ready soon after.
+APPROVAL_POLL_S = 10.0
 
 
 class Backend(Protocol):
     """What the device needs from the provisioning client."""
 
-    async def check_in(self) -> DeviceInfo: ...
+    async def check_in(self, report: StatusReport | None = None) -> DeviceInfo: ...
 
     async def create_call(self, trigger: str) -> CallGrant: ...
 
@@ -60,6 +67,8 @@ class BackendKeeper:
         is_idle: Callable[[], bool],
         on_fault: Callable[[BackendError], None],
         on_healthy: Callable[[], None],
+        report: Callable[[], StatusReport] = StatusReport,
+        on_settings: Callable[[Mapping[str, Any]], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._backend = backend
@@ -70,6 +79,8 @@ class BackendKeeper:
         self._is_idle = is_idle
         self._on_fault = on_fault
         self._on_healthy = on_healthy
+        self._report = report
+        self._on_settings = on_settings
         self._rng = rng or random.Random()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -146,7 +157,10 @@ class BackendKeeper:
             floor = 0.0
             if isinstance(self._fault, RateLimitedError) and self._fault.retry_after_s:
                 floor = self._fault.retry_after_s
-            return self._backoff.next_delay(floor)
+            delay = self._backoff.next_delay(floor)
+            if isinstance(self._fault, AwaitingApprovalError):
+                return min(delay, APPROVAL_POLL_S)
+            return delay
         waits = []
         if self._heartbeat_s > 0:
             jitter = self._rng.uniform(-HEARTBEAT_JITTER, HEARTBEAT_JITTER)
@@ -179,7 +193,9 @@ class BackendKeeper:
 
     async def _keep_in_touch(self) -> None:
         try:
-            await self._backend.check_in()
+            info = await self._backend.check_in(self._report())
+            if self._on_settings is not None:
+                self._on_settings(info.settings)
             if self._grant_due() and self._is_idle():
                 fetched_at = self._clock.time()
                 grant = await self._backend.hold_grant()
@@ -198,7 +214,7 @@ class BackendKeeper:
 
     def _set_fault(self, exc: BackendError) -> None:
         self._fault = exc
-        if isinstance(exc, CredentialsRejectedError):
+        if isinstance(exc, CredentialsRejectedError | AwaitingApprovalError):
             # Revoked or unknown: its token is worthless. A backend that is merely down
             # leaves the grant usable, so a press still makes a call (reported later).
             self._grant = None

@@ -14,6 +14,8 @@ class State(Enum):
     """What the device is doing; the supervisor is the only writer."""
 
     STARTING = "starting"
+    # Enrolled with a code that needs an admin's approval: waits, checking in, until then.
+    AWAITING_APPROVAL = "awaiting_approval"
     READY = "ready"
     CONNECTING = "connecting"
     IN_CALL = "in_call"

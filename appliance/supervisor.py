@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from appliance.aio import join_tasks
 from appliance.backoff import Backoff
@@ -14,13 +15,14 @@ from appliance.call.run import Call, CallFactory, CallRecords, CallRun
 from appliance.clock import Clock
 from appliance.errors import (
     AudioDeviceError,
+    AwaitingApprovalError,
     BackendError,
     CredentialsRejectedError,
     RateLimitedError,
     TokenRefusedError,
 )
 from appliance.keeper import Backend, BackendKeeper
-from appliance.provisioning_client import CallGrant
+from appliance.provisioning_client import CallGrant, StatusReport
 from appliance.service.codes import code_for_state
 from appliance.settings import CallSettings
 from appliance.state import CallTimeline, EndReason, State, StateChange
@@ -51,6 +53,9 @@ class Supervisor:
         backoff: Backoff | None = None,
         heartbeat_s: float = 60.0,
         hold_grant: bool = True,
+        firmware: str | None = None,
+        board: str | None = None,
+        on_settings: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self._backend = backend
         self._call_factory = call_factory
@@ -71,6 +76,9 @@ class Supervisor:
         self._quiet_until = 0.0  # the cool-down after a call
         self._redial: str | None = None
         self._call_generation = 0
+        self._firmware = firmware
+        self._board = board
+        self._last_error: str | None = None  # the code of the last fault state shown
         self._keeper = BackendKeeper(
             backend,
             clock=clock,
@@ -80,6 +88,8 @@ class Supervisor:
             is_idle=lambda: self._call_task is None and self._state is not State.STOPPING,
             on_fault=self._on_backend_fault,
             on_healthy=self._on_backend_healthy,
+            report=self._status_report,
+            on_settings=on_settings,
         )
 
     @property
@@ -252,6 +262,20 @@ class Supervisor:
         """The call policy."""
         return self._settings
 
+    def set_call_settings(self, settings: CallSettings) -> None:
+        """A new call policy (from the fleet): for the next call; one in progress keeps
+        the deadlines it started with."""
+        self._settings = settings
+
+    def _status_report(self) -> StatusReport:
+        """What the next check-in tells the backend about this device."""
+        return StatusReport(
+            firmware=self._firmware,
+            board=self._board,
+            state=self._state.value,
+            last_error=self._last_error,
+        )
+
     @property
     def clock(self) -> Clock:
         """The injected clock."""
@@ -321,12 +345,19 @@ class Supervisor:
             and self._state is not State.STOPPING
             and state is not self._state
         ):
-            logger.error("backend: %s", exc, extra=self._log_fields(state))
+            if state is State.AWAITING_APPROVAL:
+                logger.warning(
+                    "awaiting approval: an admin must approve this device on the backend",
+                    extra=self._log_fields(state),
+                )
+            else:
+                logger.error("backend: %s", exc, extra=self._log_fields(state))
             self._set_state(state, reason=type(exc).__name__)
 
     def _on_backend_healthy(self) -> None:
         self._records.backend_back()
-        if self._call_task is None and (self._state.is_fault or self._state is State.STARTING):
+        waiting = (State.STARTING, State.AWAITING_APPROVAL)
+        if self._call_task is None and (self._state.is_fault or self._state in waiting):
             logger.info("checked in with the backend", extra=self._log_fields())
             self._set_state(self._idle_state())
 
@@ -337,6 +368,9 @@ class Supervisor:
             return
         change = StateChange(self._state, state, self._call_id, self._room, reason, self._muted)
         self._state = state
+        code = code_for_state(state)
+        if code is not None:
+            self._last_error = code.value
         logger.info(
             "state %s -> %s%s",
             change.previous.value,
@@ -368,6 +402,8 @@ class Supervisor:
 
 
 def _fault_state_for(exc: BackendError) -> State:
+    if isinstance(exc, AwaitingApprovalError):
+        return State.AWAITING_APPROVAL
     if isinstance(exc, CredentialsRejectedError):
         return State.CREDENTIALS_REJECTED
     if isinstance(exc, RateLimitedError):

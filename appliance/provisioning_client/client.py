@@ -8,7 +8,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -18,6 +18,7 @@ import httpx
 
 from appliance.aio import AsyncResource
 from appliance.errors import (
+    AwaitingApprovalError,
     BackendProtocolError,
     BackendRefusedError,
     BackendUnreachableError,
@@ -46,12 +47,24 @@ class CallGrant:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """The backend's view of this device."""
+    """The backend's view of this device, and the fleet settings it gets (as sent: the
+    device checks them before applying any, `appliance/fleet_settings.py`)."""
 
     device_id: str
     name: str
     status: str
     agent_name: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What the device tells the backend about itself at each check-in."""
+
+    firmware: str | None = None
+    board: str | None = None
+    state: str | None = None
+    last_error: str | None = None
 
 
 def canonical_message(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -93,14 +106,20 @@ class ProvisioningClient(AsyncResource):
         self._device_id = device_id
         return device_id, identity
 
-    async def check_in(self) -> DeviceInfo:
-        """Ask the backend who we are; proves the key and the enrollment still work."""
-        data = await self._request("GET", "/v1/device", None, signed_as=self._require_id())
+    async def check_in(self, report: StatusReport | None = None) -> DeviceInfo:
+        """Check in (the heartbeat): tell the backend how this device is, and hear who it
+        is and which fleet settings it gets; proves the key and the enrollment still work."""
+        body = {k: v for k, v in vars(report or StatusReport()).items() if v is not None}
+        data = await self._request("POST", "/v1/checkin", body, signed_as=self._require_id())
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise BackendProtocolError("backend answer's settings is not an object")
         return DeviceInfo(
             device_id=_get(data, "device_id", str),
             name=_get(data, "name", str),
             status=_get(data, "status", str),
             agent_name=_get(data, "agent_name", str),
+            settings=settings,
         )
 
     async def create_call(self, trigger: str) -> CallGrant:
@@ -210,6 +229,8 @@ def _decode(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
         raise BackendProtocolError(f"backend answered {status} without a JSON object on {path}")
     code = str(data.get("error", "unknown"))
     message = str(data.get("message", ""))
+    if status == 403 and code == "device_pending":
+        raise AwaitingApprovalError(f"{method} {path}: {message}")
     if status in (401, 403):
         raise CredentialsRejectedError(status, code, message)
     if status == 429:

@@ -69,6 +69,7 @@ def blink_code(count: int) -> Pattern:
 PATTERNS: Mapping[State, Pattern] = MappingProxyType(
     {
         State.STARTING: blink("slow blink (0.5 s on, 0.5 s off)", 0.5, 0.5),
+        State.AWAITING_APPROVAL: blink("slow pulse (1.5 s on, 1.5 s off)", 1.5, 1.5),
         State.READY: steady("steady dim", DIM),
         State.CONNECTING: blink("fast blink (0.1 s on, 0.1 s off)", 0.1, 0.1),
         State.IN_CALL: steady("steady on", 1.0),

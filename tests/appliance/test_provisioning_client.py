@@ -15,12 +15,13 @@ import pytest
 from livekit import api
 
 from appliance.errors import (
+    AwaitingApprovalError,
     BackendUnreachableError,
     CredentialsRejectedError,
     DeviceKeyError,
     RateLimitedError,
 )
-from appliance.provisioning_client import DeviceKey, ProvisioningClient
+from appliance.provisioning_client import DeviceKey, ProvisioningClient, StatusReport
 from appliance.provisioning_client.enrollment import (
     ENROLLMENT_FILE_NAME,
     Enrollment,
@@ -226,3 +227,30 @@ async def test_retry_after_is_used_only_when_sane(
         with pytest.raises(RateLimitedError) as limited_error:
             await asyncio.wait_for(c.create_call("button"), 5)
     assert limited_error.value.retry_after_s == expected
+
+
+async def test_a_pending_device_waits_then_gets_its_settings_and_reports_its_status(
+    backend: BackendServer, tmp_path: Path
+) -> None:
+    key = DeviceKey.load_or_create(tmp_path)
+    client = ProvisioningClient(backend.url, key)
+    code = await backend.core.create_enrollment_code(ttl_s=60, requires_approval=True)
+    report = StatusReport(firmware="9.9", board="pi4", state="awaiting_approval", last_error="E03")
+    async with asyncio.timeout(10), client:
+        device_id, _ = await client.enroll(code, "lobby")
+        with pytest.raises(AwaitingApprovalError):
+            await client.check_in(report)
+        with pytest.raises(AwaitingApprovalError):
+            await client.hold_grant()
+        await backend.core.approve_device(device_id, actor="test")
+        await backend.core.set_device_settings(device_id, {"call": {"cooldown_s": 3}}, actor="test")
+        info = await client.check_in(report)
+    assert info.status == "approved"
+    assert info.settings == {"call": {"cooldown_s": 3.0}}
+    [device] = await backend.core.list_devices()
+    assert (device.firmware, device.board, device.state, device.last_error) == (
+        "9.9",
+        "pi4",
+        "awaiting_approval",
+        "E03",
+    )

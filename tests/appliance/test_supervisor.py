@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from appliance.errors import (
     CredentialsRejectedError,
     RateLimitedError,
 )
-from appliance.provisioning_client import CallGrant, DeviceInfo
+from appliance.provisioning_client import CallGrant, DeviceInfo, StatusReport
 from appliance.settings import CallSettings
 from appliance.state import CallTimeline, State, StateChange
 from appliance.supervisor import Supervisor
@@ -43,13 +44,16 @@ class FakeBackend:
         self.rejoin_errors: list[BackendError | None] = []
         self.clock: ManualClock | None = None
         self.token_gate: asyncio.Event | None = None  # set: the token "arrives"
+        self.reports: list[StatusReport | None] = []
+        self.settings: dict[str, Any] = {}
 
-    async def check_in(self) -> DeviceInfo:
+    async def check_in(self, report: StatusReport | None = None) -> DeviceInfo:
         if self.clock is not None:
             self.check_in_times.append(self.clock.monotonic())
+        self.reports.append(report)
         if self.check_ins and (error := self.check_ins.pop(0)) is not None:
             raise error
-        return DeviceInfo("d-1", "kiosk", "approved", "demo-agent")
+        return DeviceInfo("d-1", "kiosk", "approved", "demo-agent", dict(self.settings))
 
     async def create_call(self, trigger: str) -> CallGrant:
         if self.token_gate is not None:
@@ -198,7 +202,11 @@ class Harness:
 
 
 async def start_harness(
-    *, hold_grant: bool = False, heartbeat_s: float = 0.0, rejoin_window_s: float = 30.0
+    *,
+    hold_grant: bool = False,
+    heartbeat_s: float = 0.0,
+    rejoin_window_s: float = 30.0,
+    backoff_max_s: float = 8.0,
 ) -> Harness:
     clock = ManualClock()
     backend = FakeBackend()
@@ -219,7 +227,7 @@ async def start_harness(
         settings=settings,
         clock=clock,
         records=RecordsAdapter(records),
-        backoff=Backoff(initial_s=1.0, max_s=8.0, jitter=0.0),
+        backoff=Backoff(initial_s=1.0, max_s=backoff_max_s, jitter=0.0),
         heartbeat_s=heartbeat_s,
         hold_grant=hold_grant,
     )

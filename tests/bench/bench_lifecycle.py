@@ -390,7 +390,7 @@ async def _soak_call(n: int, dev: Device, stack: LocalStack, backend: BackendPro
     mark = dev.log.mark()
     if call.fault == "429":
         # The check-in just before the press is refused: the press comes in RATE_LIMITED.
-        dev.seam.refuse_next("/v1/device")
+        dev.seam.refuse_next("/v1/checkin")
         keeper.wake()
         await dev.log.wait_for(State.RATE_LIMITED, mark, 10)
     elif call.fault == "backend_down":

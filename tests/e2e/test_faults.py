@@ -241,7 +241,7 @@ async def test_a_hanging_backend_shows_its_fault_and_a_press_still_calls(
             self._inner = httpx.AsyncHTTPTransport()
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if self.on and request.url.path == "/v1/device":
+            if self.on and request.url.path == "/v1/checkin":
                 request.url = request.url.copy_with(port=port)
             return await self._inner.handle_async_request(request)
 

@@ -52,10 +52,27 @@ class WakeWordTrigger:
         self.earcon = earcon
         self._supervisor = supervisor
         self._hangup_word = hangup_word
+        self._enabled = True
+        self._last: StateChange | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the wake word may listen at all (the fleet can switch it off)."""
+        return self._enabled
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Switch the wake word on or off; on, it listens whenever the state allows."""
+        self._enabled = enabled
+        if self._last is not None:
+            self.on_state_change(self._last)
+        elif not enabled:
+            self.listener.set_active(False)
 
     def on_state_change(self, change: StateChange) -> None:
         """Observer: listen or not, as the new state allows."""
-        self.listener.set_active(should_listen(change, hangup_word=self._hangup_word))
+        self._last = change
+        listen = self._enabled and should_listen(change, hangup_word=self._hangup_word)
+        self.listener.set_active(listen)
 
     def on_wake(self, detection: Detection) -> None:
         """A detection: the chime first (the person hears at once), then the trigger."""
