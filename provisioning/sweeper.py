@@ -189,10 +189,10 @@ class Sweeper(AsyncResource):
 
     async def sweep(self) -> list[CallRecord]:
         """One pass: close every open call that is over; returns the calls this pass closed."""
-        calls = await self._ledger.open_calls()
+        now = self._clock()
+        calls = await self._ledger.open_calls(now)
         if not calls:
             return []
-        now = self._clock()
         rooms = sorted({call.room for call in calls})
         listed = await self._listed(rooms)
         if listed is not None:

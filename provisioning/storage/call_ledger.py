@@ -93,8 +93,8 @@ class CallLedger(Protocol):
         """The facts of each of `rooms` (empty facts for a room nothing is known of)."""
         ...
 
-    async def open_calls(self) -> list[CallRecord]:
-        """Calls that have not ended, oldest first."""
+    async def open_calls(self, now: float) -> list[CallRecord]:
+        """Calls that have not ended and could be over by `now`, oldest first."""
         ...
 
 
@@ -129,12 +129,19 @@ class SqlCallLedger:
         names = sorted(set(rooms))
         return await self._db.run(lambda s: _read_facts(s, names))
 
-    async def open_calls(self) -> list[CallRecord]:
-        """Calls with no end yet (the `calls_open` partial index)."""
+    async def open_calls(self, now: float) -> list[CallRecord]:
+        """Calls with no end yet that could be over: their token has expired, or LiveKit
+        told of their room (a join, a leave, its end, a listing). A younger call nobody
+        has seen in LiveKit cannot be settled yet, so a pass costs what is in flight, not
+        every call just started."""
         rows = await self._db.run(
             lambda s: s.fetchall(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE ended_at IS NULL"
-                " ORDER BY created_at, call_id"
+                f"SELECT {_CALL_COLUMNS} FROM calls c WHERE c.ended_at IS NULL AND ("
+                " c.token_expires_at <= ?"
+                " OR EXISTS (SELECT 1 FROM call_participants p WHERE p.room = c.room)"
+                " OR EXISTS (SELECT 1 FROM call_rooms r WHERE r.room = c.room))"
+                " ORDER BY c.created_at, c.call_id",
+                (now,),
             )
         )
         return [CallRecord(*row) for row in rows]

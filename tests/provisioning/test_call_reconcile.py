@@ -552,7 +552,7 @@ class FailingOnceLedger(SqlCallLedger):
         self.reads = 0
         self.swept = asyncio.Event()
 
-    async def open_calls(self) -> list[CallRecord]:
+    async def open_calls(self, now: float) -> list[CallRecord]:
         from provisioning.errors import StorageUnavailableError
 
         self.reads += 1
@@ -588,3 +588,19 @@ async def test_the_sweeper_is_a_named_task_that_outlives_a_failed_sweep_and_stop
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "call sweep failed: database is down"
     ]
+
+
+async def test_a_pass_reads_only_calls_that_could_be_over(
+    server: BackendServer, api: Api, enrolled: TestDevice
+) -> None:
+    # A call just started that LiveKit has not told of cannot be settled: a pass skips it,
+    # so its cost follows the calls in flight, not every call a busy fleet just started.
+    quiet = await start_call(api, enrolled)
+    seen = await start_call(api, enrolled)
+    await deliver(api, joined(seen, api.clock.now))
+    ledger = SqlCallLedger(server.core._storage.db)  # type: ignore[attr-defined]
+    due = [c.call_id for c in await ledger.open_calls(api.clock.now)]
+    assert due == [seen.call_id]
+    api.clock.advance(TOKEN_TTL_S + 1)
+    due = [c.call_id for c in await ledger.open_calls(api.clock.now)]
+    assert sorted(due) == sorted([quiet.call_id, seen.call_id])
