@@ -266,7 +266,10 @@ async def run_loop(
             _, err = await proc.communicate()
     if proc.returncode != 0 or not _exists(out_file):
         raise RuntimeError(f"the room process failed: {err.decode(errors='replace')[-2000:]}")
-    run = _measure(np.load(out_file), script, room, out, raw, delays, xruns, strict=strict)
+    played = script.far if audio.volume == 1.0 else (script.far * audio.volume).astype(np.int16)
+    run = _measure(
+        np.load(out_file), script, room, out, raw, delays, xruns, strict=strict, played=played
+    )
     run.canceller_delay_ms = canceller_delay
     return run
 
@@ -386,6 +389,7 @@ def _measure(
     xruns: dict[str, int],
     *,
     strict: bool,
+    played: Signal,
 ) -> LoopRun:
     onset = int(rec["onset"])
     if onset < 0:
@@ -394,9 +398,9 @@ def _measure(
     mic = rec["mic"].astype(np.int16)
     # Xruns while the loop settles, before the agent speaks, do not matter.
     room_xruns = int(np.sum(rec["xruns"] >= onset - SAMPLE_RATE // 2))
-    # What the speaker played must be the agent's speech, unbroken.
-    played_lag = _align(script.far, speaker)
-    played = _exact_share(script.far, speaker, played_lag)
+    # What the speaker played must be the agent's speech (at the board's volume), unbroken.
+    played_lag = _align(played, speaker)
+    played_share = _exact_share(played, speaker, played_lag)
     # What the kiosk captured must be what the room wrote, unbroken.
     lag = _align(mic, raw)
     captured = _exact_share(mic[onset:], raw, lag + onset)
@@ -409,11 +413,11 @@ def _measure(
     # in for a call's stream), an xrun. The last frame of the agent is one underrun.
     kiosk = sum(v for k, v in xruns.items() if k not in ("jitter_underruns", "delay_changes"))
     kiosk += max(0, xruns.get("jitter_underruns", 0) - 1)
-    glitched = played < 0.9 or captured < 0.98 or late or room_xruns or kiosk
+    glitched = played_share < 0.9 or captured < 0.98 or late or room_xruns or kiosk
     xruns["loop"] = int(bool(glitched))
     if glitched and strict:
         raise LoopGlitchError(
-            f"loop glitch (kiosk: {xruns}): played {played:.1%} intact, "
+            f"loop glitch (kiosk: {xruns}): played {played_share:.1%} intact, "
             f"captured {captured:.1%} intact, {late} room stalls over 100 ms, "
             f"{room_xruns} room xruns"
         )
