@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 # RMS (of int16 samples) above which an agent frame counts as its first audible audio.
 AUDIBLE_RMS = 100.0
+# How long into a call the next call's worker is started (a shorter call starts it at
+# its end).
+NEXT_WORKER_AFTER_S = 3.0
 # A backstop for a worker that never answers a join: the SDK's own attempts (three retries
 # after the first) at `call.connect_timeout_s` each, and the time to publish.
 SDK_JOIN_ATTEMPTS = 4
@@ -115,6 +118,7 @@ class WorkerCall:
             raise CallError(f"could not join room {grant.room}: the call worker hung") from exc
         # Subscribed only now: no audio is taken for the call before it is connected.
         self._microphone = self._tasks.spawn(self._pump_microphone(worker), "call-microphone")
+        self._tasks.spawn(self._prepare_next_worker(), "call-next-worker")
 
     def on_state_change(self, change: StateChange) -> None:
         """Observer: queue a call-status message for this change, sent in order."""
@@ -148,6 +152,12 @@ class WorkerCall:
             await self._tasks.aclose()
         finally:
             await self._workers.release(worker)
+
+    async def _prepare_next_worker(self) -> None:
+        # Started a while into the call, not during the join or the greeting, it is ready
+        # when the call ends (a press right after a call would otherwise wait for it).
+        await self._clock.sleep(NEXT_WORKER_AFTER_S)
+        self._workers.prepare()
 
     def _fields(self) -> dict[str, str]:
         return {"CALL_ID": self.grant.call_id, "ROOM": self.grant.room}

@@ -3,8 +3,9 @@
 The LiveKit SDK keeps about half a megabyte of native memory for every room it has left
 while a remote participant was still in it (livekit/rust-sdks#1378): a kiosk making calls
 for months would grow without bound. So each call's room lives in its own process
-(`worker.py`), ended with the call. `CallWorkers` keeps one started while the device is
-idle, so a press still goes straight to LiveKit; see docs/call-worker.md.
+(`worker.py`), ended with the call. `CallWorkers` keeps the next one started (from the
+moment a call has joined, or the daemon started), so a press still goes straight to
+LiveKit; see docs/call-worker.md.
 """
 
 from __future__ import annotations
@@ -201,7 +202,12 @@ class CallWorkers(AsyncResource):
         self.waits_s: list[float] = []  # per take, how long it waited for a worker to start
 
     async def start(self) -> None:
-        self._prepare()
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Start the next call's worker now, unless one is started or starting."""
+        if self._spare is None and not self._closed:
+            self._spare = asyncio.create_task(self._start_one(), name="call-worker-start")
 
     @property
     def pids(self) -> list[int]:
@@ -220,7 +226,7 @@ class CallWorkers(AsyncResource):
         for _attempt in (1, 2):
             if self._closed:
                 raise CallError("the call workers are closed")
-            self._prepare()
+            self.prepare()
             task = self._spare
             assert task is not None
             try:
@@ -249,13 +255,13 @@ class CallWorkers(AsyncResource):
 
     async def release(self, worker: CallWorker) -> None:
         """End a call's worker and give back the memory the call freed; the next worker
-        starts now, while the device is idle."""
+        starts now if it has not yet."""
         self._busy.discard(worker)
         try:
             await worker.aclose()
         finally:
             self._after_call()
-            self._prepare()
+            self.prepare()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -267,10 +273,6 @@ class CallWorkers(AsyncResource):
         busy, self._busy = self._busy, set()
         for worker in busy:
             await worker.aclose()
-
-    def _prepare(self) -> None:
-        if self._spare is None and not self._closed:
-            self._spare = asyncio.create_task(self._start_one(), name="call-worker-start")
 
     async def _start_one(self) -> CallWorker:
         return await self._spawn()
