@@ -142,7 +142,9 @@ class BoardAudio:
     echo_cancellation: str = "software"
     noise_suppression: bool = True
     high_pass_filter: bool = True
-    auto_gain_control: bool = True
+    # Off by default: after software echo cancellation it lifts the residual echo (the
+    # closed loop measured 13.7-38.4 dB of echo removed with it on, 41-52 dB off).
+    auto_gain_control: bool = False
     # Acoustic and converter delay beyond what ALSA reports, added to the AEC's stream delay.
     echo_delay_ms: float = 0.0
     volume: float = 1.0
