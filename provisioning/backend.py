@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
+
 from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
 from provisioning.events import FleetEvents, NoEvents
+from provisioning.providers import platform_providers
 from provisioning.rooms import LiveKitRoomService, RoomService
 from provisioning.storage import SqlStorage, open_storage
 from provisioning.storage.call_ledger import ledger_of
@@ -39,10 +42,12 @@ async def open_backend(
     clock: Clock = time.time,
     rooms: RoomService | None = None,
     sweep: bool = False,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Backend]:
     """Open the configured database (migrating it) and wire the core; close both on exit.
 
-    `rooms` replaces the client of the configured LiveKit server's room service (tests).
+    `rooms` replaces the client of the configured LiveKit server's room service (tests);
+    `upstream_transport` the platforms' HTTP transport (tests).
     `sweep` runs the background tasks, the call sweeper and the webhook sender (the
     server does; a CLI command does not: the events it records wait for a server's sender).
     """
@@ -70,7 +75,13 @@ async def open_backend(
             )
             events = webhooks.events
         core = ProvisioningCore(
-            storage, config, minter=minter, rooms=rooms, events=events, clock=clock
+            storage,
+            config,
+            minter=minter,
+            rooms=rooms,
+            events=events,
+            platforms=platform_providers(config.platforms, transport=upstream_transport),
+            clock=clock,
         )
         sweeper = None
         if sweep:

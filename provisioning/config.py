@@ -110,6 +110,33 @@ def redacted_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{tail}"
 
 
+# The hosted platforms a fleet may call through (docs/platforms.md), and where their APIs
+# are by default: seeds 000 line 23, 001 line 26, 002 line 15, 004 line 37. Click2Call's
+# document names no host ("BASE", seed 003 line 20): its base_url is required.
+PLATFORM_BASE_URLS: Mapping[str, str | None] = {
+    "call2me": "https://api.call2me.app",
+    "vatel": "https://api.vatel.ai",
+    "thinnestai": "https://api.thinnest.ai",
+    "click2call": None,
+    "hmsvoicedock": "https://assistant-api.hmsovereign.com",
+}
+# A platform's answer must come before the device's own request times out (its
+# backend.timeout_s, 5 s by default, bounds each phase of the request to us).
+PLATFORM_TIMEOUT_S = 4
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    """One hosted platform's API: where it is, the fleet's key for it, how long to wait."""
+
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    timeout_s: int = PLATFORM_TIMEOUT_S
+    # Vatel only: its HTTP request is not in its document (an assumption; docs/platforms.md).
+    session_path: str = "/v1/agents/{agent_id}/session-token"
+
+
 @dataclass(frozen=True)
 class Config:
     """All backend settings; `source` is the file they came from, if any."""
@@ -122,6 +149,8 @@ class Config:
     fleet: FleetConfig = FleetConfig()
     # None: no webhook receiver, fleet events are dropped.
     webhooks: WebhooksConfig | None = None
+    # The hosted platforms configured, by name (`[platforms.NAME]`).
+    platforms: Mapping[str, PlatformConfig] = field(default_factory=dict)
     source: Path | None = None
 
 
@@ -188,7 +217,7 @@ def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int =
     `file_mode` is the config file's permission bits: a secret written inline is
     refused when others can read the file.
     """
-    sections = {"server", "database", "livekit", "calls", "auth", "fleet", "webhooks"}
+    sections = {"server", "database", "livekit", "calls", "auth", "fleet", "webhooks", "platforms"}
     unknown = sorted(set(data) - sections)
     if unknown:
         raise ConfigError(f"{file}: [{unknown[0]}] is not a known section")
@@ -257,6 +286,7 @@ def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int =
             )
         ),
         webhooks=_webhooks(data["webhooks"], file, base, file_mode) if "webhooks" in data else None,
+        platforms=_platforms(data.get("platforms", {}), file, base),
         source=file,
     )
 
@@ -315,6 +345,48 @@ def _webhooks(table: Any, file: Path, base: Path, file_mode: int) -> WebhooksCon
         max_age_s=section.integer("max_age_s", WebhooksConfig.max_age_s, 60, 30 * 86_400),
         max_backoff_s=section.integer("max_backoff_s", WebhooksConfig.max_backoff_s, 1, 3600),
     )
+
+
+def _platforms(table: Any, file: Path, base: Path) -> dict[str, PlatformConfig]:
+    """`[platforms.NAME]`: api_key_file (0600, required), base_url, timeout_s.
+
+    The key is only ever in a file: an inline `api_key` is not a known key.
+    """
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{file}: [platforms] must be a table")
+    platforms = {}
+    for name, sub in table.items():
+        if name not in PLATFORM_BASE_URLS:
+            raise ConfigError(
+                f"{file}: [platforms.{name}] is not a known platform "
+                f"({', '.join(PLATFORM_BASE_URLS)})"
+            )
+        keys = {"api_key_file", "base_url", "timeout_s"}
+        if name == "vatel":
+            keys.add("session_path")
+        section = _Section(file, f"platforms.{name}", sub, keys)
+        default_url = PLATFORM_BASE_URLS[name]
+        base_url = section.string("base_url", default_url)
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise section.error("base_url", "must be an http:// or https:// URL with a host")
+        if parts.password is not None or parts.username is not None:
+            raise section.error("base_url", "must not hold credentials: use api_key_file")
+        if not section.has("api_key_file"):
+            raise section.error("api_key_file", "is required (the fleet's API key, in a 0600 file)")
+        session_path = PlatformConfig.session_path
+        if name == "vatel":
+            session_path = section.string("session_path", session_path)
+            if not session_path.startswith("/"):
+                raise section.error("session_path", "must start with /")
+        platforms[name] = PlatformConfig(
+            name=name,
+            base_url=base_url,
+            api_key=_secret_file(section, "api_key_file", base),
+            timeout_s=section.integer("timeout_s", PLATFORM_TIMEOUT_S, 1, 30),
+            session_path=session_path,
+        )
+    return platforms
 
 
 def _api_secret(livekit: _Section, base: Path) -> str:

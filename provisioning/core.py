@@ -22,11 +22,13 @@ from provisioning.errors import (
     DeviceRejectedError,
     DeviceRevokedError,
     ForbiddenError,
+    GrantsNotHeldError,
     InvalidEnrollmentCodeError,
     InvalidStateError,
     LiveKitUnavailableError,
     MissingSignatureError,
     RateLimitedError,
+    RejoinUnsupportedError,
     ReplayedRequestError,
     StorageConflictError,
     UnknownCallError,
@@ -50,6 +52,15 @@ from provisioning.models import (
     LiveKitEventRecord,
     Nonce,
     room_of_call,
+)
+from provisioning.providers import (
+    CallProvider,
+    CallRequest,
+    OwnLiveKit,
+    ProviderChoice,
+    ProviderKind,
+    ProviderMisconfiguredError,
+    resolve,
 )
 from provisioning.rooms import RoomService
 from provisioning.signing import SignatureVerifier, SignedRequest, device_id_for, parse_public_key
@@ -81,6 +92,10 @@ DEVICES_CACHED = 100_000
 # How long a cached device (key, group, settings) is used before it is read again, so that
 # settings an admin changed through another backend process reach this one too.
 DEVICE_CACHE_TTL_S = 30.0
+# A platform's room is not on our LiveKit server: no webhook or room list tells the sweeper
+# about it. Its call is recorded as joinable this long (the longest call a device may be set
+# to, 2 h, and a token's life), so the sweeper closes it only if its device never reports.
+PLATFORM_CALL_HORIZON_S = 7200.0 + 600.0
 
 
 def normalize_code(code: str) -> str:
@@ -108,6 +123,7 @@ class ProvisioningCore:
         minter: TokenMinter,
         rooms: RoomService,
         events: FleetEvents | None = None,
+        platforms: Mapping[ProviderKind, CallProvider] | None = None,
         clock: Clock = time.time,
     ) -> None:
         self._storage = storage
@@ -117,6 +133,8 @@ class ProvisioningCore:
             storage, clock=clock, max_clock_skew_s=config.auth.max_clock_skew_s
         )
         self._minter = minter
+        self._own = OwnLiveKit(minter, config.livekit.url)
+        self._platforms: Mapping[ProviderKind, CallProvider] = dict(platforms or {})
         self._rooms = rooms
         self._devices: dict[str, tuple[Device, float]] = {}
         self._events: FleetEvents = NoEvents() if events is None else events
@@ -290,6 +308,31 @@ class ProvisioningCore:
     def settings_of(self, device: Device) -> dict[str, Any]:
         """The settings a device gets: its group's, overridden by its own."""
         return merged(device.group_settings, device.settings)
+
+    def device_settings_of(self, device: Device) -> dict[str, Any]:
+        """The settings sent to the device: all but the provider's options (case and customer
+        fields, assistant prompts), which are the backend's to use."""
+        settings = self.settings_of(device)
+        settings.pop("provider", None)
+        return settings
+
+    def provider_of(self, device: Device) -> ProviderChoice:
+        """Where the device's calls go; `ProviderMisconfiguredError` if they cannot go anywhere."""
+        choice = resolve(device.group_settings, device.settings)
+        if choice.kind is not ProviderKind.LIVEKIT and choice.kind not in self._platforms:
+            raise ProviderMisconfiguredError(
+                f"platform {choice.kind.value} is not configured on the backend ([platforms])"
+            )
+        return choice
+
+    def call_provider_of(self, device: Device) -> dict[str, Any]:
+        """What the device is told at check-in: the provider's kind, and whether it may hold
+        a grant (only the fleet's own LiveKit: a platform's mint opens a session upstream)."""
+        try:
+            kind = self.provider_of(device).kind
+        except ProviderMisconfiguredError:
+            return {"kind": None, "hold_grants": False}
+        return {"kind": kind.value, "hold_grants": kind is ProviderKind.LIVEKIT}
 
     async def _transition(
         self,
@@ -484,16 +527,19 @@ class ProvisioningCore:
         one database unit; `trigger` is informational."""
         device, nonce = await self._signed_by(request)
         _check_trigger(trigger)
+        choice = self.provider_of(device)
         now = self._clock()
         call_id = new_call_id()
-        token = self._mint(device, call_id)
+        token = None
+        if choice.kind is ProviderKind.LIVEKIT:
+            token = self._mint(device, call_id)
         call = CallRecord(
             call_id=call_id,
             device_id=device.device_id,
             room=room_of_call(call_id),
             trigger=trigger,
             created_at=now,
-            token_expires_at=token.expires_at,
+            token_expires_at=now + PLATFORM_CALL_HORIZON_S if token is None else token.expires_at,
         )
         limit = self._config.calls.max_per_minute
         admission, added = await self._storage.admit_call(
@@ -507,7 +553,55 @@ class ProvisioningCore:
             logger.warning("call rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many calls, try again later", retry_after_s=retry_after)
         await self._call_started(call)
+        if token is None:
+            # The platform is asked only now, outside the unit: a replayed, refused or
+            # rate-limited request never costs an upstream session.
+            return await self._open_upstream(device, call, choice)
         return self._grant(device, call_id, token)
+
+    async def _open_upstream(
+        self, device: Device, call: CallRecord, choice: ProviderChoice
+    ) -> CallGrant:
+        """The platform's room for a call just recorded; if it fails, the call ends
+        `connect_failed` at once and the platform's refusal goes to the device."""
+        request = CallRequest(
+            device_id=device.device_id,
+            identity=device.identity,
+            name=device.name or device.device_id,
+            call_id=call.call_id,
+            room=call.room,
+            agent_name=self.agent_of(device),
+            options=choice.options,
+        )
+        try:
+            grant = await self._platforms[choice.kind].open_call(request)
+        except Exception:
+            if await self._storage.end_call(
+                call.call_id, self._clock(), EndReason.CONNECT_FAILED, 0
+            ):
+                ended = await self._storage.get_call(call.call_id)
+                if ended is not None:
+                    await self.call_ended(ended)
+            raise
+        audit.info(
+            "call opened upstream",
+            extra={
+                "device_id": device.device_id,
+                "call_id": call.call_id,
+                "provider": choice.kind.value,
+                "room": grant.room,
+                "upstream_call_id": grant.upstream_call_id or "-",
+            },
+        )
+        return CallGrant(
+            server_url=grant.server_url,
+            token=grant.token,
+            room=grant.room,
+            identity=grant.identity,
+            call_id=call.call_id,
+            expires_at=grant.expires_at,
+            provider=choice.kind.value,
+        )
 
     async def hold_grant(self, request: SignedRequest) -> CallGrant:
         """Authenticate `request` and give its device a call token to hold, so a press
@@ -518,6 +612,8 @@ class ProvisioningCore:
         an hour after they expire, when the device is given its next one.
         """
         device, nonce = await self._signed_by(request)
+        if self.provider_of(device).kind is not ProviderKind.LIVEKIT:
+            raise GrantsNotHeldError("this device's platform opens a session per call: no grants")
         now = self._clock()
         call_id = new_call_id()
         token = self._mint(device, call_id)
@@ -559,6 +655,9 @@ class ProvisioningCore:
         call = await self.start_held_call(device, call_id, trigger)
         if call.ended_at is not None:
             raise CallEndedError("the call has ended")
+        if self.provider_of(device).kind is not ProviderKind.LIVEKIT:
+            # A platform's room is its own: a fresh session would be another call.
+            raise RejoinUnsupportedError("this device's platform calls cannot be rejoined")
         token = self._mint(device, call_id)
         room = room_of_call(call_id)
         # A room LiveKit lost and a client's own reconnect made again has no agent in it:
@@ -573,6 +672,7 @@ class ProvisioningCore:
         return self._grant(device, call_id, token)
 
     def _mint(self, device: Device, call_id: str) -> MintedToken:
+        # The own-LiveKit provider's path, kept synchronous and inline: no upstream request.
         return self._minter.mint(
             agent_name=self.agent_of(device),
             identity=device.identity,

@@ -132,6 +132,21 @@ class CallEndedError(ProvisioningError):
     code = "call_ended"
 
 
+class GrantsNotHeldError(ProvisioningError):
+    """The device's calls go to a platform that opens a session per call: fetch on the press
+    (HTTP 409)."""
+
+    status = 409
+    code = "grants_not_held"
+
+
+class RejoinUnsupportedError(ProvisioningError):
+    """The call is on a platform's server, which gives no second token for its room (409)."""
+
+    status = 409
+    code = "rejoin_unsupported"
+
+
 class AlreadyEnrolledError(ProvisioningError):
     """This public key already has a device (HTTP 409)."""
 

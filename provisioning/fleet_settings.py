@@ -8,6 +8,8 @@ says. The agent is the backend's to use when it dispatches; the rest the device 
     call             max_duration_s, idle_timeout_s, cooldown_s (seconds)
     wake_word        enabled (true/false), model (a model name the device has)
     speaker_volume   0.0 to 1.0
+    provider         where the calls go: {kind, ...options} (`providers/settings.py`); the
+                     backend's alone, never sent to the device
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from provisioning.errors import BadRequestError
+from provisioning.providers.settings import check_provider
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # (minimum, maximum) of each number, in seconds or as a fraction.
@@ -45,6 +48,8 @@ def validate_settings(value: object) -> dict[str, Any]:
             )
         elif key == "speaker_volume":
             settings[key] = _number_in(*_VOLUME)(item, key)
+        elif key == "provider":
+            settings[key] = check_provider(item)
         else:
             raise BadRequestError(f"settings: unknown key {_shown(key)}")
     return settings

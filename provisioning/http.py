@@ -30,6 +30,7 @@ from provisioning.http_server import GuardedSite
 from provisioning.livekit_events import WEBHOOK_PATH
 from provisioning.logs import printable
 from provisioning.models import CallGrant, Device, DeviceReport
+from provisioning.providers import UpstreamUnavailableError
 from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
 from provisioning.sweeper import Sweeper
@@ -85,6 +86,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
             headers = {"Retry-After": str(exc.retry_after_s)}
         elif isinstance(exc, StorageUnavailableError):
             headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
+        elif isinstance(exc, UpstreamUnavailableError):
+            headers = {"Retry-After": str(exc.retry_after_s)}
         if exc.status >= 500:
             logger.warning("request failed: %s", exc.message, extra=context)
         else:
@@ -228,7 +231,8 @@ def _device_response(request: web.Request, device: Device) -> web.Response:
             "name": device.name,
             "status": device.status.value,
             "agent_name": core.agent_of(device),
-            "settings": core.settings_of(device),
+            "settings": core.device_settings_of(device),
+            "call_provider": core.call_provider_of(device),
         }
     )
 
@@ -242,6 +246,7 @@ def _grant_response(grant: CallGrant, status: int) -> web.Response:
             "identity": grant.identity,
             "call_id": grant.call_id,
             "expires_at": iso_utc(grant.expires_at),
+            "provider": grant.provider,
         },
         status=status,
     )

@@ -139,6 +139,8 @@ class CallGrant:
     identity: str
     call_id: str
     expires_at: float
+    # Whose room it is: `livekit` (the fleet's own server) or a platform (docs/platforms.md).
+    provider: str = "livekit"
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ async def test_check_in(enrolled: TestDevice, api: Api) -> None:
         "status": "approved",
         "agent_name": AGENT_NAME,
         "settings": {},
+        "call_provider": {"kind": "livekit", "hold_grants": True},
     }
 
 
@@ -167,7 +168,16 @@ async def test_call_token_carries_exactly_the_fixed_grants(
     assert response.status_code == 201, response.text
     now = time.time()
     body = response.json()
-    assert set(body) == {"server_url", "token", "room", "identity", "call_id", "expires_at"}
+    assert set(body) == {
+        "server_url",
+        "token",
+        "room",
+        "identity",
+        "call_id",
+        "expires_at",
+        "provider",
+    }
+    assert body["provider"] == "livekit"
     call_id = body["call_id"]
     assert re.fullmatch(r"c-[0-9a-f]{16}", call_id)
     identity = f"device-{enrolled.device_id}"

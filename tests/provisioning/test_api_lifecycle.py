@@ -32,7 +32,15 @@ async def test_a_held_grant_is_a_token_but_not_a_call(
     server: BackendServer, api: Api, enrolled: TestDevice
 ) -> None:
     grant = await hold(api, enrolled)
-    assert set(grant) == {"server_url", "token", "room", "identity", "call_id", "expires_at"}
+    assert set(grant) == {
+        "server_url",
+        "token",
+        "room",
+        "identity",
+        "call_id",
+        "expires_at",
+        "provider",
+    }
     assert grant["room"] == f"call-{grant['call_id']}"
     claims = jwt.decode(grant["token"], API_SECRET, algorithms=["HS256"], audience=None)
     assert claims["video"]["room"] == grant["room"]

@@ -1,0 +1,136 @@
+"""A loopback fake of a hosted platform's API: an aiohttp server on 127.0.0.1, a free port.
+
+It checks what it receives (the auth header, the path, no unexpected body fields), records
+each request, mints real LiveKit JWTs (livekit-api) for the room it names, and can be told
+to fail the next requests with a status (and Retry-After) or to answer too late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from livekit.api import AccessToken, VideoGrants
+
+FAKE_LIVEKIT_KEY = "platform-key"
+FAKE_LIVEKIT_SECRET = "platform-secret-0123456789abcdef0123456789"
+
+
+@dataclass
+class Failure:
+    """The next answer: `status` with `body`, and a Retry-After if given."""
+
+    status: int
+    body: Mapping[str, Any] = field(default_factory=dict)
+    retry_after: str | None = None
+
+
+@dataclass
+class Received:
+    """One request as the fake saw it."""
+
+    path: str
+    headers: Mapping[str, str]
+    body: Mapping[str, Any]
+
+
+class FakePlatform:
+    """Base of each fake: subclasses give `path`, `auth_header`, `allowed_fields` and `answer`."""
+
+    path: str = "/"
+    auth_header: str = "Authorization"
+    auth_prefix: str = "Bearer "
+    allowed_fields: frozenset[str] = frozenset()
+    required_fields: frozenset[str] = frozenset()
+    livekit_url: str = "ws://127.0.0.1:7880"
+
+    def __init__(self, api_key: str, *, livekit_url: str | None = None) -> None:
+        self.api_key = api_key
+        if livekit_url is not None:
+            self.livekit_url = livekit_url
+        self.received: list[Received] = []
+        self.refused: list[str] = []  # why a request was refused by the fake's own checks
+        self.failures: list[Failure] = []
+        self.delay_s = 0.0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakePlatform:
+        app = web.Application()
+        app.router.add_post(self.path, self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def mint(self, *, identity: str, room: str, ttl_s: int) -> str:
+        """A real LiveKit JWT for `room`, as the platform's server would sign it."""
+        return (
+            AccessToken(FAKE_LIVEKIT_KEY, FAKE_LIVEKIT_SECRET)
+            .with_identity(identity)
+            .with_ttl(timedelta(seconds=ttl_s))
+            .with_grants(VideoGrants(room_join=True, room=room, can_publish=True))
+            .to_jwt()
+        )
+
+    def answer(self, request: web.Request, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def check(self, body: Mapping[str, Any]) -> str | None:
+        """A reason to refuse the body with 400, or None (subclasses add their own)."""
+        return None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._refuse(400, "body is not JSON")
+        self.received.append(Received(request.path, dict(request.headers), body))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if request.headers.get(self.auth_header) != self.auth_prefix + self.api_key:
+            return self._refuse(401, "Invalid API key")
+        if not isinstance(body, dict):
+            return self._refuse(400, "body is not an object")
+        unexpected = set(body) - self.allowed_fields
+        if unexpected:
+            return self._refuse(400, f"unexpected fields {sorted(unexpected)}")
+        missing = self.required_fields - set(body)
+        if missing:
+            return self._refuse(400, f"missing fields {sorted(missing)}")
+        problem = self.check(body)
+        if problem is not None:
+            return self._refuse(400, problem)
+        if self.failures:
+            failure = self.failures.pop(0)
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
+            return web.json_response(dict(failure.body), status=failure.status, headers=headers)
+        return web.json_response(dict(self.answer(request, body)))
+
+    def _refuse(self, status: int, detail: str) -> web.Response:
+        self.refused.append(detail)
+        return web.json_response({"detail": detail}, status=status)
+
+
+def short_id() -> str:
+    return secrets.token_hex(4)
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]

@@ -1,0 +1,146 @@
+"""Each platform through the real backend: the documented request, the device's grant, the
+upstream failures as distinct refusals, on both databases; the key in no answer or log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from provisioning.providers import unverified_claims
+from tests.platforms.conftest import PLATFORM_KEY, SETTINGS, Rig
+from tests.platforms.fake_base import Failure
+from tests.provisioning.conftest import assert_refused
+
+pytestmark = pytest.mark.integration
+
+GRANT_FIELDS = {"server_url", "token", "room", "identity", "call_id", "expires_at", "provider"}
+
+
+async def test_a_call_gets_the_platforms_room_in_our_shape(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        response = await rig.api.start_call(rig.device)
+    assert response.status_code == 201, response.text
+    grant = response.json()
+    assert set(grant) == GRANT_FIELDS
+    assert grant["provider"] == rig.name
+    assert grant["server_url"] == rig.fake.livekit_url
+    assert grant["call_id"].startswith("c-")
+    # Whatever the platform returned or left out, the grant agrees with its LiveKit JWT.
+    claims = unverified_claims(grant["token"])
+    assert (grant["room"], grant["identity"]) == (claims.room, claims.identity)
+    expires = datetime.strptime(grant["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert int(expires.timestamp()) == claims.expires_at
+    assert not grant["room"].startswith("call-")  # the platform's room, not ours
+    # One request, as documented, checked by the fake (auth header, fields, values).
+    assert rig.fake.refused == []
+    assert len(rig.fake.received) == 1
+    # The call is on the record, open.
+    calls = await rig.server.core.list_calls(rig.device.device_id)
+    assert [(c.call_id, c.ended_at) for c in calls] == [(grant["call_id"], None)]
+    assert PLATFORM_KEY not in response.text
+    assert PLATFORM_KEY not in caplog.text
+
+
+async def test_the_request_carries_the_fleets_options_and_correlation(rig: Rig) -> None:
+    response = await rig.api.start_call(rig.device)
+    assert response.status_code == 201, response.text
+    call_id = response.json()["call_id"]
+    body = rig.fake.received[0].body
+    settings = SETTINGS[rig.name]
+    ids = {"device_id": rig.device.device_id, "call_id": call_id}
+    if rig.name == "call2me":
+        assert body["agent_id"] == settings["agent_id"]
+        assert body["user_identity"] == f"device-{rig.device.device_id}"
+        assert body["metadata"] == {"desk": "north", **ids}
+    elif rig.name == "vatel":
+        assert rig.fake.received[0].path == "/v1/agents/7b1d-agent/session-token"
+        assert body == {"agent_id": "7b1d-agent", "transport": "webrtc"}
+    elif rig.name == "thinnestai":
+        assert body == {
+            "agent_id": "agent_xyz",
+            "context": {"purpose": "support", **ids},
+            "max_duration": 300,
+        }
+    elif rig.name == "click2call":
+        assert body == {k: v for k, v in settings.items() if k != "kind"}
+    else:
+        assert body == {
+            "assistant_id": settings["assistant_id"],
+            "assistant_override": {"metadata": {**ids, "site": "lobby"}},
+        }
+
+
+async def test_the_check_in_says_fetch_on_the_press_and_hides_the_options(rig: Rig) -> None:
+    response = await rig.api.send("POST", "/v1/checkin", rig.device, {})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["call_provider"] == {"kind": rig.name, "hold_grants": False}
+    assert "provider" not in body["settings"]  # case, customer and prompts stay here
+
+
+async def test_no_grant_is_held_for_a_platform(rig: Rig) -> None:
+    response = await rig.api.send("POST", "/v1/grants", rig.device, {})
+    assert_refused(response, 409, "grants_not_held")
+    assert rig.fake.received == []
+
+
+# (the platform's answer, our status, our code)
+FAILURES = [
+    (Failure(401, {"detail": "Invalid API key"}), 502, "upstream_key_rejected"),
+    (Failure(403, {"detail": "Assistant not found"}), 502, "upstream_key_rejected"),
+    (Failure(400, {"detail": "Must provide assistant_id"}), 502, "upstream_bad_request"),
+    (Failure(402, {"detail": "Insufficient credits"}), 502, "upstream_out_of_credit"),
+    (Failure(429, {"detail": "Maximum 3 concurrent"}, "17"), 429, "upstream_rate_limited"),
+    (Failure(500, {"detail": "Failed to create"}), 503, "upstream_unavailable"),
+    (Failure(503), 503, "upstream_unavailable"),
+]
+
+
+@pytest.mark.parametrize(("failure", "status", "code"), FAILURES, ids=lambda v: str(v)[:24])
+async def test_each_upstream_failure_is_its_own_refusal(
+    rig: Rig, failure: Failure, status: int, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.fake.failures.append(failure)
+    with caplog.at_level(logging.DEBUG):
+        response = await rig.api.start_call(rig.device)
+    assert_refused(response, status, code)
+    if code == "upstream_rate_limited":
+        assert response.headers["Retry-After"] == "17"
+    if code == "upstream_unavailable":
+        assert int(response.headers["Retry-After"]) > 0
+    # The press was a call attempt: recorded, and ended connect_failed at once.
+    (call,) = await rig.server.core.list_calls(rig.device.device_id)
+    assert call.end_reason == "connect_failed" and call.duration_ms == 0
+    assert PLATFORM_KEY not in response.text
+    assert PLATFORM_KEY not in caplog.text
+    assert any(getattr(r, "error_code", None) == code for r in caplog.records)
+
+
+@pytest.mark.parametrize("platform_timeout_s", [1])
+async def test_a_platform_that_answers_too_late_is_unavailable(rig: Rig) -> None:
+    # The backend waits timeout_s (1 s) and no longer; the fake would answer after 3 s.
+    rig.fake.delay_s = 3.0
+    async with asyncio.timeout(10):
+        response = await rig.api.start_call(rig.device)
+    assert_refused(response, 503, "upstream_unavailable")
+
+
+async def test_a_refused_device_costs_no_upstream_request(rig: Rig) -> None:
+    await rig.server.core.revoke_device(rig.device.device_id, actor="test")
+    response = await rig.api.start_call(rig.device)
+    assert response.status_code == 403, response.text
+    assert rig.fake.received == []
+
+
+async def test_a_platform_call_cannot_be_rejoined(rig: Rig) -> None:
+    response = await rig.api.start_call(rig.device)
+    call_id = response.json()["call_id"]
+    rejoin = await rig.api.send(
+        "POST", f"/v1/calls/{call_id}/rejoin", rig.device, {"trigger": "button"}
+    )
+    assert_refused(rejoin, 409, "rejoin_unsupported")
