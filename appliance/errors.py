@@ -56,6 +56,29 @@ class RateLimitedError(BackendError):
         super().__init__(message)
 
 
+class ServiceError(BackendError):
+    """The backend is fine, but the hosted platform behind it refused or failed the call
+    (a 5xx or 429 whose code is one of the `upstream_*`, docs/api.md)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(f"{status} {code}: {message}")
+
+
+class ServiceMisconfiguredError(ServiceError, PermissionError):
+    """The platform refused the fleet's API key or its request (401/403/400 upstream), or
+    the backend's provider settings cannot make a call: not this device's credentials."""
+
+
+class ServiceOutOfCreditError(ServiceError):
+    """The platform's account has no credit left (402 upstream)."""
+
+
+class ServiceUnavailableError(ServiceError, ConnectionError):
+    """The platform is down or slow (5xx or a timeout upstream)."""
+
+
 class BackendProtocolError(BackendError, ValueError):
     """The backend answered with something this device does not understand."""
 

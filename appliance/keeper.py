@@ -24,6 +24,7 @@ from appliance.errors import (
     BackendError,
     CredentialsRejectedError,
     RateLimitedError,
+    ServiceError,
 )
 from appliance.provisioning_client import CallGrant, DeviceInfo, StatusReport
 
@@ -87,6 +88,9 @@ class BackendKeeper:
         self._fault: BackendError | None = None
         self._reported = False
         self._grant: CallGrant | None = None
+        # The backend says at each check-in whether this device's calls may be held (not on
+        # a hosted platform, which opens a session per token): else fetched on the press.
+        self._grants_allowed = True
         self._grant_lifetime_s = 0.0
         self.grants_fetched = 0
 
@@ -147,7 +151,7 @@ class BackendKeeper:
         return grant.expires_at.timestamp() - (self._clock.time() + offset)
 
     def _grant_due(self) -> bool:
-        if not self._hold_grant:
+        if not self._hold_grant or not self._grants_allowed:
             return False
         grant = self._grant
         return grant is None or self._left_s(grant) < self._renew_at_left_s()
@@ -196,6 +200,9 @@ class BackendKeeper:
             info = await self._backend.check_in(self._report())
             if self._on_settings is not None:
                 self._on_settings(info.settings)
+            self._grants_allowed = info.hold_grants
+            if not info.hold_grants:
+                self._grant = None
             if self._grant_due() and self._is_idle():
                 fetched_at = self._clock.time()
                 grant = await self._backend.hold_grant()
@@ -205,6 +212,10 @@ class BackendKeeper:
                 self._grant_lifetime_s = grant.expires_at.timestamp() - (fetched_at + offset)
         except BackendError as exc:
             self._set_fault(exc)
+            return
+        if isinstance(self._fault, ServiceError):
+            # The backend answers, but only a call shows whether the platform behind it does:
+            # its fault stays on show until a call gets through (`succeeded`); a press retries.
             return
         if self._fault is not None:
             logger.info("the backend is back")

@@ -27,6 +27,11 @@ class State(Enum):
     CALL_FAILED = "call_failed"
     TOKEN_REJECTED = "token_rejected"
     AUDIO_FAULT = "audio_fault"
+    # The backend is fine; the hosted platform behind it refused the call (docs/platforms.md):
+    # the fleet's key or request (401/403/400), no credit (402), down or slow (5xx, timeout).
+    SERVICE_MISCONFIGURED = "service_misconfigured"
+    SERVICE_OUT_OF_CREDIT = "service_out_of_credit"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     STOPPING = "stopping"
 
     @property
@@ -54,6 +59,9 @@ FAULT_STATES = frozenset(
         State.CALL_FAILED,
         State.TOKEN_REJECTED,
         State.AUDIO_FAULT,
+        State.SERVICE_MISCONFIGURED,
+        State.SERVICE_OUT_OF_CREDIT,
+        State.SERVICE_UNAVAILABLE,
     }
 )
 

@@ -19,6 +19,9 @@ from appliance.errors import (
     BackendError,
     CredentialsRejectedError,
     RateLimitedError,
+    ServiceMisconfiguredError,
+    ServiceOutOfCreditError,
+    ServiceUnavailableError,
     TokenRefusedError,
 )
 from appliance.keeper import Backend, BackendKeeper
@@ -402,6 +405,13 @@ class Supervisor:
 
 
 def _fault_state_for(exc: BackendError) -> State:
+    # The platform's faults first: its refusal of the fleet's key is not this device's.
+    if isinstance(exc, ServiceMisconfiguredError):
+        return State.SERVICE_MISCONFIGURED
+    if isinstance(exc, ServiceOutOfCreditError):
+        return State.SERVICE_OUT_OF_CREDIT
+    if isinstance(exc, ServiceUnavailableError):
+        return State.SERVICE_UNAVAILABLE
     if isinstance(exc, AwaitingApprovalError):
         return State.AWAITING_APPROVAL
     if isinstance(exc, CredentialsRejectedError):

@@ -24,6 +24,10 @@ from appliance.errors import (
     BackendUnreachableError,
     CredentialsRejectedError,
     RateLimitedError,
+    ServiceError,
+    ServiceMisconfiguredError,
+    ServiceOutOfCreditError,
+    ServiceUnavailableError,
 )
 from appliance.provisioning_client.keys import DeviceKey, b64url
 
@@ -31,6 +35,15 @@ logger = logging.getLogger(__name__)
 
 SIGNATURE_SCHEME = "kiosk-v1"
 MAX_RETRY_AFTER_S = 3600.0
+# The backend's refusals for a platform behind it (docs/api.md): told apart by their code, so
+# that the platform refusing the fleet's key is never this device's credentials_rejected.
+_SERVICE_ERRORS: Mapping[str, type[ServiceError]] = {
+    "upstream_key_rejected": ServiceMisconfiguredError,
+    "upstream_bad_request": ServiceMisconfiguredError,
+    "provider_misconfigured": ServiceMisconfiguredError,
+    "upstream_out_of_credit": ServiceOutOfCreditError,
+    "upstream_unavailable": ServiceUnavailableError,
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,8 @@ class CallGrant:
     identity: str
     call_id: str
     expires_at: datetime
+    # Whose room: `livekit` (the fleet's own server) or a hosted platform's name.
+    provider: str = "livekit"
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,10 @@ class DeviceInfo:
     status: str
     agent_name: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # Where calls go, and whether a grant may be held (not for a platform, which opens a
+    # session per mint): fetch on the press when False. A backend that does not say: True.
+    provider: str | None = "livekit"
+    hold_grants: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,12 +133,18 @@ class ProvisioningClient(AsyncResource):
         settings = data.get("settings", {})
         if not isinstance(settings, dict):
             raise BackendProtocolError("backend answer's settings is not an object")
+        provider = data.get("call_provider", {"kind": "livekit", "hold_grants": True})
+        if not isinstance(provider, dict) or not isinstance(provider.get("hold_grants"), bool):
+            raise BackendProtocolError("backend answer's call_provider is not understood")
+        kind = provider.get("kind")
         return DeviceInfo(
             device_id=_get(data, "device_id", str),
             name=_get(data, "name", str),
             status=_get(data, "status", str),
             agent_name=_get(data, "agent_name", str),
             settings=settings,
+            provider=kind if isinstance(kind, str) else None,
+            hold_grants=provider["hold_grants"],
         )
 
     async def create_call(self, trigger: str) -> CallGrant:
@@ -223,6 +248,14 @@ def _decode(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
         data = response.json() if response.content else {}
     except ValueError:
         data = None
+    code = data.get("error") if isinstance(data, dict) else None
+    if status == 429 and code == "upstream_rate_limited" and isinstance(data, dict):
+        raise RateLimitedError(
+            _retry_after(response), f"the platform is busy on {path}: {data.get('message', '')}"
+        )
+    service = _SERVICE_ERRORS.get(code) if isinstance(code, str) and status >= 500 else None
+    if service is not None and isinstance(data, dict):
+        raise service(status, str(code), f"{method} {path}: {data.get('message', '')}")
     if status >= 500:
         raise BackendUnreachableError(f"backend error {status} on {method} {path}")
     if not isinstance(data, dict):
@@ -253,6 +286,7 @@ def _grant(data: dict[str, Any]) -> CallGrant:
         identity=_get(data, "identity", str),
         call_id=_get(data, "call_id", str),
         expires_at=expires_at,
+        provider=data["provider"] if isinstance(data.get("provider"), str) else "livekit",
     )
 
 

@@ -25,6 +25,9 @@ class ErrorCode(StrEnum):
     AUDIO_FAULT = "E06"
     TOKEN_REJECTED = "E07"
     ENROLLMENT_CODE_REFUSED = "E08"
+    SERVICE_UNAVAILABLE = "E93"
+    SERVICE_MISCONFIGURED = "E94"
+    SERVICE_OUT_OF_CREDIT = "E95"
     KEY_PROBLEM = "E11"
     NOT_ENROLLED = "E12"
     NOT_APPROVED = "E13"
@@ -48,6 +51,7 @@ class CatalogueEntry:
     summary: str
     action: str
     blinks: int | None = None  # the LED's blink code, where the LED shows it
+    lead: bool = False  # E9N: one long blink before the N short ones (the platform's faults)
     state: State | None = None  # the daemon's state that carries it in the journal
 
 
@@ -105,6 +109,31 @@ _ENTRIES = (
         "first boot: the backend refused the enrollment code (unknown, used or expired)",
         "create a new code (`provisioning enroll-code create`), write it to kiosk.txt, reboot",
         blinks=8,
+    ),
+    CatalogueEntry(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        "the hosted platform behind the backend is down or slow (5xx or no answer in time)",
+        "check the platform's status page; the device retries on the next press",
+        blinks=3,
+        lead=True,
+        state=State.SERVICE_UNAVAILABLE,
+    ),
+    CatalogueEntry(
+        ErrorCode.SERVICE_MISCONFIGURED,
+        "the platform refused the fleet's API key or request (401/403/400), or the "
+        "device's provider settings are incomplete: not this device's credentials",
+        "check the backend's [platforms] api_key_file and the provider settings (agent id)",
+        blinks=4,
+        lead=True,
+        state=State.SERVICE_MISCONFIGURED,
+    ),
+    CatalogueEntry(
+        ErrorCode.SERVICE_OUT_OF_CREDIT,
+        "the platform's account has no credit left (402)",
+        "top up the fleet's account on the platform; the next press tries again",
+        blinks=5,
+        lead=True,
+        state=State.SERVICE_OUT_OF_CREDIT,
     ),
     CatalogueEntry(
         ErrorCode.KEY_PROBLEM,

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 CODE_ON_S = 0.2
 CODE_OFF_S = 0.3
 CODE_PAUSE_S = 1.5
+# A platform code (E9N) starts with one long blink: LEAD_ON_S on, LEAD_OFF_S off.
+LEAD_ON_S = 1.0
+LEAD_OFF_S = 0.5
 DIM = 0.2
 
 
@@ -40,6 +43,14 @@ class Pattern:
     name: str
     steps: tuple[tuple[float, float], ...]
     blinks: int | None = None  # the blink code, for a failure class
+    lead: bool = False  # a long blink before the short ones: the platform behind the backend
+
+    @property
+    def code_number(self) -> int | None:
+        """The number of its error code: N for E0N (N blinks), 90 + N for E9N (long, N)."""
+        if self.blinks is None:
+            return None
+        return 90 + self.blinks if self.lead else self.blinks
 
     @property
     def steady(self) -> bool:
@@ -64,6 +75,14 @@ def blink_code(count: int) -> Pattern:
     return Pattern(f"{count} blinks, pause", tuple(steps), blinks=count)
 
 
+def platform_code(count: int) -> Pattern:
+    """One long blink, then `count` short ones, then a pause: the platform's fault whose
+    count matches the device's own fault of that kind (3 unavailable, 4 refused, 5 wait)."""
+    steps = [(1.0, LEAD_ON_S), (0.0, LEAD_OFF_S)] + [(1.0, CODE_ON_S), (0.0, CODE_OFF_S)] * count
+    steps[-1] = (0.0, CODE_PAUSE_S)
+    return Pattern(f"1 long + {count} blinks, pause", tuple(steps), blinks=count, lead=True)
+
+
 # The one source of truth for what the LED shows: docs/architecture.md and README.md list it,
 # and tests check that they agree. CALL_FAILED is shown for 2 s, so it has the shortest code.
 PATTERNS: Mapping[State, Pattern] = MappingProxyType(
@@ -84,6 +103,9 @@ PATTERNS: Mapping[State, Pattern] = MappingProxyType(
         State.RATE_LIMITED: blink_code(5),
         State.AUDIO_FAULT: blink_code(6),
         State.TOKEN_REJECTED: blink_code(7),
+        State.SERVICE_UNAVAILABLE: platform_code(3),
+        State.SERVICE_MISCONFIGURED: platform_code(4),
+        State.SERVICE_OUT_OF_CREDIT: platform_code(5),
         State.STOPPING: steady("off", 0.0),
     }
 )

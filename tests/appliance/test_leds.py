@@ -26,6 +26,12 @@ BLINK_CODES = {
     State.AUDIO_FAULT: 6,
     State.TOKEN_REJECTED: 7,
 }
+# The platform's faults: one long blink, then N short ones (E9N).
+PLATFORM_CODES = {
+    State.SERVICE_UNAVAILABLE: 3,
+    State.SERVICE_MISCONFIGURED: 4,
+    State.SERVICE_OUT_OF_CREDIT: 5,
+}
 
 
 @dataclass
@@ -95,6 +101,16 @@ async def test_each_failure_blinks_its_documented_code(rig: Rig, state: State) -
     assert len(groups) >= 2
     assert set(groups) == {BLINK_CODES[state]}
     assert PATTERNS[state].blinks == BLINK_CODES[state]
+
+
+@pytest.mark.parametrize("state", sorted(PLATFORM_CODES, key=lambda s: s.value))
+async def test_each_platform_fault_blinks_long_then_its_count(rig: Rig, state: State) -> None:
+    mark = rig.mark()
+    rig.show(state)
+    await rig.advance(30)
+    groups = flash_groups(rig.since(mark))
+    assert len(groups) >= 2
+    assert set(groups) == {PLATFORM_CODES[state] + 1}  # the long one, then N
 
 
 async def test_call_failed_shows_its_whole_code_in_its_two_seconds(rig: Rig) -> None:
@@ -240,6 +256,10 @@ def test_the_docs_show_the_table_the_led_plays() -> None:
     section = readme.split("## Status LED", 1)[1].split("\n## ", 1)[0]
     for state, count in BLINK_CODES.items():
         assert re.search(rf"^\| {count} \|.*`{state.value}`", section, flags=re.MULTILINE), state
+    for state, count in PLATFORM_CODES.items():
+        assert PATTERNS[state].lead and PATTERNS[state].blinks == count
+        row = rf"^\| 1 long \+ {count} \|.*`{state.value}`"
+        assert re.search(row, section, flags=re.MULTILINE), state
     for state, pattern in PATTERNS.items():
         if pattern.blinks is None:
             assert re.search(rf"^\| {re.escape(pattern.name)} \| `{state.value}`", section, re.M)
