@@ -16,6 +16,10 @@ STARTS_A_CALL = {
     State.RATE_LIMITED,
     State.CALL_FAILED,
     State.TOKEN_REJECTED,
+    # A hosted platform's faults: a trigger retries the call.
+    State.SERVICE_MISCONFIGURED,
+    State.SERVICE_OUT_OF_CREDIT,
+    State.SERVICE_UNAVAILABLE,
 }
 
 
