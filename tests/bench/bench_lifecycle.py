@@ -177,6 +177,7 @@ async def test_press_to_in_call_held_grant_vs_fetch_on_press(stack: LocalStack) 
                 times[mode].append(seconds)
                 call_ids[mode].append(call_id)
 
+    waits = {m: pair[m].running.daemon._call_workers.waits_s for m in pair}  # type: ignore[union-attr]
     # The timeline of each counted call: the token stage shows whether the grant was held.
     stages = {
         mode: [
@@ -205,6 +206,10 @@ async def test_press_to_in_call_held_grant_vs_fetch_on_press(stack: LocalStack) 
             f"{label}: timeline trigger → token / agent_joined p50",
             f"{percentile(token_ms[mode], 50):.0f} / {percentile(joined_ms[mode], 50):.0f} ms",
         )
+    report(
+        "joins that waited for their call worker to start, held / fetch",
+        f"{sum(w > 0.005 for w in waits['held'])} / {sum(w > 0.005 for w in waits['fetch'])}",
+    )
     report(
         "p50 difference (fetch-on-press minus held grant)",
         f"{difference:.0f} ms",
