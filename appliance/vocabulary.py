@@ -29,6 +29,26 @@ class EndReason(StrEnum):
     # Set by the backend only: the device left the room itself, and its own report of why
     # never came (LiveKit's participant_left said CLIENT_INITIATED).
     DEVICE_LEFT = "device_left"
+    # The last remote party left; the reason names its kind (PartyKind).
+    PERSON_LEFT = "person_left"  # a person (an operator's browser) was the last to leave
+    SIP_LEFT = "sip_left"  # a SIP participant (a phone, a hosted platform's bridge) was last
+    OPERATOR_ENDED = "operator_ended"  # an operator the backend vouched for ended the call
+
+
+class PartyKind(StrEnum):
+    """Who the kiosk is talking to: a remote party of the call, by LiveKit participant kind."""
+
+    AGENT = "agent"
+    PERSON = "person"
+    SIP = "sip"
+
+
+# Why the call ended when the last remote party of each kind left.
+LAST_PARTY_LEFT = {
+    PartyKind.AGENT: EndReason.AGENT_LEFT,
+    PartyKind.PERSON: EndReason.PERSON_LEFT,
+    PartyKind.SIP: EndReason.SIP_LEFT,
+}
 
 
 class Trigger(StrEnum):

@@ -2,18 +2,18 @@
 
 from appliance.call.events import (
     AgentAudioStarted,
-    AgentJoined,
-    AgentLeft,
     CallEvent,
     Disconnected,
     EndRequested,
+    PartyJoined,
+    PartyLeft,
 )
 
 __all__ = [
     "AgentAudioStarted",
-    "AgentJoined",
-    "AgentLeft",
     "CallEvent",
     "Disconnected",
     "EndRequested",
+    "PartyJoined",
+    "PartyLeft",
 ]

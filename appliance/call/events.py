@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from appliance.state import EndReason
+from appliance.vocabulary import PartyKind
 
 
 @dataclass(frozen=True)
-class AgentJoined:
-    """The agent participant is in the room."""
+class PartyJoined:
+    """A remote party (agent, person, SIP participant) is in the room."""
 
     identity: str
+    kind: PartyKind = PartyKind.AGENT
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,12 @@ class AgentAudioStarted:
 
 
 @dataclass(frozen=True)
-class AgentLeft:
-    """The agent participant left the room."""
+class PartyLeft:
+    """A remote party left the room; `remaining` parties are still in it."""
 
     identity: str
+    kind: PartyKind = PartyKind.AGENT
+    remaining: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,10 @@ class Reconnecting:
 
 @dataclass(frozen=True)
 class Reconnected:
-    """The SDK got the connection back; `agent_present` says whether the agent is in the room."""
+    """The SDK got the connection back; `party_present` says whether any
+    remote party is in the room."""
 
-    agent_present: bool
+    party_present: bool
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,9 @@ class EndRequested:
 
 
 CallEvent = (
-    AgentJoined
+    PartyJoined
     | AgentAudioStarted
-    | AgentLeft
+    | PartyLeft
     | Disconnected
     | EndRequested
     | SpeechActivity

@@ -1,8 +1,11 @@
 """The one module that talks to LiveKit: one room, run in the call worker process.
 
-`LiveKitRoom` joins, publishes the microphone frames it is given, hands the agent's audio
-to a callback, sends call-status messages, and reports the room as our call events. It
-runs in `worker.py`'s process, never in the daemon's: see docs/call-worker.md.
+`LiveKitRoom` joins, publishes the microphone frames it is given, mixes the audio of every
+remote party (agent, person, SIP bridge) and hands the mix to a callback every 10 ms, sends
+call-status messages (and the latest to each participant who joins), keeps the kiosk's state
+in its participant attributes, and reports the room as our call events. It runs in
+`worker.py`'s process, never in the daemon's: see docs/call-worker.md and
+docs/calls-with-people.md.
 """
 
 from __future__ import annotations
@@ -15,22 +18,25 @@ import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import numpy as np
 from livekit import rtc
 
 from appliance.aio import TaskSet
-from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME
+from appliance.audio.base import FRAME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from appliance.call.events import (
-    AgentJoined,
-    AgentLeft,
     CallEvent,
     Disconnected,
     EndRequested,
+    PartyJoined,
+    PartyLeft,
     Reconnected,
     Reconnecting,
 )
+from appliance.call.mixer import Mixer
 from appliance.errors import CallError, TokenRefusedError
 from appliance.state import EndReason
 from appliance.status.redact import redact
+from appliance.vocabulary import PartyKind
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +52,39 @@ MIC_QUEUE_FRAMES = 10
 _REFUSED = re.compile(r"\b(401|403)\b")
 # The control messages this device accepts from the agent: {"v": 1, "type": "end_call"}.
 CONTROL_VERSION = 1
+# The participant attribute (set in its token by the backend, which a participant cannot
+# change without `can_update_own_metadata`) that vouches for an operator.
+ROLE_ATTRIBUTE = "kiosk.role"
+OPERATOR_ROLE = "operator"
+# The kiosk's own attributes: what a late joiner reads at once.
+STATE_ATTRIBUTE = "kiosk.state"
+MUTED_ATTRIBUTE = "kiosk.muted"
+CALL_ID_ATTRIBUTE = "kiosk.call_id"
+# A mix clock this far behind (a stalled process) starts afresh rather than catch up.
+MIX_RESYNC_S = 0.1
+# Who counts as a remote party of the call, by LiveKit's participant kind.
+_PARTY_KINDS = {
+    rtc.ParticipantKind.PARTICIPANT_KIND_AGENT: PartyKind.AGENT,
+    rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD: PartyKind.PERSON,
+    rtc.ParticipantKind.PARTICIPANT_KIND_SIP: PartyKind.SIP,
+}
+
+
+def party_kind(participant: rtc.RemoteParticipant) -> PartyKind | None:
+    """The kind of party a participant is in the call; None for egress, ingress and the like."""
+    return _PARTY_KINDS.get(participant.kind)
+
+
+def is_vouched_operator(participant: rtc.RemoteParticipant) -> bool:
+    """A person whose token the backend minted as an operator's."""
+    return (
+        party_kind(participant) is PartyKind.PERSON
+        and participant.attributes.get(ROLE_ATTRIBUTE) == OPERATOR_ROLE
+    )
 
 
 class LiveKitRoom:
-    """Our microphone published to one room, the agent's audio handed on, status sent."""
+    """Our microphone published to one room, every remote voice mixed, status sent."""
 
     def __init__(
         self,
@@ -76,8 +111,12 @@ class LiveKitRoom:
         self._mic_publication: rtc.LocalTrackPublication | None = None
         self._mic_queue: asyncio.Queue[bytes] = asyncio.Queue(MIC_QUEUE_FRAMES)
         self._tasks = TaskSet(on_error=self._task_failed)
-        self._status_queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._agent_identity: str | None = None
+        # (payload, destination identities; empty for everyone), sent in order.
+        self._status_queue: asyncio.Queue[tuple[bytes, list[str]]] = asyncio.Queue()
+        self._last_status: bytes | None = None
+        self._attributes_refused = False
+        self._parties: dict[str, PartyKind] = {}
+        self._mixer = Mixer()
         self._closing = False
         self._reconnecting = False
 
@@ -114,6 +153,7 @@ class LiveKitRoom:
             raise CallError(f"could not join room {self._room_name}: {detail}") from exc
         self._spawn(self._pump_microphone(source), "call-microphone")
         self._spawn(self._send_status_messages(), "call-status")
+        self._spawn(self._mix_out(), "call-mix")
         for participant in room.remote_participants.values():
             self._on_participant_connected(participant)
 
@@ -124,8 +164,10 @@ class LiveKitRoom:
         self._mic_queue.put_nowait(frame)
 
     def send_status(self, payload: bytes) -> None:
-        """Queue a call-status message; they are sent in order."""
-        self._status_queue.put_nowait(payload)
+        """Queue a call-status message for everyone; they are sent in order, and the
+        latest goes again to each participant who joins."""
+        self._last_status = payload
+        self._status_queue.put_nowait((payload, []))
 
     def set_muted(self, muted: bool) -> None:
         """Mute or unmute the published track (the daemon also stops sending frames)."""
@@ -192,31 +234,84 @@ class LiveKitRoom:
 
     async def _send_status_messages(self) -> None:
         while True:
-            payload = await self._status_queue.get()
+            payload, destinations = await self._status_queue.get()
             try:
                 await self._room.local_participant.publish_data(
-                    payload, reliable=True, topic=self._status_topic
+                    payload,
+                    reliable=True,
+                    topic=self._status_topic,
+                    destination_identities=destinations,
                 )
+                if not destinations:
+                    await self._set_attributes(payload)
             except Exception:
                 logger.warning("could not send a call-status message", extra=self._log_fields())
             finally:
                 self._status_queue.task_done()
 
-    async def _play_agent(self, track: rtc.Track) -> None:
+    async def _set_attributes(self, payload: bytes) -> None:
+        """The kiosk's state, mute and call id as its own participant attributes."""
+        if self._attributes_refused:
+            return
+        status = json.loads(payload)
+        attributes = {
+            STATE_ATTRIBUTE: str(status.get("state", "")),
+            MUTED_ATTRIBUTE: "true" if status.get("muted") else "false",
+            CALL_ID_ATTRIBUTE: str(status.get("call_id") or ""),
+        }
+        try:
+            # A server that does not answer (a token without `can_update_own_metadata`)
+            # must not hold up the status messages behind this one.
+            async with asyncio.timeout(LEAVE_STEP_S):
+                await self._room.local_participant.set_attributes(attributes)
+        except Exception:
+            self._attributes_refused = True
+            logger.warning(
+                "could not set the kiosk's participant attributes (does the token allow "
+                "updating its own metadata?)",
+                extra=self._log_fields(),
+            )
+
+    async def _receive_track(self, track: rtc.Track, key: str) -> None:
+        # The SDK resamples each track to the speaker's rate; the mixer sums them.
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        self._mixer.add_track(key)
         try:
             async for event in stream:
-                await self._on_agent_audio(bytes(event.frame.data))
+                self._mixer.push(key, np.frombuffer(event.frame.data, dtype=np.int16))
         finally:
+            self._mixer.remove_track(key)
             await stream.aclose()
+
+    async def _mix_out(self) -> None:
+        """Every 10 ms, the mix of whatever the remote tracks have queued goes out."""
+        loop = asyncio.get_running_loop()
+        period = FRAME_MS / 1000
+        due = loop.time()
+        while True:
+            due += period
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -MIX_RESYNC_S:
+                due = loop.time()
+            frame = self._mixer.mix()
+            if frame is not None:
+                await self._on_agent_audio(frame.tobytes())
 
     def _on_data_received(self, packet: rtc.DataPacket) -> None:
         if packet.topic != self._control_topic:
             return
         sender = packet.participant
         extra = {"CALL_ID": self._call_id, "SENDER": sender.identity if sender else "server"}
-        if sender is None or not self._is_agent(sender) or sender.identity != self._agent_identity:
-            logger.warning("control message ignored: not from the call's agent", extra=extra)
+        if sender is not None and party_kind(sender) is PartyKind.AGENT:
+            reason, who = EndReason.AGENT_ENDED, "the agent"
+        elif sender is not None and is_vouched_operator(sender):
+            reason, who = EndReason.OPERATOR_ENDED, "an operator"
+        else:
+            logger.warning(
+                "control message ignored: not from an agent or a vouched operator", extra=extra
+            )
             return
         try:
             message = json.loads(packet.data)
@@ -227,27 +322,41 @@ class LiveKitRoom:
             and message.get("v") == CONTROL_VERSION
             and message.get("type") == "end_call"
         ):
-            logger.info("the agent ended the call", extra=extra)
-            self._on_event(EndRequested(EndReason.AGENT_ENDED))
+            logger.info("%s ended the call", who, extra=extra)
+            self._on_event(EndRequested(reason))
         else:
             logger.warning("control message ignored: not understood", extra=extra)
 
-    def _is_agent(self, participant: rtc.RemoteParticipant) -> bool:
-        return bool(participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
-
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
-        if self._is_agent(participant) and self._agent_identity is None:
-            self._agent_identity = participant.identity
-            self._on_event(AgentJoined(participant.identity))
+        if self._last_status is not None and not self._closing:
+            # A late joiner learns at once what the kiosk is doing.
+            self._status_queue.put_nowait((self._last_status, [participant.identity]))
+        kind = party_kind(participant)
+        if kind is None or participant.identity in self._parties:
+            return
+        self._parties[participant.identity] = kind
+        logger.info(
+            "%s joined (%d remote parties)",
+            kind.value,
+            len(self._parties),
+            extra={**self._log_fields(), "PARTICIPANT": participant.identity},
+        )
+        self._on_event(PartyJoined(participant.identity, kind))
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.identity != self._agent_identity:
-            return
-        # While the SDK reconnects it drops every participant: that is not the agent leaving.
+        # While the SDK reconnects it drops every participant: that is nobody leaving.
         if self._reconnecting:
             return
-        self._agent_identity = None
-        self._on_event(AgentLeft(participant.identity))
+        kind = self._parties.pop(participant.identity, None)
+        if kind is None:
+            return
+        logger.info(
+            "%s left (%d remote parties)",
+            kind.value,
+            len(self._parties),
+            extra={**self._log_fields(), "PARTICIPANT": participant.identity},
+        )
+        self._on_event(PartyLeft(participant.identity, kind, remaining=len(self._parties)))
 
     def _on_reconnecting(self) -> None:
         logger.info("connection lost: the SDK is reconnecting", extra=self._log_fields())
@@ -256,20 +365,17 @@ class LiveKitRoom:
 
     def _on_reconnected(self) -> None:
         self._reconnecting = False
-        agents = [p for p in self._room.remote_participants.values() if self._is_agent(p)]
-        present = any(p.identity == self._agent_identity for p in agents)
-        if not present:
-            # The room was lost with the agent in it; an agent that comes back is new.
-            self._agent_identity = None
-            for agent in agents:
-                self._on_participant_connected(agent)
-            present = self._agent_identity is not None
+        # Whoever is in the room now is the call's parties; one who came back is new.
+        present = {p.identity: p for p in self._room.remote_participants.values() if party_kind(p)}
+        for identity in list(self._parties):
+            if identity not in present:
+                del self._parties[identity]
+        for participant in present.values():
+            self._on_participant_connected(participant)
         logger.info(
-            "connection back (agent %s)",
-            "present" if present else "absent",
-            extra=self._log_fields(),
+            "connection back (%d remote parties)", len(self._parties), extra=self._log_fields()
         )
-        self._on_event(Reconnected(agent_present=present))
+        self._on_event(Reconnected(party_present=bool(self._parties)))
 
     def _log_fields(self) -> dict[str, str]:
         return {"CALL_ID": self._call_id, "ROOM": self._room_name}
@@ -280,8 +386,8 @@ class LiveKitRoom:
         publication: rtc.RemoteTrackPublication,
         participant: rtc.RemoteParticipant,
     ) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO and self._is_agent(participant):
-            self._spawn(self._play_agent(track), "call-agent-audio")
+        if track.kind == rtc.TrackKind.KIND_AUDIO and party_kind(participant) is not None:
+            self._spawn(self._receive_track(track, publication.sid), "call-remote-audio")
 
     def _on_disconnected(self, reason: int) -> None:
         if self._closing:

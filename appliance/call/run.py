@@ -24,11 +24,11 @@ from appliance.aio import TaskSet, cancel_and_wait
 from appliance.backoff import Backoff
 from appliance.call.events import (
     AgentAudioStarted,
-    AgentJoined,
-    AgentLeft,
     CallEvent,
     Disconnected,
     EndRequested,
+    PartyJoined,
+    PartyLeft,
     Reconnected,
     Reconnecting,
     SpeechActivity,
@@ -46,6 +46,7 @@ from appliance.keeper import Backend, BackendKeeper
 from appliance.provisioning_client import CallGrant
 from appliance.settings import CallSettings
 from appliance.state import CallTimeline, EndReason, State, StateChange
+from appliance.vocabulary import LAST_PARTY_LEFT
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class CallRun:
             match event:
                 case EndRequested(reason=reason):
                     return reason
-                case AgentJoined():
+                case PartyJoined():
                     await self._stop_ensuring()
                     if not deadlines.agent_joined:
                         self._mark("agent_joined")
@@ -281,14 +282,17 @@ class CallRun:
                     deadlines.speech(now)
                 case AgentAudioStarted():
                     self._mark("first_agent_audio")
-                case AgentLeft():
+                case PartyLeft(kind=kind, remaining=0):
+                    # The last remote party left: the call is over, named after who it was.
                     if not deadlines.interrupted:
-                        return EndReason.AGENT_LEFT
+                        return LAST_PARTY_LEFT[kind]
+                case PartyLeft():
+                    pass  # another party is still there (an agent's hand-over to a person)
                 case Reconnecting():
                     deadlines.interrupt(now)
                     take_over_at = now + SDK_RESUME_GRACE_S
                     self._host.show(State.REJOINING, "reconnecting")
-                case Reconnected(agent_present=present):
+                case Reconnected(party_present=present):
                     take_over_at = None
                     if present or not deadlines.agent_joined:
                         deadlines.restored(now)

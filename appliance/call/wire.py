@@ -17,17 +17,18 @@ from typing import Any
 
 from appliance.call.events import (
     AgentAudioStarted,
-    AgentJoined,
-    AgentLeft,
     CallEvent,
     Disconnected,
     EndRequested,
+    PartyJoined,
+    PartyLeft,
     Reconnected,
     Reconnecting,
     SpeechActivity,
 )
 from appliance.errors import CallError
 from appliance.state import EndReason
+from appliance.vocabulary import PartyKind
 
 AUDIO = 1
 MESSAGE = 2
@@ -40,9 +41,9 @@ Message = dict[str, Any]
 _EVENTS: dict[str, type[CallEvent]] = {
     cls.__name__: cls
     for cls in (
-        AgentJoined,
+        PartyJoined,
         AgentAudioStarted,
-        AgentLeft,
+        PartyLeft,
         Disconnected,
         EndRequested,
         SpeechActivity,
@@ -57,7 +58,7 @@ class WireError(CallError):
 
 
 def event_message(event: CallEvent) -> Message:
-    """A call event as a message: {"type": "event", "event": "AgentJoined", "identity": …}."""
+    """A call event as a message: {"type": "event", "event": "PartyJoined", "identity": …}."""
     fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     if isinstance(event, EndRequested):
         fields["reason"] = event.reason.value
@@ -73,6 +74,8 @@ def parse_event(message: Message) -> CallEvent:
             raise ValueError("unknown event")
         if cls is EndRequested:
             return EndRequested(EndReason(fields.pop("reason")))
+        if "kind" in fields:
+            fields["kind"] = PartyKind(fields["kind"])
         return cls(**fields)
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"not a call event: {message.get('event')!r}") from exc

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from appliance.backoff import Backoff
-from appliance.call.events import AgentJoined, CallEvent, EndRequested, SpeechActivity
+from appliance.call.events import CallEvent, EndRequested, PartyJoined, SpeechActivity
 from appliance.clock import ManualClock
 from appliance.provisioning_client import CallGrant
 from appliance.settings import CallSettings
@@ -90,7 +90,7 @@ async def run() -> AsyncIterator[Starter]:
 async def _in_call(h: Harness) -> FakeCall:
     await h.press()
     call = h.calls[-1]
-    call.emit(AgentJoined("agent-1"))
+    call.emit(PartyJoined("agent-1"))
     await h.settle()
     assert h.supervisor.state is State.IN_CALL
     return call

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from appliance.backoff import Backoff
-from appliance.call.events import AgentAudioStarted, AgentJoined, AgentLeft, CallEvent, Disconnected
+from appliance.call.events import AgentAudioStarted, CallEvent, Disconnected, PartyJoined, PartyLeft
 from appliance.clock import ManualClock
 from appliance.errors import (
     AudioDeviceLostError,
@@ -269,7 +269,7 @@ async def test_press_connects_agent_joins_second_press_ends(harness: Harness) ->
     assert harness.supervisor.state is State.CONNECTING
     call = harness.calls[0]
     assert call.connected.is_set()
-    call.emit(AgentJoined("agent-1"))
+    call.emit(PartyJoined("agent-1"))
     await harness.settle()
     assert harness.supervisor.state is State.IN_CALL
     await harness.clock.advance(1.5)
@@ -302,8 +302,8 @@ async def test_press_connects_agent_joins_second_press_ends(harness: Harness) ->
 
 async def test_agent_leaving_ends_the_call(harness: Harness) -> None:
     await harness.press()
-    harness.calls[0].emit(AgentJoined("agent-1"))
-    harness.calls[0].emit(AgentLeft("agent-1"))
+    harness.calls[0].emit(PartyJoined("agent-1"))
+    harness.calls[0].emit(PartyLeft("agent-1"))
     await harness.settle()
     assert harness.supervisor.state is State.READY
     assert harness.backend.ended == [("c-1", "agent_left")]
@@ -311,7 +311,7 @@ async def test_agent_leaving_ends_the_call(harness: Harness) -> None:
 
 async def test_room_closed_by_server_ends_the_call(harness: Harness) -> None:
     await harness.press()
-    harness.calls[0].emit(AgentJoined("agent-1"))
+    harness.calls[0].emit(PartyJoined("agent-1"))
     harness.calls[0].emit(Disconnected(room_closed=True, detail="ROOM_DELETED"))
     await harness.settle()
     assert harness.backend.ended == [("c-1", "room_closed")]
@@ -348,7 +348,7 @@ async def test_connect_failure_returns_to_ready(harness: Harness) -> None:
 
 async def test_max_duration_ends_the_call(harness: Harness) -> None:
     await harness.press()
-    harness.calls[0].emit(AgentJoined("agent-1"))
+    harness.calls[0].emit(PartyJoined("agent-1"))
     await harness.clock.advance(299)
     assert harness.supervisor.state is State.IN_CALL
     await harness.clock.advance(2)
@@ -397,14 +397,14 @@ async def test_press_in_fault_state_still_tries_a_call(harness: Harness) -> None
     assert harness.supervisor.state is State.BACKEND_UNREACHABLE
     await harness.press()
     assert harness.supervisor.state is State.CONNECTING
-    harness.calls[0].emit(AgentJoined("agent-1"))
+    harness.calls[0].emit(PartyJoined("agent-1"))
     await harness.settle()
     assert harness.supervisor.state is State.IN_CALL
 
 
 async def test_stop_during_a_call_ends_it_politely(harness: Harness) -> None:
     await harness.press()
-    harness.calls[0].emit(AgentJoined("agent-1"))
+    harness.calls[0].emit(PartyJoined("agent-1"))
     await harness.settle()
     harness.supervisor.stop()
     await harness.settle()
@@ -450,7 +450,7 @@ async def test_mute_while_connecting_reaches_the_call(harness: Harness) -> None:
     assert not call.connected.is_set()  # still joining the room
     harness.supervisor.set_muted(True)
     harness.connect_gate.set()
-    call.emit(AgentJoined("agent-1"))
+    call.emit(PartyJoined("agent-1"))
     await harness.settle()
     assert [(c.state, c.muted) for c in call.changes] == [
         (State.CONNECTING, True),

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from appliance.call.events import (
-    AgentJoined,
-    AgentLeft,
     Disconnected,
+    PartyJoined,
+    PartyLeft,
     Reconnected,
     Reconnecting,
 )
@@ -38,7 +38,7 @@ async def held() -> AsyncIterator[Harness]:
 
 async def in_call(h: Harness) -> None:
     await h.press()
-    h.calls[-1].emit(AgentJoined("agent-1"))
+    h.calls[-1].emit(PartyJoined("agent-1"))
     await h.settle()
     assert h.supervisor.state is State.IN_CALL
 
@@ -78,7 +78,7 @@ async def test_an_expired_or_missing_grant_falls_back_to_fetch_on_press(held: Ha
     await held.press()
     assert held.backend.created == 1
     assert held.calls[0].grant.call_id == "c-1"
-    held.calls[0].emit(AgentJoined("agent-1"))
+    held.calls[0].emit(PartyJoined("agent-1"))
     await held.settle()
     assert held.records.started == [("c-1", "button", False)]
 
@@ -116,7 +116,7 @@ async def test_a_refused_token_is_replaced_within_the_same_press(held: Harness) 
     held.connect_errors = [TokenRefusedError("401 expired")]
     await held.press()
     assert [c.grant.call_id for c in held.calls] == ["g-1", "c-1"]
-    held.calls[-1].emit(AgentJoined("agent-1"))
+    held.calls[-1].emit(PartyJoined("agent-1"))
     await held.settle()
     assert held.supervisor.state is State.IN_CALL
     # The held grant never became a call: nothing to report for it.
@@ -141,10 +141,10 @@ async def test_the_sdk_resuming_keeps_the_call_and_shows_rejoining(held: Harness
     await in_call(held)
     call = held.calls[0]
     call.emit(Reconnecting())
-    call.emit(AgentLeft("agent-1"))  # the SDK drops everyone while it reconnects
+    call.emit(PartyLeft("agent-1"))  # the SDK drops everyone while it reconnects
     await held.settle()
     assert held.supervisor.state is State.REJOINING
-    call.emit(Reconnected(agent_present=True))
+    call.emit(Reconnected(party_present=True))
     await held.settle()
     assert held.supervisor.state is State.IN_CALL
     assert held.backend.ended == []
@@ -154,12 +154,12 @@ async def test_a_room_made_again_without_its_agent_asks_for_the_agent(held: Harn
     await in_call(held)
     call = held.calls[0]
     call.emit(Reconnecting())
-    call.emit(Reconnected(agent_present=False))
+    call.emit(Reconnected(party_present=False))
     await held.settle()
     assert held.supervisor.state is State.REJOINING
     await held.clock.advance(AGENT_RETURN_GRACE_S + 0.1)
     assert held.backend.rejoins == ["g-1"]  # the backend dispatches the agent again
-    call.emit(AgentJoined("agent-2"))
+    call.emit(PartyJoined("agent-2"))
     await held.settle()
     assert held.supervisor.state is State.IN_CALL
     assert held.backend.ended == []
@@ -175,12 +175,12 @@ async def test_when_the_sdk_gives_up_the_device_rejoins_the_same_room(held: Harn
     await held.clock.advance(5)
     assert len(held.calls) == 3  # first, a failed join, then the one that worked
     assert held.calls[-1].grant.room == "call-g-1"
-    held.calls[-1].emit(AgentJoined("agent-1"))
+    held.calls[-1].emit(PartyJoined("agent-1"))
     await held.settle()
     assert held.supervisor.state is State.IN_CALL
     assert held.calls[0].closed and held.calls[1].closed
     # The replaced call's late events are ignored.
-    held.calls[0].emit(AgentLeft("agent-1"))
+    held.calls[0].emit(PartyLeft("agent-1"))
     await held.settle()
     assert held.supervisor.state is State.IN_CALL
 
@@ -257,7 +257,7 @@ async def test_a_rejoin_that_lands_late_in_the_window_gives_the_agent_its_join_t
         assert h.supervisor.state is State.REJOINING
         await h.clock.advance(5 - waited + 3)  # past the window, within the agent's join time
         assert h.supervisor.state is State.REJOINING
-        h.calls[-1].emit(AgentJoined("agent-2"))
+        h.calls[-1].emit(PartyJoined("agent-2"))
         await h.settle()
         assert h.supervisor.state is State.IN_CALL
         assert h.backend.ended == []

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from appliance.audio.base import FRAME_MS, SAMPLES_PER_FRAME
+from appliance.audio.measure import probe_sound
 from appliance.audio.processing import AudioProcessor, ProcessingOptions
+from appliance.call.mixer import Mixer
 from tests.appliance.audio.echo_scenario import ECHO_AUDIO, run_echo
 from tests.appliance.audio.speech import far_and_near
 
@@ -77,3 +79,35 @@ async def test_audio_pipeline_figures(tmp_path: Path) -> None:
     ]
     print("\n" + "\n".join(lines))
     assert erle_steady >= 30
+
+
+def mix_us_per_frame(tracks: int, frames: int = 3000) -> float:
+    """Microseconds of one thread's CPU per 10 ms frame: `tracks` pushes and one mix."""
+    mixer = Mixer()
+    signals = [probe_sound(2.0, seed=i, level_dbfs=-9) for i in range(tracks)]
+    keys = [f"t{i}" for i in range(tracks)]
+    for key in keys:
+        mixer.add_track(key)
+    chunks = [
+        [s[(j % 200) * SAMPLES_PER_FRAME : (j % 200 + 1) * SAMPLES_PER_FRAME] for s in signals]
+        for j in range(frames)
+    ]
+    t0 = time.thread_time()
+    for chunk in chunks:
+        for key, samples in zip(keys, chunk, strict=True):
+            mixer.push(key, samples)
+        mixer.mix()
+    return 1e6 * (time.thread_time() - t0) / frames
+
+
+def test_mixing_cost_per_track() -> None:
+    costs = {n: min(mix_us_per_frame(n) for _ in range(3)) for n in (1, 2, 4, 8)}
+    per_track = (costs[8] - costs[1]) / 7
+    lines = [
+        "remote-audio mixer (push + mix per 10 ms frame, one thread, best of 3)",
+        *(line(f"{n} track{'s' if n > 1 else ''}", us, "us") for n, us in costs.items()),
+        line("each extra track", per_track, "us"),
+        line("  as % of one core", per_track / (FRAME_MS * 10), "%"),
+    ]
+    print("\n" + "\n".join(lines))
+    assert per_track < 100  # 1 % of a core per extra voice at most

@@ -10,7 +10,7 @@ import pytest
 from appliance.audio.alsa import Pacer, XrunLog
 from appliance.audio.jitter import JitterBuffer
 from appliance.audio.processing import AudioProcessor, ProcessingOptions
-from appliance.call.events import AgentJoined
+from appliance.call.events import PartyJoined
 from appliance.errors import AudioDeviceLostError, SettingsError
 from appliance.settings import DEFAULT_BOARD_DIR, BoardSelection, load_board_profile
 from appliance.state import State
@@ -132,7 +132,7 @@ def test_a_bad_audio_value_names_the_key_and_the_file(tmp_path: Path) -> None:
 async def test_an_audio_fault_ends_the_call_and_holds_until_recovered(harness: Harness) -> None:
     await harness.settle()
     await harness.press()
-    harness.calls[-1].emit(AgentJoined("a"))
+    harness.calls[-1].emit(PartyJoined("a"))
     await harness.settle()
     assert harness.supervisor.state is State.IN_CALL
     harness.supervisor.audio_fault(AudioDeviceLostError("unplugged"))

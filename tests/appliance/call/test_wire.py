@@ -13,11 +13,11 @@ import pytest
 
 from appliance.call.events import (
     AgentAudioStarted,
-    AgentJoined,
-    AgentLeft,
     CallEvent,
     Disconnected,
     EndRequested,
+    PartyJoined,
+    PartyLeft,
     Reconnected,
     Reconnecting,
     SpeechActivity,
@@ -28,15 +28,15 @@ from appliance.state import EndReason
 pytestmark = pytest.mark.unit
 
 EVENTS: list[CallEvent] = [
-    AgentJoined("agent-1"),
+    PartyJoined("agent-1"),
     AgentAudioStarted(),
-    AgentLeft("agent-1"),
+    PartyLeft("agent-1"),
     Disconnected(room_closed=True, detail="ROOM_DELETED"),
     Disconnected(room_closed=False, detail="call worker exited"),
     EndRequested(EndReason.AGENT_ENDED),
     SpeechActivity("device"),
     Reconnecting(),
-    Reconnected(agent_present=False),
+    Reconnected(party_present=False),
 ]
 
 
@@ -55,7 +55,7 @@ def test_a_call_event_round_trips(event: CallEvent) -> None:
     "message",
     [
         {"type": "event", "event": "Nonsense"},
-        {"type": "event", "event": "AgentJoined"},
+        {"type": "event", "event": "PartyJoined"},
         {"type": "event", "event": "EndRequested", "reason": "bored"},
         {"type": "event", "event": "Reconnecting", "extra": 1},
     ],

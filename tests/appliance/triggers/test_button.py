@@ -10,7 +10,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from appliance.backoff import Backoff
-from appliance.call.events import AgentJoined, CallEvent
+from appliance.call.events import CallEvent, PartyJoined
 from appliance.clock import ManualClock
 from appliance.provisioning_client import CallGrant
 from appliance.settings import BoardButtons, CallSettings
@@ -225,7 +225,7 @@ async def test_press_while_connecting_ends_the_call_once(
 async def test_long_press_cancels_a_call(supervised: tuple[Rig, Harness]) -> None:
     rig, h = supervised
     await rig.hold(rig.call, 0.2)
-    h.calls[0].emit(AgentJoined("agent-1"))
+    h.calls[0].emit(PartyJoined("agent-1"))
     await h.settle()
     assert h.supervisor.state is State.IN_CALL
     await rig.hold(rig.call, 2.0)
