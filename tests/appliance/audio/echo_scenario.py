@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.audio.alsa import AlsaSession, alsa_pipeline
+from appliance.audio.alsa import AlsaSession, StreamStats, alsa_pipeline
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME
+from appliance.audio.jitter import JitterBuffer
 from appliance.audio.measure import Signal, frames_of, probe_sound, ratio_db
 from appliance.audio.room import RoomEcho
 from appliance.clock import SystemClock
@@ -47,6 +48,14 @@ class EchoRun:
     wall_s: float = 0.0
     playback_depth_ms: list[float] = field(default_factory=list)
     capture_thread_cpu_s: float = 0.0
+    # Real-time glitches while it ran (jitter-buffer under- and overruns, ALSA xruns): a
+    # starved machine shifts the speaker against the precomputed microphone.
+    glitches: int = 0
+
+    @property
+    def clean(self) -> bool:
+        """Whether the run kept real time: its figures then measure the canceller alone."""
+        return self.glitches == 0
 
     def window(self, x: Signal, start_s: float, end_s: float) -> Signal:
         """`x` between two times (seconds)."""
@@ -62,6 +71,14 @@ class EchoRun:
         """How much quieter the near-end talker comes out than they went in (double talk)."""
         near = self.window(self.near_end, start_s, end_s)
         return ratio_db(near, self.window(self.out, start_s, end_s))
+
+
+# The first frames fill the jitter buffer: underruns there are the start, not a glitch.
+WARMUP_FRAMES = 10
+
+
+def _glitches(jitter: JitterBuffer, stats: StreamStats) -> int:
+    return jitter.underruns + jitter.overflows + stats.capture_xruns + stats.playback_xruns
 
 
 def thread_cpu_s(session: AlsaSession, name: str) -> float:
@@ -110,13 +127,19 @@ async def run_echo(
         session = pipeline.session
         assert isinstance(session, AlsaSession)
         capture_cpu0 = thread_cpu_s(session, "alsa-capture")
-        for frame in far_frames:
+        jitter, stats = pipeline.jitter, session.stats
+        glitches0: int | None = None
+        for index, frame in enumerate(far_frames):
+            if index == WARMUP_FRAMES:
+                glitches0 = _glitches(jitter, stats)
             async with asyncio.timeout(1.0):
                 out.append(await pipeline.microphone.read())
             await pipeline.speaker.write(frame)
             run.playback_depth_ms.append(
                 pipeline.jitter.depth * FRAME_S * 1000 + session.stats.playback_delay_ms
             )
+        if glitches0 is not None:
+            run.glitches = _glitches(jitter, stats) - glitches0
         run.wall_s = time.perf_counter() - wall0
         run.cpu_s = time.thread_time() - cpu0
         run.capture_thread_cpu_s = thread_cpu_s(session, "alsa-capture") - capture_cpu0
