@@ -113,6 +113,11 @@ class AgentSession:
         """Everything the agent played, 48 kHz mono int16."""
         return _concat(self._played)
 
+    @property
+    def utterances(self) -> list[Pcm]:
+        """Each utterance the agent played, in order, 48 kHz mono int16."""
+        return list(self._played)
+
     def received_pcm(self) -> Pcm:
         """Everything received from the device's microphone so far, 48 kHz mono int16."""
         return _concat(self._received)

@@ -21,6 +21,7 @@ from provisioning.errors import BadRequestError, ConfigError, ProvisioningError
 from provisioning.http import BackendServer
 from provisioning.logs import configure_logging, printable
 from provisioning.models import Device
+from provisioning.operators import Operators
 from provisioning.webhooks_out import Delivery, WebhookOutbox
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,13 @@ def _build_parser() -> argparse.ArgumentParser:
     calls_list.add_argument("--reason", default=None, help="only calls with this end reason")
     calls_list.add_argument("--since", default=None, help="started at or after (ISO 8601, UTC)")
     calls_list.add_argument("--until", default=None, help="started before (ISO 8601, UTC)")
+    operator = calls_cmds.add_parser(
+        "operator-token", help="a token and join link for a person to join a live call"
+    )
+    operator.add_argument("call_id")
+    operator.add_argument(
+        "--base-url", default=None, help="the backend's public URL, for the join link"
+    )
 
     actions = commands.add_parser("actions", help="the admin actions recorded")
     actions_cmds = actions.add_subparsers(dest="action", required=True)
@@ -210,7 +218,13 @@ async def _devices(core: ProvisioningCore, args: argparse.Namespace) -> None:
     print(f"{device.device_id} {device.status.value}")
 
 
-async def _calls(core: ProvisioningCore, args: argparse.Namespace) -> None:
+async def _calls(core: ProvisioningCore, args: argparse.Namespace, config: Config) -> None:
+    if args.action == "operator-token":
+        grant = await Operators(core, config.livekit).grant(args.call_id, actor=CLI_ACTOR)
+        base = (args.base_url or f"http://{config.server.host}:{config.server.port}").rstrip("/")
+        print(f"identity {grant.identity}, expires {_when(grant.expires_at)}")
+        print(base + grant.join_path())
+        return
     calls = await core.list_calls(
         args.device,
         end_reason=end_reason(args.reason),
@@ -310,7 +324,7 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             await core.set_group_settings(args.group, settings, actor=CLI_ACTOR)
             print(f"{args.group} saved")
         elif args.command == "calls":
-            await _calls(core, args)
+            await _calls(core, args, config)
         elif args.command == "actions":
             _print_table(
                 ("AT", "ACTOR", "ACTION", "TARGET", "DETAIL"),

@@ -239,6 +239,10 @@ class ProvisioningCore:
             device_id, end_reason=end_reason, since=since, until=until
         )
 
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """One call's record, or None if there is no such call."""
+        return await self._storage.get_call(call_id)
+
     async def list_admin_actions(self, limit: int = 100) -> list[AdminAction]:
         """The latest admin actions, newest first: who did what, and when."""
         return await self._storage.list_admin_actions(limit)

@@ -30,6 +30,7 @@ from provisioning.http_server import GuardedSite
 from provisioning.livekit_events import WEBHOOK_PATH
 from provisioning.logs import printable
 from provisioning.models import CallGrant, Device, DeviceReport
+from provisioning.operators import Operators, add_operator_routes
 from provisioning.providers import UpstreamUnavailableError
 from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
@@ -400,11 +401,9 @@ class BackendServer:
             )
             self._core = backend.core
             self._sweeper = backend.sweeper
-            app = create_app(
-                backend.core,
-                body_timeout_s=server.body_timeout_s,
-                admin=AdminStores.over(backend.storage.db, clock=self._clock),
-            )
+            admin = AdminStores.over(backend.storage.db, clock=self._clock)
+            app = create_app(backend.core, body_timeout_s=server.body_timeout_s, admin=admin)
+            add_operator_routes(app, Operators(backend.core, self.config.livekit), admin.tokens)
             # No access log: one line per request is a flood under load; refusals are logged.
             runner = web.AppRunner(
                 app,

@@ -24,6 +24,7 @@ from appliance.provisioning_client import CallGrant, DeviceInfo, StatusReport
 from appliance.settings import CallSettings
 from appliance.state import CallTimeline, State, StateChange
 from appliance.supervisor import Supervisor
+from appliance.vocabulary import PartyKind
 
 pytestmark = pytest.mark.unit
 
@@ -307,6 +308,33 @@ async def test_agent_leaving_ends_the_call(harness: Harness) -> None:
     await harness.settle()
     assert harness.supervisor.state is State.READY
     assert harness.backend.ended == [("c-1", "agent_left")]
+
+
+async def test_an_agent_handing_over_to_a_person_keeps_the_call_until_the_person_leaves(
+    harness: Harness,
+) -> None:
+    await harness.press()
+    call = harness.calls[0]
+    call.emit(PartyJoined("agent-1"))
+    call.emit(PartyJoined("operator-1", PartyKind.PERSON))
+    call.emit(PartyLeft("agent-1", PartyKind.AGENT, remaining=1))
+    await harness.settle()
+    assert harness.supervisor.state is State.IN_CALL
+    assert harness.backend.ended == []
+    call.emit(PartyLeft("operator-1", PartyKind.PERSON, remaining=0))
+    await harness.settle()
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.ended == [("c-1", "person_left")]
+
+
+async def test_a_sip_party_alone_is_a_call_and_its_leaving_is_named(harness: Harness) -> None:
+    await harness.press()
+    harness.calls[0].emit(PartyJoined("sip-1", PartyKind.SIP))
+    await harness.settle()
+    assert harness.supervisor.state is State.IN_CALL
+    harness.calls[0].emit(PartyLeft("sip-1", PartyKind.SIP, remaining=0))
+    await harness.settle()
+    assert harness.backend.ended == [("c-1", "sip_left")]
 
 
 async def test_room_closed_by_server_ends_the_call(harness: Harness) -> None:

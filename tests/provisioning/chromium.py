@@ -73,8 +73,9 @@ def row_of(rows: list[list[str]], text: str) -> list[str]:
 class Chromium:
     """A headless Chromium process with its DevTools endpoint; `start()` then `close()`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra_args: tuple[str, ...] = ()) -> None:
         self._directory = directory
+        self._extra_args = extra_args
         self._process: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
 
@@ -100,6 +101,7 @@ class Chromium:
                     "--remote-debugging-address=127.0.0.1",
                     "--remote-debugging-port=0",
                     f"--user-data-dir={self._directory / 'profile'}",
+                    *self._extra_args,
                     "about:blank",
                 ],
                 stdin=subprocess.DEVNULL,

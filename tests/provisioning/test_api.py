@@ -40,6 +40,8 @@ EXPECTED_VIDEO_GRANTS = {
     "canSubscribe": True,
     "canPublishData": True,
     "canPublishSources": ["microphone"],
+    # Its own participant attributes: the kiosk's state for late joiners.
+    "canUpdateOwnMetadata": True,
 }
 
 

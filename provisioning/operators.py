@@ -1,0 +1,139 @@
+"""People in a kiosk's call: operator tokens for a live call, and the page that joins it.
+
+An admin (read-write token) asks for an operator token for one open call; the backend
+chooses the identity, mints a token for that room alone with a short life, microphone and
+data only, and the operator attribute the kiosk trusts for ending the call. The page at
+`/operator` joins with the official LiveKit JavaScript client, vendored by
+`scripts/build-web` (no build step, no network at run time). docs/calls-with-people.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from provisioning.admin.api import bearer, iso
+from provisioning.admin.errors import AdminAuthError, ReadOnlyTokenError
+from provisioning.admin.tokens import AdminTokens
+from provisioning.config import LiveKitConfig
+from provisioning.core import ProvisioningCore
+from provisioning.errors import CallEndedError, UnknownCallError
+from provisioning.tokens import mint_operator_token
+
+logger = logging.getLogger(__name__)
+audit = logging.getLogger("provisioning.audit")
+
+# An operator's token only has to get them into the room: the server refreshes it once in.
+OPERATOR_TTL_S = 120
+PAGE_PATH = "/operator"
+WEB_DIR = Path(__file__).resolve().parent / "web"
+CLIENT_FILE = WEB_DIR / "vendor" / "livekit-client.umd.js"
+
+
+@dataclass(frozen=True)
+class OperatorGrant:
+    """What a person needs to join one live call."""
+
+    server_url: str
+    token: str = field(repr=False)
+    room: str
+    identity: str
+    call_id: str
+    expires_at: int
+
+    def join_path(self) -> str:
+        """The page's path with the server and token in the fragment (never sent to a server)."""
+        return f"{PAGE_PATH}#{urlencode({'url': self.server_url, 'token': self.token})}"
+
+
+class Operators:
+    """Mints operator tokens for the fleet's own LiveKit calls."""
+
+    def __init__(
+        self, core: ProvisioningCore, livekit: LiveKitConfig, *, ttl_s: int = OPERATOR_TTL_S
+    ) -> None:
+        self._core = core
+        self._livekit = livekit
+        self._ttl_s = ttl_s
+
+    async def grant(self, call_id: str, *, actor: str) -> OperatorGrant:
+        """A token for one person to join `call_id` now; the call must be open."""
+        call = await self._core.get_call(call_id)
+        if call is None:
+            raise UnknownCallError(f"no call {call_id}")
+        if call.ended_at is not None:
+            raise CallEndedError(f"call {call_id} has ended")
+        identity = f"operator-{secrets.token_hex(4)}"
+        minted = mint_operator_token(
+            api_key=self._livekit.api_key,
+            api_secret=self._livekit.api_secret,
+            room=call.room,
+            identity=identity,
+            name=actor,
+            ttl_s=self._ttl_s,
+        )
+        audit.info(
+            "operator token minted",
+            extra={"call_id": call_id, "actor": actor, "identity": identity},
+        )
+        return OperatorGrant(
+            server_url=self._livekit.url,
+            token=minted.jwt,
+            room=call.room,
+            identity=identity,
+            call_id=call_id,
+            expires_at=minted.expires_at,
+        )
+
+
+def add_operator_routes(app: web.Application, operators: Operators, tokens: AdminTokens) -> None:
+    """`POST /v1/admin/calls/{call_id}/operator-token` (read-write admin token) and the page."""
+
+    async def operator_token(request: web.Request) -> web.Response:
+        try:
+            admin = await tokens.authenticate(bearer(request))
+        except AdminAuthError as exc:
+            return web.json_response(
+                {"error": exc.code, "message": exc.message},
+                status=exc.status,
+                headers={"WWW-Authenticate": 'Bearer realm="kiosk-admin"'},
+            )
+        if not admin.can_write:
+            raise ReadOnlyTokenError()
+        grant = await operators.grant(request.match_info["call_id"], actor=admin.name)
+        return web.json_response(
+            {
+                "server_url": grant.server_url,
+                "token": grant.token,
+                "room": grant.room,
+                "identity": grant.identity,
+                "call_id": grant.call_id,
+                "expires_at": iso(grant.expires_at),
+                "join_url": str(request.url.origin()) + grant.join_path(),
+            },
+            status=201,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def page(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / "operator.html")
+
+    async def script(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / "operator.js")
+
+    async def client(_: web.Request) -> web.StreamResponse:
+        if not CLIENT_FILE.is_file():
+            raise web.HTTPNotFound(
+                text="the LiveKit client is not installed: run scripts/build-web"
+            )
+        return web.FileResponse(CLIENT_FILE)
+
+    app.router.add_post("/v1/admin/calls/{call_id}/operator-token", operator_token)
+    app.router.add_get(PAGE_PATH, page)
+    app.router.add_get(f"{PAGE_PATH}/operator.js", script)
+    app.router.add_get(f"{PAGE_PATH}/livekit-client.umd.js", client)
