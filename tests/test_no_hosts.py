@@ -17,12 +17,18 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://([A-Za-z0-9.-]+)")
-# Loopback, reserved example and test names (RFC 2606), and one vendor's sign-up page that
-# an error message points a user at (not something the project fetches from).
+# Loopback, reserved example and test names (RFC 2606, and `.internal`), one vendor's
+# sign-up page that an error message points a user at, and the hosted voice platforms'
+# API hosts as their own documents give them (../shared/seeds): what the backend calls
+# when a fleet chooses that platform, never where the project fetches software from.
+PLATFORM_HOSTS = (
+    r"api\.call2me\.app|api\.vatel\.ai|(api|voice)\.thinnest\.ai|"
+    r"assistant-api\.hmsovereign\.com"
+)
 ALLOWED = re.compile(
     r"^(localhost|127\.0\.0\.1|0\.0\.0\.0|10\.0\.2\.\d+|"
-    r"([a-z0-9-]+\.)*(example|invalid|test|localhost)|"
-    r"([a-z0-9-]+\.)*example\.(org|com|net)|console\.picovoice\.ai)$"
+    r"([a-z0-9-]+\.)*(example|invalid|test|localhost|internal)|"
+    r"([a-z0-9-]+\.)*example\.(org|com|net)|console\.picovoice\.ai|" + PLATFORM_HOSTS + r")$"
 )
 
 
