@@ -24,7 +24,7 @@ from appliance.call.livekit_call import LiveKitRoom
 from appliance.call.wire import Channel, Message, WireError, event_message
 from appliance.errors import CallError, TokenRefusedError
 from appliance.status.journal import FIELDS
-from appliance.status.redact import install
+from appliance.status.redact import RedactingStream, install
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True, help="our end of the socketpair")
     parser.add_argument("--log-level", type=int, default=logging.INFO)
     args = parser.parse_args(argv)
+    # Whatever reaches this process's own stderr (logging's last resort before and after
+    # the daemon's channel, a traceback) is masked too: a refused token is in the SDK's lines.
+    sys.stderr = RedactingStream(sys.stderr)
+    if logging.lastResort is not None:
+        install(logging.lastResort)
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides what ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     status = 0

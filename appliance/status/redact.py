@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 JWT_MASK = "[redacted jwt]"
 PEM_MASK = "[redacted pem]"
@@ -163,3 +163,32 @@ def install_everywhere() -> None:
             install(handler)
     if logging.lastResort is not None:
         install(logging.lastResort)
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that masks secrets line by line before they reach `stream` (for a
+    process whose stderr is not a log handler's: a call worker's, say)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._stream.write(redact(line) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(redact(self._pending))
+            self._pending = ""
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()

@@ -21,6 +21,7 @@ from appliance.status.redact import (
     KEY_MASK,
     PEM_MASK,
     RedactingFilter,
+    RedactingStream,
     install,
     redact,
 )
@@ -283,3 +284,17 @@ def test_livekit_sdk_loggers_have_no_handler_of_their_own_and_reach_ours(
     assert "error while connecting to a room" in stderr.getvalue()
     assert _leaks(stderr.getvalue(), token) == []
     assert f"DEVICE_ID={DEVICE_ID}" in stderr.getvalue()
+
+
+def test_a_stream_masks_each_line_even_when_written_in_pieces() -> None:
+    out = io.StringIO()
+    stream = RedactingStream(out)
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZXZpY2UtZC0wMTIzIn0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+    stream.write("invalid token: " + token[:30])
+    stream.write(token[30:] + ", error: expired\nsecond line\n")
+    stream.write("tail " + token)
+    stream.flush()
+    text = out.getvalue()
+    assert "eyJ" not in text
+    assert text.count(JWT_MASK) == 2
+    assert "second line\n" in text and text.startswith("invalid token: ")
