@@ -190,6 +190,8 @@ async def test_a_person_hears_the_kiosk_is_heard_over_the_agent_and_reads_its_st
         async with asyncio.timeout(40):
             while len(session.utterances) <= answers_before:
                 await asyncio.sleep(0.2)
+        # The answer is recorded when the agent starts saying it: let it be played out.
+        await asyncio.sleep(len(session.utterances[answers_before]) / RATE + 1.5)
         heard = np.frombuffer(base64.b64decode(await page.evaluate(HEARD)), dtype=np.int16)
 
     speaker = speaker_of(device)[speaker_before:]
