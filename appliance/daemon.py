@@ -78,6 +78,12 @@ class Daemon(AsyncResource):
         return self._supervisor
 
     @property
+    def speaker(self) -> ScaledSpeaker:
+        """What calls and the earcon play into: the fleet's volume over the board's speaker."""
+        assert self._speaker is not None, "the daemon is not open"
+        return self._speaker
+
+    @property
     def wake_word(self) -> WakeWordTrigger | None:
         """The wake word running now (the fleet may switch its model), if any."""
         return None if self._wake_switch is None else self._wake_switch.trigger

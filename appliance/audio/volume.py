@@ -16,19 +16,20 @@ class ScaledSpeaker:
     """A `Speaker` that plays every frame at `volume` (0.0 to 1.0) of its level."""
 
     def __init__(self, speaker: Speaker, volume: float = 1.0) -> None:
-        self._speaker = speaker
+        # The speaker it plays into (a test or benchmark may put a tap in between).
+        self.speaker = speaker
         self.volume = volume
 
     async def write(self, frame: Frame) -> None:
         """Queue one 10 ms frame, scaled (the speaker may keep it: a new array each)."""
         volume = self.volume
         if volume == 1.0:
-            await self._speaker.write(frame)
+            await self.speaker.write(frame)
             return
         scaled = np.empty_like(frame)
         np.multiply(frame, volume, out=scaled, casting="unsafe")
-        await self._speaker.write(scaled)
+        await self.speaker.write(scaled)
 
     async def aclose(self) -> None:
         """Release the speaker underneath."""
-        await self._speaker.aclose()
+        await self.speaker.aclose()

@@ -206,10 +206,9 @@ async def device(
     log = StateLog()
     async with run_device(settings, transport=seam) as running:
         running.daemon.supervisor.add_observer(log)
-        board = running.daemon._board
-        assert board is not None
-        tap = SpeakerTap(board.speaker)
-        board.speaker = tap  # every call made from now on plays through the tap
+        # Every call made from now on plays through the tap (behind the fleet's volume).
+        tap = SpeakerTap(running.daemon.speaker.speaker)
+        running.daemon.speaker.speaker = tap
         await running.watcher.wait_for(State.READY, 15)
         yield Device(running, seam, tap, log)
 
