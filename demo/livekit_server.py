@@ -26,11 +26,20 @@ from demo.errors import LiveKitServerError, LiveKitServerNotFoundError
 logger = logging.getLogger(__name__)
 
 LIVEKIT_SERVER_VERSION = "v1.13.5"
-CACHED_BINARY = Path(f"/root/.cache/kiosk-voice/livekit-server/{LIVEKIT_SERVER_VERSION}/server")
 BINARY_ENV_VAR = "LIVEKIT_SERVER_BIN"
 LOOPBACK = "127.0.0.1"
 # How long closing waits for the last of the server's output to reach its log file.
 LOG_DRAIN_S = 2.0
+
+
+def cached_binary(environ: Mapping[str, str]) -> Path:
+    """Where scripts/setup builds the server: $KIOSK_CACHE_DIR, else $XDG_CACHE_HOME's or
+    ~/.cache's kiosk-voice (the same rule as scripts/setup)."""
+    cache = environ.get("KIOSK_CACHE_DIR")
+    if not cache:
+        base = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME", "~")) / ".cache")
+        cache = str(Path(base).expanduser() / "kiosk-voice")
+    return Path(cache) / "livekit-server" / LIVEKIT_SERVER_VERSION / "server"
 
 
 def find_livekit_server(
@@ -47,7 +56,7 @@ def find_livekit_server(
         candidates.append((f"${BINARY_ENV_VAR}", Path(env[BINARY_ENV_VAR])))
     else:
         candidates.append(("virtualenv", Path(sys.executable).parent / "livekit-server"))
-        candidates.append(("build cache", CACHED_BINARY))
+        candidates.append(("build cache", cached_binary(env)))
     for _origin, path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path

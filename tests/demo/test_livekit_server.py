@@ -9,7 +9,12 @@ import aiohttp
 import pytest
 
 from demo.errors import LiveKitServerError, LiveKitServerNotFoundError
-from demo.livekit_server import LiveKitServer, find_livekit_server
+from demo.livekit_server import (
+    LIVEKIT_SERVER_VERSION,
+    LiveKitServer,
+    cached_binary,
+    find_livekit_server,
+)
 
 
 @pytest.mark.unit
@@ -50,3 +55,10 @@ async def test_server_answers_on_loopback_and_stops(livekit_server: LiveKitServe
         with pytest.raises(aiohttp.ClientConnectionError):
             async with http.get(livekit_server.http_url):
                 pass
+
+
+def test_the_build_cache_follows_the_same_rule_as_setup() -> None:
+    tail = Path("livekit-server") / LIVEKIT_SERVER_VERSION / "server"
+    assert cached_binary({"KIOSK_CACHE_DIR": "/c", "XDG_CACHE_HOME": "/x"}) == Path("/c") / tail
+    assert cached_binary({"XDG_CACHE_HOME": "/x", "HOME": "/h"}) == Path("/x/kiosk-voice") / tail
+    assert cached_binary({"HOME": "/h"}) == Path("/h/.cache/kiosk-voice") / tail
