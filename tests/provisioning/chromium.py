@@ -14,6 +14,7 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,8 +32,16 @@ POLL_S = 0.05
 _DEVTOOLS = re.compile(r"DevTools listening on (ws://\S+)")
 
 
+# Debian's `chromium` is a shell wrapper that reads /etc/chromium.d first; one of those
+# files breaks when /dev/shm is mounted twice ("[: …: unexpected operator") and the browser
+# never starts. The tests pass every flag they need themselves, so the binary is run as is.
+DEBIAN_BINARY = Path("/usr/lib/chromium/chromium")
+
+
 def chromium_path() -> str | None:
     """The system's Chromium, if installed (scripts/setup installs Debian's `chromium`)."""
+    if DEBIAN_BINARY.is_file() and os.access(DEBIAN_BINARY, os.X_OK):
+        return str(DEBIAN_BINARY)
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
