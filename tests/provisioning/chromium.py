@@ -26,7 +26,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-STARTUP_TIMEOUT_S = 30.0
+# The first start on a fresh machine can be slow (font caches, a loaded CI box); a start
+# that dies without a word is tried again once.
+STARTUP_TIMEOUT_S = 90.0
+START_ATTEMPTS = 2
 STEP_TIMEOUT_S = 20.0
 POLL_S = 0.05
 _DEVTOOLS = re.compile(r"DevTools listening on (ws://\S+)")
@@ -93,7 +96,18 @@ class Chromium:
         binary = chromium_path()
         if binary is None:
             raise RuntimeError("chromium is not installed (scripts/setup installs it)")
-        log = self._directory / "chromium.log"
+        failures = []
+        for attempt in range(1, START_ATTEMPTS + 1):
+            failure = self._start_once(binary, attempt)
+            if failure is None:
+                return
+            failures.append(failure)
+        raise RuntimeError("chromium did not start:\n" + "\n".join(failures))
+
+    def _start_once(self, binary: str, attempt: int) -> str | None:
+        """One start; None once the endpoint is known, else what went wrong."""
+        log = self._directory / f"chromium-{attempt}.log"
+        started = time.monotonic()
         with log.open("wb") as stderr:
             self._process = subprocess.Popen(
                 [
@@ -109,7 +123,7 @@ class Chromium:
                     "--no-default-browser-check",
                     "--remote-debugging-address=127.0.0.1",
                     "--remote-debugging-port=0",
-                    f"--user-data-dir={self._directory / 'profile'}",
+                    f"--user-data-dir={self._directory / f'profile-{attempt}'}",
                     *self._extra_args,
                     "about:blank",
                 ],
@@ -117,17 +131,21 @@ class Chromium:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
+        process = self._process
+        while time.monotonic() - started < STARTUP_TIMEOUT_S:
             match = _DEVTOOLS.search(log.read_text(errors="replace"))
             if match:
                 self.endpoint = match.group(1)
-                return
-            if self._process.poll() is not None:
+                return None
+            if process.poll() is not None:
                 break
             time.sleep(0.05)
         self.close()
-        raise RuntimeError(f"chromium did not start: {log.read_text(errors='replace')[-2000:]}")
+        return (
+            f"attempt {attempt}: exit status {process.returncode} after "
+            f"{time.monotonic() - started:.1f} s; its log: "
+            f"{log.read_text(errors='replace')[-2000:]!r}"
+        )
 
     def close(self) -> None:
         """Stop the browser (terminate, then kill), bounded."""
