@@ -7,7 +7,7 @@ from enum import Enum
 
 from appliance.vocabulary import EndReason
 
-__all__ = ["FAULT_STATES", "CallTimeline", "EndReason", "State", "StateChange"]
+__all__ = ["CALL_STATES", "FAULT_STATES", "CallTimeline", "EndReason", "State", "StateChange"]
 
 
 class State(Enum):
@@ -18,6 +18,9 @@ class State(Enum):
     AWAITING_APPROVAL = "awaiting_approval"
     READY = "ready"
     CONNECTING = "connecting"
+    # In the room, and the far end has not answered yet: operators being rung (a fleet
+    # setting), a phone ringing behind a platform. A ring sound plays until a party joins.
+    RINGING = "ringing"
     IN_CALL = "in_call"
     ENDING = "ending"
     REJOINING = "rejoining"
@@ -42,7 +45,12 @@ class State(Enum):
     @property
     def carries_call_audio(self) -> bool:
         """Whether a call is using (or about to use) the microphone and speaker."""
-        return self in (State.CONNECTING, State.IN_CALL, State.REJOINING, State.ENDING)
+        return self in CALL_STATES or self is State.ENDING
+
+    @property
+    def in_call_attempt(self) -> bool:
+        """A call is under way (not yet ending): a trigger or a long press ends it."""
+        return self in CALL_STATES
 
     @property
     def accepts_calls(self) -> bool:
@@ -50,6 +58,9 @@ class State(Enum):
         # No call without a microphone and speaker: AUDIO_FAULT waits for the devices.
         return self is State.READY or (self.is_fault and self is not State.AUDIO_FAULT)
 
+
+# A call under way, from the trigger until it starts ending.
+CALL_STATES = frozenset({State.CONNECTING, State.RINGING, State.IN_CALL, State.REJOINING})
 
 FAULT_STATES = frozenset(
     {

@@ -150,7 +150,7 @@ class Supervisor:
     def cancel(self, source: str) -> None:
         """A long press: end the call or attempt, drop a queued redial; never starts a call."""
         self._redial = None
-        if self._state in (State.CONNECTING, State.IN_CALL, State.REJOINING):
+        if self._state.in_call_attempt:
             logger.info("cancel %s: ending the call", source, extra=self._log_fields())
             self._call_events.put_nowait(EndRequested(EndReason.CANCELLED))
 
@@ -185,7 +185,7 @@ class Supervisor:
                 logger.info("trigger %s ignored during the cool-down", source, extra=extra)
                 return
             self._start_call(source)
-        elif self._state in (State.CONNECTING, State.IN_CALL, State.REJOINING):
+        elif self._state.in_call_attempt:
             logger.info("trigger %s: ending the call", source, extra=extra)
             self._call_events.put_nowait(EndRequested(EndReason.USER))
         elif self._state is State.ENDING and self._settings.trigger_while_ending == "redial":

@@ -91,6 +91,11 @@ PATTERNS: Mapping[State, Pattern] = MappingProxyType(
         State.AWAITING_APPROVAL: blink("slow pulse (1.5 s on, 1.5 s off)", 1.5, 1.5),
         State.READY: steady("steady dim", DIM),
         State.CONNECTING: blink("fast blink (0.1 s on, 0.1 s off)", 0.1, 0.1),
+        # A bell's flicker for the length of the ring sound's burst, then its silence.
+        State.RINGING: Pattern(
+            "ring flicker (1 s of 0.05 s flashes, then 2 s dark)",
+            ((1.0, 0.05), (0.0, 0.05)) * 9 + ((1.0, 0.05), (0.0, 2.05)),
+        ),
         State.IN_CALL: steady("steady on", 1.0),
         State.ENDING: blink("short pulses (0.1 s on, 0.4 s off)", 0.1, 0.4),
         State.REJOINING: Pattern(

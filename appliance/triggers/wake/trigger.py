@@ -11,7 +11,7 @@ from appliance.audio.fanout import CaptureFanout
 from appliance.clock import Clock
 from appliance.errors import SettingsError
 from appliance.settings import Settings
-from appliance.state import State, StateChange
+from appliance.state import StateChange
 from appliance.triggers.earcon import Earcon
 from appliance.triggers.wake.base import Detection, WakeDetector, WakeWordError
 from appliance.triggers.wake.engines import open_engine
@@ -34,7 +34,7 @@ def should_listen(change: StateChange, *, hangup_word: bool) -> bool:
         return False
     if change.state.accepts_calls:
         return True
-    return hangup_word and change.state in (State.CONNECTING, State.IN_CALL, State.REJOINING)
+    return hangup_word and change.state.in_call_attempt
 
 
 class WakeWordTrigger:

@@ -27,7 +27,7 @@ STARTS_A_CALL = {
 @pytest.mark.parametrize("hangup_word", [False, True])
 def test_the_wake_word_listens_only_where_it_has_a_job(state: State, hangup_word: bool) -> None:
     change = StateChange(previous=State.STARTING, state=state)
-    in_call = state in (State.CONNECTING, State.IN_CALL, State.REJOINING)
+    in_call = state in (State.CONNECTING, State.RINGING, State.IN_CALL, State.REJOINING)
     expected = state in STARTS_A_CALL or (hangup_word and in_call)
     assert should_listen(change, hangup_word=hangup_word) is expected
 
