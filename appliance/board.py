@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -81,7 +80,17 @@ async def open_board(
         )
         stack.push_async_callback(gpio.aclose)
     else:
-        button = SimulatedButton(on_press=on_button, loop=asyncio.get_running_loop())
+        # gpiozero's mock pins, read by the same GpioButtons: a press runs the real code.
+        button = SimulatedButton(
+            profile.buttons,
+            clock=clock,
+            long_press_s=settings.button.long_press_s,
+            on_short=on_button,
+            on_long=on_long_press,
+            on_mute=on_mute,
+            source=profile.source or profile.name,
+        )
+        stack.push_async_callback(button.aclose)
     led: Led | None = None
     if profile.leds.backend == "gpio":
         from appliance.status.gpio_led import GpioLed

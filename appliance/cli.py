@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     key.set_defaults(func=_key)
 
     press = commands.add_parser("press", help="press the call button of the running daemon")
+    press.add_argument(
+        "--long", action="store_true", help="hold it for a long press (ends a call or attempt)"
+    )
     press.set_defaults(func=_control, command="press")
 
     status = commands.add_parser("status", help="print the running daemon's state")
@@ -210,7 +213,8 @@ def _key(settings: Settings, args: argparse.Namespace) -> int:
 def _control(settings: Settings, args: argparse.Namespace) -> int:
     path = settings.device.state_dir / CONTROL_SOCKET_NAME
     try:
-        answer = asyncio.run(send_command(path, args.command))
+        command = "press long" if getattr(args, "long", False) else args.command
+        answer = asyncio.run(send_command(path, command))
     except (OSError, TimeoutError) as exc:
         print(f"appliance: no daemon answers on {path}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -1,4 +1,4 @@
-"""The local control socket behind `appliance press` and `appliance status`."""
+"""The local control socket behind `appliance press [--long]` and `appliance status`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,17 @@ logger = logging.getLogger(__name__)
 class ControlServer:
     """Answers one-line commands on a unix socket owned by the daemon's user."""
 
-    def __init__(self, path: Path, *, press: Callable[[], None], status: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        press: Callable[[], None],
+        status: Callable[[], str],
+        long_press: Callable[[], None] | None = None,
+    ) -> None:
         self._path = path
         self._press = press
+        self._long_press = long_press
         self._status = status
         self._server: asyncio.AbstractServer | None = None
 
@@ -40,6 +48,9 @@ class ControlServer:
             line = (await reader.readline()).decode(errors="replace").strip()
             if line == "press":
                 self._press()
+                answer = "ok"
+            elif line == "press long" and self._long_press is not None:
+                self._long_press()
                 answer = "ok"
             elif line == "status":
                 answer = self._status()

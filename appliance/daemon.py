@@ -195,14 +195,18 @@ class Daemon(AsyncResource):
             state_dir / CONTROL_SOCKET_NAME,
             press=self.press,
             status=lambda: self.supervisor.state.value,
+            long_press=lambda: self.press(long=True),
         )
         await control.start()
         self._stack.push_async_callback(control.aclose)
 
-    def press(self) -> None:
-        """Press the call button (the simulated one, or a command trigger on real boards)."""
+    def press(self, *, long: bool = False) -> None:
+        """Press the call button: the simulated one, held long enough for a long press if
+        `long`; on real boards, a command trigger (or, if `long`, a cancel)."""
         if self._board is not None and self._board.button is not None:
-            self._board.button.press()
+            self._board.button.press(long=long)
+        elif long:
+            self.supervisor.cancel("command")
         else:
             self.supervisor.trigger("command")
 
