@@ -33,6 +33,8 @@ class EndReason(StrEnum):
     PERSON_LEFT = "person_left"  # a person (an operator's browser) was the last to leave
     SIP_LEFT = "sip_left"  # a SIP participant (a phone, a hosted platform's bridge) was last
     OPERATOR_ENDED = "operator_ended"  # an operator the backend vouched for ended the call
+    # The call rang people first (the fleet's ring_operators) and nobody answered in time.
+    NO_ANSWER = "no_answer"
 
 
 class PartyKind(StrEnum):
