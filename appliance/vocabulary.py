@@ -37,6 +37,13 @@ class EndReason(StrEnum):
     NO_ANSWER = "no_answer"
 
 
+class OnNoAnswer(StrEnum):
+    """What a call that rings people first does when nobody answers in time."""
+
+    AGENT = "agent"  # the agent is dispatched into the room
+    END = "end"  # the call ends `no_answer`
+
+
 class PartyKind(StrEnum):
     """Who the kiosk is talking to: a remote party of the call, by LiveKit participant kind."""
 
