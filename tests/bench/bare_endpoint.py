@@ -1,9 +1,11 @@
 """The baseline of bench_tokens: POST /v1/calls mints the backend's token with no auth, no database.
 
 This is what the hosted platforms' token-server examples do (an HTTP handler that
-builds an `AccessToken` and returns it): the same grants, room configuration,
-metadata and TTL as the backend's, through the same `LiveKitTokenMinter`, and the
-same JSON answer, but nothing checks who asks and nothing is stored.
+builds a `livekit-api` `AccessToken` and returns it): the same claims as the backend's
+token (grants, room configuration, metadata and TTL; tests/provisioning/test_tokens.py
+holds the two equal) and the same JSON answer, but nothing checks who asks and nothing
+is stored. The backend signs its tokens itself (`LiveKitTokenMinter`, cheaper than
+`AccessToken`); this endpoint mints the way the examples do.
 
 Run: `python -m tests.bench.bare_endpoint --config provisioning.toml`; it listens on
 the config's `[server]` host and port (0 picks one) and prints `listening on URL` on
@@ -14,18 +16,65 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from aiohttp import web
+from livekit.api import AccessToken, VideoGrants
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.room import RoomConfiguration
 
 from provisioning.config import load_config
 from provisioning.http import iso_utc
-from provisioning.tokens import LiveKitTokenMinter
+from provisioning.tokens import MintedToken, decoded_exp
 
-MINTER_KEY = web.AppKey("minter", LiveKitTokenMinter)
+
+@dataclass(frozen=True)
+class AccessTokenMinter:
+    """The backend's call token (same grants, dispatch, metadata, TTL) built the way the
+    examples build theirs: `livekit-api`'s `AccessToken`."""
+
+    api_key: str
+    api_secret: str = field(repr=False)
+    agent_name: str
+    ttl_s: int
+
+    def mint(
+        self, *, identity: str, name: str, room: str, device_id: str, call_id: str
+    ) -> MintedToken:
+        """A token for `identity` to join `room`."""
+        metadata = json.dumps({"device_id": device_id, "call_id": call_id})
+        grants = VideoGrants(
+            room_join=True,
+            room=room,
+            can_subscribe=True,
+            can_publish=True,
+            can_publish_data=True,
+            can_publish_sources=["microphone"],
+            can_update_own_metadata=True,
+        )
+        room_config = RoomConfiguration(
+            agents=[RoomAgentDispatch(agent_name=self.agent_name, metadata=metadata)]
+        )
+        token = (
+            AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_name(name)
+            .with_ttl(timedelta(seconds=self.ttl_s))
+            .with_metadata(metadata)
+            .with_grants(grants)
+            .with_room_config(room_config)
+            .to_jwt()
+        )
+        return MintedToken(jwt=token, expires_at=decoded_exp(token))
+
+
+MINTER_KEY = web.AppKey("minter", AccessTokenMinter)
 SERVER_URL_KEY = web.AppKey("server_url", str)
 
 
@@ -51,7 +100,7 @@ async def _start_call(request: web.Request) -> web.Response:
     )
 
 
-def create_app(minter: LiveKitTokenMinter, server_url: str) -> web.Application:
+def create_app(minter: AccessTokenMinter, server_url: str) -> web.Application:
     """One route, POST /v1/calls, minting with `minter`."""
     app = web.Application()
     app[MINTER_KEY] = minter
@@ -63,7 +112,7 @@ def create_app(minter: LiveKitTokenMinter, server_url: str) -> web.Application:
 async def serve(config_path: str) -> None:
     """Serve until SIGTERM or SIGINT, with the key pair, agent and TTL of `config_path`."""
     config = load_config(config_path)
-    minter = LiveKitTokenMinter(
+    minter = AccessTokenMinter(
         api_key=config.livekit.api_key,
         api_secret=config.livekit.api_secret,
         agent_name=config.calls.agent_name,
