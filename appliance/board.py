@@ -10,7 +10,6 @@ from appliance.audio.base import Microphone, Speaker
 from appliance.audio.fanout import CaptureFanout
 from appliance.audio.pipeline import AudioPipeline
 from appliance.clock import Clock
-from appliance.errors import SettingsError
 from appliance.settings import Settings
 from appliance.status.leds import Led, SimulatedLed
 from appliance.triggers.gpio import GpioButtons
@@ -39,13 +38,7 @@ async def open_board(
     on_mute: Callable[[bool], None] = lambda muted: None,
 ) -> Board:
     """Open the microphone, speaker, button and status LED the board profile names."""
-    profile = settings.board
-    if profile.buttons.backend not in ("simulated", "gpio"):
-        raise SettingsError(
-            profile.source or profile.name,
-            "buttons.backend",
-            f"{profile.buttons.backend!r} is not available yet",
-        )
+    profile = settings.board  # checked when it was loaded (board_profile.py)
     pipeline: AudioPipeline | None = None
     microphone: Microphone
     speaker: Speaker

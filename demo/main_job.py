@@ -18,7 +18,7 @@ import numpy as np
 
 from appliance.control import send_command
 from appliance.daemon import Daemon
-from appliance.settings import LoggingSettings
+from appliance.settings import LoggingSettings, LogLevel
 from appliance.state import CallTimeline, State, StateChange
 from appliance.status.journal import setup_logging
 from demo.stack import USER_SENTENCE, LocalStack
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-call-s", type=float, default=45.0, help="press again after this")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the device's log")
     args = parser.parse_args(argv)
-    level = "info" if args.verbose else "warning"
+    level: LogLevel = "info" if args.verbose else "warning"
     setup_logging(LoggingSettings(level=level, journal="off"), device_id="-")
     if not args.verbose:
         # livekit-rtc warns about its own FFI handle races (livekit/agents#4203): noise here.

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from appliance.board_profile import BoardButtons
 from appliance.clock import Clock
 from appliance.errors import SettingsError
-from appliance.settings import BoardButtons
 from appliance.triggers.button import Debouncer, PressLogic
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.aio import TaskSet
+from appliance.board_profile import BoardButtons
 from appliance.clock import Clock
-from appliance.settings import BoardButtons
 from appliance.triggers.gpio import GpioButtons
 
 # The pin the simulated call button sits on when the profile names none.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
+from appliance.board_profile import BoardProfile
 from appliance.errors import SettingsError
-from appliance.settings import load_settings
+from appliance.settings import Settings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -131,3 +134,72 @@ def test_a_gpio_led_loads_and_boards_without_leds_have_none(tmp_path: Path) -> N
     profile.write_text('name = "bare"\n')
     assert load_settings(path).board.leds.backend == "none"
     assert load_settings(_write(tmp_path, GOOD)).board.leds.backend == "simulated"
+
+
+def _choice_fields() -> list[tuple[str, str, tuple[str, ...]]]:
+    """Every `Literal` setting: (table it lives in, dotted key, its choices)."""
+    found: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def walk(cls: type, table: str, prefix: str) -> None:
+        for name, hint in typing.get_type_hints(cls).items():
+            if typing.get_origin(hint) is typing.Literal:
+                found.append((table, f"{prefix}{name}", typing.get_args(hint)))
+            elif dataclasses.is_dataclass(hint) and isinstance(hint, type):
+                walk(hint, table, f"{prefix}{name}.")
+
+    for section in ("call", "wake", "logging"):
+        walk(typing.get_type_hints(Settings)[section], "settings", f"{section}.")
+    for part in ("audio", "buttons", "leds"):
+        walk(typing.get_type_hints(BoardProfile)[part], "profile", f"{part}.")
+    return found
+
+
+def test_every_string_choice_is_a_literal() -> None:
+    keys = {key for _, key, _ in _choice_fields()}
+    assert keys == {
+        "call.trigger_while_ending",
+        "wake.engine",
+        "logging.level",
+        "logging.journal",
+        "audio.backend",
+        "audio.pacing",
+        "audio.echo_cancellation",
+        "buttons.backend",
+        "buttons.mute_kind",
+        "leds.backend",
+    }
+
+
+def _files_with(tmp_path: Path, table: str, key: str, value: str) -> tuple[Path, Path]:
+    """Settings and a board profile of their own, with `key` set to `value` in `table`."""
+    section, name = key.rsplit(".", 1)
+    line = f'{name} = "{value}"\n'
+    if value == "gpio":  # what the gpio backends need besides
+        line += {"buttons": 'call_pin = "GPIO17"\n', "leds": 'status_pin = "GPIO22"\n'}[section]
+    profile = tmp_path / "myboard.toml"
+    profile.write_text('name = "mine"\n' + (f"[{section}]\n{line}" if table == "profile" else ""))
+    text = GOOD.replace('profile = "simulated"', 'profile = "myboard.toml"')
+    if table == "settings" and section == "call":
+        text = text.replace("[call]\n", f"[call]\n{line}")
+    elif table == "settings":
+        text += f"\n[{section}]\n{line}"
+    return _write(tmp_path, text), profile
+
+
+@pytest.mark.parametrize(("table", "key", "allowed"), _choice_fields())
+def test_a_choice_outside_its_literal_names_the_key_the_file_and_the_choices(
+    tmp_path: Path, table: str, key: str, allowed: tuple[str, ...]
+) -> None:
+    path, profile = _files_with(tmp_path, table, key, "nonsense")
+    with pytest.raises(SettingsError) as error:
+        load_settings(path)
+    assert error.value.key == key
+    assert error.value.path == str(profile if table == "profile" else path)
+    assert f"must be one of {allowed}" in str(error.value)
+    for value in allowed:  # and each choice loads, as itself
+        path, _ = _files_with(tmp_path, table, key, value)
+        holder: object = load_settings(path)
+        holder = holder if table == "settings" else holder.board
+        for part in key.split("."):
+            holder = getattr(holder, part)
+        assert holder == value
