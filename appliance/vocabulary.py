@@ -35,6 +35,9 @@ class EndReason(StrEnum):
     OPERATOR_ENDED = "operator_ended"  # an operator the backend vouched for ended the call
     # The call rang people first (the fleet's ring_operators) and nobody answered in time.
     NO_ANSWER = "no_answer"
+    # The hosted platform ended the call in the room (thinnestAI's call_ended, Vatel's
+    # session_ended); its own reason goes with the report as `detail`.
+    PLATFORM_ENDED = "platform_ended"
 
 
 class OnNoAnswer(StrEnum):
@@ -58,6 +61,20 @@ LAST_PARTY_LEFT = {
     PartyKind.PERSON: EndReason.PERSON_LEFT,
     PartyKind.SIP: EndReason.SIP_LEFT,
 }
+
+
+class DeviceTool(StrEnum):
+    """What an agent may ask a kiosk to do in a call, if the fleet's `tools` allow it."""
+
+    END_CALL = "end_call"
+    SET_VOLUME = "set_volume"  # {"level": 0.0-1.0}
+    DEVICE_STATUS = "device_status"
+    PULSE_RELAY = "pulse_relay"  # the board's relay output (a door opener), {"seconds"}
+
+
+# The fleet's `tools` when it sets none: ending the call is what an agent's end-call
+# message already does; everything else is opted into.
+DEFAULT_TOOLS = frozenset({DeviceTool.END_CALL})
 
 
 class Trigger(StrEnum):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from appliance.state import EndReason
 from appliance.vocabulary import PartyKind
@@ -65,6 +67,62 @@ class EndRequested:
     reason: EndReason
 
 
+class Speaker(StrEnum):
+    """Who said a transcribed line: the person at the kiosk, or the far end."""
+
+    USER = "user"
+    AGENT = "agent"
+
+
+class AgentActivity(StrEnum):
+    """The far end's `lk.agent.state`, as far as the kiosk shows it."""
+
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A line of the conversation; an interim line is replaced by the next one of its segment."""
+
+    speaker: Speaker
+    text: str
+    final: bool = True
+    segment_id: str = ""
+
+
+@dataclass(frozen=True)
+class AgentStateChanged:
+    """The agent listens, thinks or speaks; None for any other state (initializing, idle)."""
+
+    state: AgentActivity | None
+
+
+@dataclass(frozen=True)
+class FarEndAnswered:
+    """The far end picked up (a phone's SIP participant became `active`)."""
+
+    identity: str
+
+
+@dataclass(frozen=True)
+class PlatformEnded:
+    """The platform ended the call in the room (`call_ended`, `session_ended`); `reason` is
+    the platform's own word for why, as received (bounded and sanitized by the caller)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The far end asks the kiosk to do something; answered by `call_id`."""
+
+    name: str
+    call_id: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
 CallEvent = (
     PartyJoined
     | AgentAudioStarted
@@ -74,4 +132,9 @@ CallEvent = (
     | SpeechActivity
     | Reconnecting
     | Reconnected
+    | Transcript
+    | AgentStateChanged
+    | FarEndAnswered
+    | PlatformEnded
+    | ToolCall
 )

@@ -3,7 +3,9 @@
 `LiveKitRoom` joins, publishes the microphone frames it is given, mixes the audio of every
 remote party (agent, person, SIP bridge) and hands the mix to a callback every 10 ms, sends
 call-status messages (and the latest to each participant who joins), keeps the kiosk's state
-in its participant attributes, and reports the room as our call events. It runs in
+in its participant attributes, reads the far end's messages through the provider's
+conventions (`conventions.py`), answers tool calls (LiveKit RPC, or the platform's data
+message) with what the daemon decides, and reports the room as our call events. It runs in
 `worker.py`'s process, never in the daemon's: see docs/call-worker.md and
 docs/calls-with-people.md.
 """
@@ -23,6 +25,7 @@ from livekit import rtc
 
 from appliance.aio import TaskSet
 from appliance.audio.base import FRAME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from appliance.call.conventions import Conventions, ParticipantView
 from appliance.call.events import (
     CallEvent,
     Disconnected,
@@ -31,12 +34,13 @@ from appliance.call.events import (
     PartyLeft,
     Reconnected,
     Reconnecting,
+    ToolCall,
 )
 from appliance.call.mixer import Mixer
 from appliance.errors import CallError, TokenRefusedError
 from appliance.state import EndReason
 from appliance.status.redact import redact
-from appliance.vocabulary import PartyKind
+from appliance.vocabulary import DeviceTool, PartyKind
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,13 @@ MUTED_ATTRIBUTE = "kiosk.muted"
 CALL_ID_ATTRIBUTE = "kiosk.call_id"
 # A mix clock this far behind (a stalled process) starts afresh rather than catch up.
 MIX_RESYNC_S = 0.1
+# A whole text stream (a transcript line) must arrive within this.
+TEXT_STREAM_S = 30.0
+# The RPC error a refused or failed tool call gets (1001-1999 are LiveKit's own).
+TOOL_REFUSED = 4003
+TOOL_FAILED = 4005
+# An RPC tool call's answer is due this long before the caller's own deadline.
+RPC_MARGIN_S = 0.5
 # Who counts as a remote party of the call, by LiveKit's participant kind.
 _PARTY_KINDS = {
     rtc.ParticipantKind.PARTICIPANT_KIND_AGENT: PartyKind.AGENT,
@@ -73,6 +84,12 @@ _PARTY_KINDS = {
 def party_kind(participant: rtc.RemoteParticipant) -> PartyKind | None:
     """The kind of party a participant is in the call; None for egress, ingress and the like."""
     return _PARTY_KINDS.get(participant.kind)
+
+
+def participant_view(participant: rtc.Participant) -> ParticipantView:
+    """What the conventions may know of `participant`."""
+    kind = party_kind(participant) if isinstance(participant, rtc.RemoteParticipant) else None
+    return ParticipantView(participant.identity, kind, dict(participant.attributes))
 
 
 def is_vouched_operator(participant: rtc.RemoteParticipant) -> bool:
@@ -97,8 +114,10 @@ class LiveKitRoom:
         control_topic: str,
         connect_timeout_s: float,
         muted: bool = False,
+        conventions: Conventions | None = None,
     ) -> None:
         self._call_id = call_id
+        self._conventions = conventions or Conventions()
         self._room_name = room_name
         self._on_event = on_event
         self._on_agent_audio = on_agent_audio
@@ -119,6 +138,10 @@ class LiveKitRoom:
         self._mixer = Mixer()
         self._closing = False
         self._reconnecting = False
+        # Tool calls waiting for the daemon's answer: RPC ones by call id, and the caller of
+        # each made by data message (answered by data message).
+        self._rpc_waiting: dict[str, asyncio.Future[tuple[bool, str]]] = {}
+        self._data_callers: dict[str, str] = {}
 
     async def connect(self, url: str, token: str) -> None:
         """Join the room and publish the microphone; raises CallError if that fails."""
@@ -130,6 +153,9 @@ class LiveKitRoom:
         room.on("data_received", self._on_data_received)
         room.on("reconnecting", self._on_reconnecting)
         room.on("reconnected", self._on_reconnected)
+        room.on("participant_attributes_changed", self._on_attributes_changed)
+        for topic in self._conventions.text_topics:
+            room.register_text_stream_handler(topic, self._on_text_stream)
         try:
             # Never cancelled: the SDK bounds the join itself (connect_timeout per attempt,
             # a few attempts), and a connect cancelled mid-handshake makes its native side
@@ -154,6 +180,9 @@ class LiveKitRoom:
         self._spawn(self._pump_microphone(source), "call-microphone")
         self._spawn(self._send_status_messages(), "call-status")
         self._spawn(self._mix_out(), "call-mix")
+        for tool in DeviceTool:
+            # Every tool is answered, the ones the fleet does not allow with a refusal.
+            room.local_participant.register_rpc_method(tool.value, self._on_rpc)
         for participant in room.remote_participants.values():
             self._on_participant_connected(participant)
 
@@ -177,6 +206,103 @@ class LiveKitRoom:
                 self._mic_track.mute()
             else:
                 self._mic_track.unmute()
+
+    def answer_tool(self, call_id: str, ok: bool, output: str) -> None:
+        """The daemon's answer to a tool call: back over RPC, or the platform's data message."""
+        waiting = self._rpc_waiting.get(call_id)
+        if waiting is not None:
+            if not waiting.done():
+                waiting.set_result((ok, output))
+            return
+        caller = self._data_callers.pop(call_id, None)
+        payload = self._conventions.tool_output(call_id, output, ok=ok)
+        if caller is not None and payload is not None:
+            self._spawn(self._send_tool_output(payload, caller), "call-tool-output")
+
+    async def _send_tool_output(self, payload: bytes, caller: str) -> None:
+        try:
+            await self._room.local_participant.publish_data(
+                payload,
+                reliable=True,
+                topic=self._conventions.reply_topic or "",
+                destination_identities=[caller],
+            )
+        except Exception:
+            logger.warning("could not send a tool's output", extra=self._log_fields())
+
+    async def _on_rpc(self, data: rtc.RpcInvocationData) -> str:
+        """A tool call over LiveKit RPC: only from the far end; the daemon decides."""
+        extra = {**self._log_fields(), "SENDER": data.caller_identity, "TOOL": data.method}
+        caller = self._room.remote_participants.get(data.caller_identity)
+        if caller is None or not self._may_call_tools(caller):
+            logger.warning("tool call refused: not from the call's agent", extra=extra)
+            raise rtc.RpcError(TOOL_REFUSED, "only the call's agent may call the kiosk's tools")
+        try:
+            args = json.loads(data.payload) if data.payload.strip() else {}
+        except ValueError:
+            args = None
+        if not isinstance(args, dict):
+            raise rtc.RpcError(TOOL_FAILED, "the arguments must be a JSON object")
+        call_id = f"rpc-{data.request_id}"
+        answer: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self._rpc_waiting[call_id] = answer
+        try:
+            self._on_event(ToolCall(data.method, call_id, args))
+            async with asyncio.timeout(max(RPC_MARGIN_S, data.response_timeout - RPC_MARGIN_S)):
+                ok, output = await answer
+        except TimeoutError:
+            raise rtc.RpcError(TOOL_FAILED, "the kiosk did not answer in time") from None
+        finally:
+            del self._rpc_waiting[call_id]
+        if not ok:
+            raise rtc.RpcError(TOOL_REFUSED, output)
+        return output
+
+    def _may_call_tools(self, participant: rtc.RemoteParticipant) -> bool:
+        return party_kind(participant) is PartyKind.AGENT or self._conventions.is_far_end(
+            participant_view(participant)
+        )
+
+    def _emit(self, events: list[CallEvent], sender: str | None = None) -> None:
+        for event in events:
+            if isinstance(event, ToolCall):
+                if sender is None:
+                    continue  # nobody to answer
+                self._data_callers[event.call_id] = sender
+            self._on_event(event)
+
+    def _on_attributes_changed(self, changed: dict[str, str], participant: rtc.Participant) -> None:
+        if isinstance(participant, rtc.RemoteParticipant) and not self._closing:
+            self._emit(self._conventions.on_attributes(participant_view(participant), changed))
+
+    def _on_text_stream(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        self._spawn(self._read_text(reader, identity), "call-text-stream")
+
+    async def _read_text(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        try:
+            async with asyncio.timeout(TEXT_STREAM_S):
+                text = await reader.read_all()
+        except (TimeoutError, rtc.StreamError) as exc:
+            logger.debug("a text stream broke off: %s", exc, extra=self._log_fields())
+            return
+        room = self._room
+        local = room.local_participant
+        sender: rtc.Participant | None = (
+            local if identity == local.identity else room.remote_participants.get(identity)
+        )
+        mic = self._mic_publication
+        info = reader.info
+        self._emit(
+            self._conventions.on_text(
+                None if sender is None else participant_view(sender),
+                local_identity=local.identity,
+                local_tracks=frozenset({mic.sid}) if mic is not None else frozenset(),
+                topic=info.topic,
+                text=text,
+                attributes=dict(info.attributes or {}),
+                stream_id=info.stream_id,
+            )
+        )
 
     async def aclose(self) -> None:
         """Send what status is queued, unpublish the microphone, leave the room."""
@@ -301,6 +427,7 @@ class LiveKitRoom:
 
     def _on_data_received(self, packet: rtc.DataPacket) -> None:
         if packet.topic != self._control_topic:
+            self._on_platform_data(packet)
             return
         sender = packet.participant
         extra = {"CALL_ID": self._call_id, "SENDER": sender.identity if sender else "server"}
@@ -327,6 +454,14 @@ class LiveKitRoom:
         else:
             logger.warning("control message ignored: not understood", extra=extra)
 
+    def _on_platform_data(self, packet: rtc.DataPacket) -> None:
+        conventions = self._conventions
+        sender = packet.participant
+        view = None if sender is None else participant_view(sender)
+        if not conventions.reads_data(packet.topic) or not conventions.may_send(view):
+            return
+        self._emit(conventions.on_data(view, packet.data), None if view is None else view.identity)
+
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if self._last_status is not None and not self._closing:
             # A late joiner learns at once what the kiosk is doing.
@@ -342,6 +477,10 @@ class LiveKitRoom:
             extra={**self._log_fields(), "PARTICIPANT": participant.identity},
         )
         self._on_event(PartyJoined(participant.identity, kind))
+        # What it showed as it joined (an agent already listening, a phone already answered).
+        if participant.attributes:
+            view = participant_view(participant)
+            self._emit(self._conventions.on_attributes(view, dict(participant.attributes)))
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         # While the SDK reconnects it drops every participant: that is nobody leaving.

@@ -13,18 +13,26 @@ import contextlib
 import dataclasses
 import json
 import struct
+from enum import StrEnum
 from typing import Any
 
 from appliance.call.events import (
+    AgentActivity,
     AgentAudioStarted,
+    AgentStateChanged,
     CallEvent,
     Disconnected,
     EndRequested,
+    FarEndAnswered,
     PartyJoined,
     PartyLeft,
+    PlatformEnded,
     Reconnected,
     Reconnecting,
+    Speaker,
     SpeechActivity,
+    ToolCall,
+    Transcript,
 )
 from appliance.errors import CallError
 from appliance.state import EndReason
@@ -49,7 +57,18 @@ _EVENTS: dict[str, type[CallEvent]] = {
         SpeechActivity,
         Reconnecting,
         Reconnected,
+        Transcript,
+        AgentStateChanged,
+        FarEndAnswered,
+        PlatformEnded,
+        ToolCall,
     )
+}
+# Fields that are enums on our side and their values on the wire.
+_ENUM_FIELDS: dict[str, type[StrEnum]] = {
+    "kind": PartyKind,
+    "speaker": Speaker,
+    "state": AgentActivity,
 }
 
 
@@ -62,6 +81,9 @@ def event_message(event: CallEvent) -> Message:
     fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     if isinstance(event, EndRequested):
         fields["reason"] = event.reason.value
+    for name, value in fields.items():
+        if isinstance(value, StrEnum):
+            fields[name] = value.value
     return {"type": "event", "event": type(event).__name__, **fields}
 
 
@@ -74,8 +96,11 @@ def parse_event(message: Message) -> CallEvent:
             raise ValueError("unknown event")
         if cls is EndRequested:
             return EndRequested(EndReason(fields.pop("reason")))
-        if "kind" in fields:
-            fields["kind"] = PartyKind(fields["kind"])
+        for name, enum in _ENUM_FIELDS.items():
+            if fields.get(name) is not None:
+                fields[name] = enum(fields[name])
+        if cls is ToolCall and not isinstance(fields.get("args", {}), dict):
+            raise ValueError("tool arguments are not an object")
         return cls(**fields)
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"not a call event: {message.get('event')!r}") from exc

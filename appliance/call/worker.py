@@ -3,7 +3,8 @@
 The daemon starts it while idle (`workers.py`), so the LiveKit SDK's native runtime is up
 before a press; on the press it sends `connect` and the room joins at once. Everything the
 SDK allocates for the call dies with this process when the call is over. The wire is
-`wire.py`: the daemon sends `connect`, `status`, `mute`, `close` and microphone frames;
+`wire.py`: the daemon sends `connect`, `status`, `mute`, `tool_result`, `close` and
+microphone frames;
 this process answers `ready`, `connected` / `connect_failed`, `closed`, call events,
 the agent's audio frames and its own log records (redacted here, and again by the
 daemon's handlers). The daemon closing its end of the socket ends the call and the process.
@@ -19,6 +20,7 @@ import signal
 import socket
 import sys
 
+from appliance.call.conventions import for_provider
 from appliance.call.events import CallEvent
 from appliance.call.livekit_call import LiveKitRoom
 from appliance.call.wire import Channel, Message, WireError, event_message
@@ -92,6 +94,8 @@ class _Session:
             room.send_status(str(message["payload"]).encode())
         elif kind == "mute":
             room.set_muted(bool(message["muted"]))
+        elif kind == "tool_result":
+            room.answer_tool(str(message["call_id"]), bool(message["ok"]), str(message["output"]))
         elif kind == "close":
             await room.aclose()
             self._channel.send({"type": "closed"})
@@ -110,6 +114,7 @@ class _Session:
             control_topic=str(message["control_topic"]),
             connect_timeout_s=float(message["connect_timeout_s"]),
             muted=bool(message["muted"]),
+            conventions=for_provider(str(message.get("provider", "livekit"))),
         )
         try:
             await room.connect(str(message["url"]), str(message["token"]))

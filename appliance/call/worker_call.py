@@ -18,16 +18,21 @@ import numpy as np
 from appliance.aio import TaskSet, cancel_and_wait
 from appliance.audio.base import Speaker
 from appliance.audio.fanout import CaptureFanout
+from appliance.call.conversation import Conversation
 from appliance.call.events import (
     AgentAudioStarted,
+    AgentStateChanged,
     CallEvent,
     Disconnected,
     EndRequested,
     SpeechActivity,
+    ToolCall,
+    Transcript,
 )
 from appliance.call.livekit_call import CONNECT_MARGIN_S, LEAVE_STEP_S, STATUS_DRAIN_S
 from appliance.call.policy import ActivityMeter
 from appliance.call.status import encode_status
+from appliance.call.tools import DeviceTools
 from appliance.call.wire import Message, WireError, parse_event
 from appliance.call.workers import CallWorker, CallWorkers
 from appliance.clock import Clock
@@ -65,8 +70,12 @@ class WorkerCall:
         connect_timeout_s: float,
         control_topic: str = "kiosk.control",
         muted: bool = False,
+        conversation: Conversation | None = None,
+        tools: DeviceTools | None = None,
     ) -> None:
         self.grant = grant
+        self._conversation = conversation or Conversation()
+        self._tools = tools
         self._workers = workers
         self._capture = capture
         self._speaker = speaker
@@ -105,6 +114,7 @@ class WorkerCall:
                 "control_topic": self._control_topic,
                 "connect_timeout_s": self._connect_timeout_s,
                 "muted": self._muted,
+                "provider": grant.provider,
             }
         )
         for payload in self._unsent_status:
@@ -135,6 +145,7 @@ class WorkerCall:
         """Send what status is queued, unpublish the microphone, leave the room; the
         worker process ends with it."""
         self._closing = True
+        self._conversation.set_agent_state(None)
         if self._microphone is not None and not self._microphone.done():
             await cancel_and_wait(self._microphone)  # a failure was reported as it ended
         worker, self._worker = self._worker, None
@@ -182,7 +193,7 @@ class WorkerCall:
     def _handle(self, message: Message) -> None:
         kind = message["type"]
         if kind == "event":
-            self._on_event(parse_event(message))
+            self._dispatch(parse_event(message))
         elif kind == "connected":
             _settle(self._joined, None)
         elif kind == "connect_failed":
@@ -192,6 +203,31 @@ class WorkerCall:
             _settle(self._left, None)
         else:
             raise WireError(f"unknown message {kind!r} from the call worker")
+
+    def _dispatch(self, event: CallEvent) -> None:
+        if isinstance(event, Transcript):
+            call_id = self.grant.call_id
+            self._conversation.transcript(event, call_id=call_id, fields=self._fields())
+        elif isinstance(event, AgentStateChanged):
+            if not self._closing:
+                self._conversation.set_agent_state(event.state)
+        elif isinstance(event, ToolCall):
+            self._tasks.spawn(self._run_tool(event), "call-tool")
+        else:
+            self._on_event(event)
+
+    async def _run_tool(self, call: ToolCall) -> None:
+        if self._tools is None:
+            ok, output, ends = False, "this kiosk has no tools", False
+        else:
+            answer = await self._tools.run(call, self._fields())
+            ok, output, ends = answer.ok, answer.output, answer.ends_call
+        if self._worker is not None:
+            self._worker.send(
+                {"type": "tool_result", "call_id": call.call_id, "ok": ok, "output": output}
+            )
+        if ends:
+            self._on_event(EndRequested(EndReason.AGENT_ENDED))
 
     def _worker_ended(self, worker: CallWorker) -> None:
         if self._closing or not self._joined.done():

@@ -12,15 +12,22 @@ from collections.abc import AsyncIterator
 import pytest
 
 from appliance.call.events import (
+    AgentActivity,
     AgentAudioStarted,
+    AgentStateChanged,
     CallEvent,
     Disconnected,
     EndRequested,
+    FarEndAnswered,
     PartyJoined,
     PartyLeft,
+    PlatformEnded,
     Reconnected,
     Reconnecting,
+    Speaker,
     SpeechActivity,
+    ToolCall,
+    Transcript,
 )
 from appliance.call.wire import MAX_PAYLOAD, Channel, WireError, event_message, parse_event
 from appliance.state import EndReason
@@ -37,6 +44,12 @@ EVENTS: list[CallEvent] = [
     SpeechActivity("device"),
     Reconnecting(),
     Reconnected(party_present=False),
+    Transcript(Speaker.USER, "when does it open", False, "SG_1"),
+    AgentStateChanged(AgentActivity.SPEAKING),
+    AgentStateChanged(None),
+    FarEndAnswered("sip_1"),
+    PlatformEnded("call_ended (duration 42 s)"),
+    ToolCall("set_volume", "tc-1", {"level": 0.5}),
 ]
 
 
@@ -58,6 +71,8 @@ def test_a_call_event_round_trips(event: CallEvent) -> None:
         {"type": "event", "event": "PartyJoined"},
         {"type": "event", "event": "EndRequested", "reason": "bored"},
         {"type": "event", "event": "Reconnecting", "extra": 1},
+        {"type": "event", "event": "AgentStateChanged", "state": "dancing"},
+        {"type": "event", "event": "ToolCall", "name": "x", "call_id": "1", "args": [1]},
     ],
 )
 def test_what_is_not_a_call_event_is_refused(message: dict[str, object]) -> None:

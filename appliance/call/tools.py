@@ -1,0 +1,136 @@
+"""The kiosk's tools an agent may call in a call: the fleet's allowlist and what each does.
+
+Runs in the daemon (the speaker, the status and the relay are here); the call worker brings
+each `ToolCall` (LiveKit RPC, or a platform's data message) and takes the answer back. A
+tool the fleet's `tools` setting does not list is refused and logged; so is one this board
+cannot do (no relay). See docs/platforms.md, "Device tools".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from appliance.call.events import ToolCall
+from appliance.vocabulary import DEFAULT_TOOLS, DeviceTool
+
+logger = logging.getLogger(__name__)
+
+# The longest relay pulse an agent may ask for (a door opener needs a second or two).
+MAX_PULSE_S = 10.0
+DEFAULT_PULSE_S = 1.0
+
+
+class VolumeControl(Protocol):
+    """The speaker's volume, 0.0 to 1.0 (`audio/volume.py`'s ScaledSpeaker)."""
+
+    volume: float
+
+
+class Relay(Protocol):
+    """A relay output (a door opener): closed for a moment, then open again."""
+
+    async def pulse(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class ToolAnswer:
+    """What the far end gets back; `ends_call` asks the run to end the call once answered."""
+
+    ok: bool
+    output: str
+    ends_call: bool = False
+
+
+class DeviceTools:
+    """Decides and runs tool calls; the fleet's allowlist may change between calls."""
+
+    def __init__(
+        self,
+        *,
+        speaker: VolumeControl | None,
+        status: Callable[[], Mapping[str, Any]],
+        relay: Relay | None = None,
+        allowed: Iterable[str] = DEFAULT_TOOLS,
+    ) -> None:
+        self._speaker = speaker
+        self._status = status
+        self._relay = relay
+        self._allowed = frozenset(DeviceTool(name) for name in allowed)
+
+    @property
+    def allowed(self) -> frozenset[DeviceTool]:
+        return self._allowed
+
+    def set_allowed(self, names: Iterable[str]) -> None:
+        """The fleet's `tools` setting (names already checked)."""
+        self._allowed = frozenset(DeviceTool(name) for name in names)
+
+    def apply_fleet(self, value: object) -> None:
+        """The check-in's `tools` (absent: the default); a value that is not a list of known
+        tool names is refused with one log line and the last good one stays."""
+        if value is None:
+            wanted = DEFAULT_TOOLS
+        elif isinstance(value, list) and all(
+            isinstance(v, str) and v in set(DeviceTool) for v in value
+        ):
+            wanted = frozenset(DeviceTool(v) for v in value)
+        else:
+            logger.warning(
+                "fleet settings: tools refused: must be a list of %s",
+                ", ".join(t.value for t in DeviceTool),
+            )
+            return
+        if wanted != self._allowed:
+            self._allowed = wanted
+            logger.info("fleet settings: tools %s", ", ".join(sorted(wanted)) or "none")
+
+    async def run(self, call: ToolCall, fields: Mapping[str, str]) -> ToolAnswer:
+        """Run `call` if it is allowed; a refusal or a bad argument is an answer, not an error."""
+        extra = {**fields, "TOOL": call.name}
+        if call.name not in set(DeviceTool):
+            logger.warning("tool call refused: no such tool", extra=extra)
+            return ToolAnswer(False, f"no such tool: {call.name}")
+        tool = DeviceTool(call.name)
+        if tool not in self._allowed:
+            logger.warning("tool call refused: not on the fleet's allowlist", extra=extra)
+            return ToolAnswer(False, f"not allowed on this kiosk: {tool.value}")
+        try:
+            answer = await self._run(tool, call.args)
+        except ValueError as exc:
+            logger.warning("tool call refused: %s", exc, extra=extra)
+            return ToolAnswer(False, str(exc))
+        logger.info("tool call: %s", tool.value, extra=extra)
+        return answer
+
+    async def _run(self, tool: DeviceTool, args: Mapping[str, Any]) -> ToolAnswer:
+        if tool is DeviceTool.END_CALL:
+            return ToolAnswer(True, "ending the call", ends_call=True)
+        if tool is DeviceTool.SET_VOLUME:
+            if self._speaker is None:
+                raise ValueError("this kiosk has no speaker volume")
+            level = _number(args.get("level"), "level", 0.0, 1.0)
+            self._speaker.volume = level
+            return ToolAnswer(True, json.dumps({"volume": level}))
+        if tool is DeviceTool.DEVICE_STATUS:
+            return ToolAnswer(True, json.dumps(dict(self._status()), sort_keys=True))
+        if self._relay is None:
+            raise ValueError("this kiosk's board has no relay output")
+        seconds = _number(args.get("seconds", DEFAULT_PULSE_S), "seconds", 0.05, MAX_PULSE_S)
+        await self._relay.pulse(seconds)
+        return ToolAnswer(True, json.dumps({"pulsed_s": seconds}))
+
+
+def _number(value: object, name: str, low: float, high: float) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}")
+    return float(value)
