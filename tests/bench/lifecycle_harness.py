@@ -245,6 +245,8 @@ async def agent_process(stack: LocalStack, greeting: str) -> AsyncIterator[Path]
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
+            # demo/ is not installed (not in the wheel): `-m demo.agent` runs from the checkout.
+            cwd=Path(__file__).resolve().parents[2],
             env={**os.environ, "LIVEKIT_API_SECRET": stack.livekit.api_secret},
         )
     try:
