@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from appliance.control import send_command
+from appliance.control import follow_lines, send_command
 from appliance.daemon import CONTROL_SOCKET_NAME, Daemon
 from appliance.errors import ApplianceError, NotEnrolledError, SettingsError
 from appliance.provisioning_client import DeviceKey, Enrollment
@@ -95,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="print the running daemon's state")
     status.set_defaults(func=_control, command="status")
+
+    transcript = commands.add_parser(
+        "transcript", help="print the running call's transcript (a line of JSON each)"
+    )
+    transcript.add_argument(
+        "--follow", action="store_true", help="keep printing new lines until interrupted"
+    )
+    transcript.add_argument(
+        "--text", action="store_true", help="'speaker: text' instead of JSON (final lines only)"
+    )
+    transcript.set_defaults(func=_transcript)
 
     wake_test = commands.add_parser(
         "wake-test", help="run the wake-word engine over a WAV file or the live microphone"
@@ -220,6 +231,31 @@ def _control(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(answer)
     return 0 if not answer.startswith("error") else EXIT_FAILED
+
+
+def _transcript(settings: Settings, args: argparse.Namespace) -> int:
+    path = settings.device.state_dir / CONTROL_SOCKET_NAME
+    command = "transcript follow" if args.follow else "transcript"
+
+    async def show() -> None:
+        async for line in follow_lines(path, command):
+            if line.startswith("error"):
+                raise ApplianceError(line)
+            if not args.text:
+                print(line, flush=True)
+                continue
+            entry = json.loads(line)
+            if entry.get("final"):
+                print(f"{entry['speaker']}: {entry['text']}", flush=True)
+
+    try:
+        asyncio.run(show())
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"appliance: no daemon answers on {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from appliance.aio import AsyncResource, cancel_and_wait
 from appliance.audio.volume import ScaledSpeaker
 from appliance.backoff import Backoff
 from appliance.board import Board, open_board
+from appliance.call.conversation import Conversation
 from appliance.call.events import CallEvent
+from appliance.call.tools import DeviceTools
 from appliance.call.worker_call import WorkerCall
 from appliance.call.workers import CallWorkers
 from appliance.clock import Clock, SystemClock
@@ -70,6 +72,9 @@ class Daemon(AsyncResource):
         self._speaker: ScaledSpeaker | None = None
         self._wake_switch: WakeWordSwitch | None = None
         self.fleet_settings: FleetSettings | None = None
+        # The current call's transcripts and agent state (a local display, the LED).
+        self.conversation = Conversation()
+        self.tools: DeviceTools | None = None
 
     @property
     def supervisor(self) -> Supervisor:
@@ -138,6 +143,7 @@ class Daemon(AsyncResource):
         self._call_workers = await self._stack.enter_async_context(CallWorkers())
         # The fleet's speaker volume, in front of the board's speaker (audio/volume.py).
         self._speaker = ScaledSpeaker(self._board.speaker)
+        self.tools = DeviceTools(speaker=self._speaker, status=self._tool_status)
         self._supervisor = Supervisor(
             backend=client,
             call_factory=self._make_call,
@@ -156,6 +162,7 @@ class Daemon(AsyncResource):
             status_led = StatusLed(self._board.led, clock=self._clock)
             # Entered after the LED was opened, so it is turned off before the pin is released.
             self._supervisor.add_observer(await self._stack.enter_async_context(status_led))
+            self.conversation.add_observer(status_led.show_agent_state)
         self._wake_switch = WakeWordSwitch(
             self.settings,
             capture=self._board.capture,
@@ -193,6 +200,7 @@ class Daemon(AsyncResource):
             self._supervisor.add_timeline_observer(self._on_timeline)
         control = ControlServer(
             state_dir / CONTROL_SOCKET_NAME,
+            transcripts=self.conversation,
             press=self.press,
             status=lambda: self.supervisor.state.value,
             long_press=lambda: self.press(long=True),
@@ -210,7 +218,20 @@ class Daemon(AsyncResource):
         else:
             self.supervisor.trigger("command")
 
+    def _tool_status(self) -> dict[str, Any]:
+        """What the `device_status` tool tells the agent: nothing secret, nothing personal."""
+        supervisor = self.supervisor
+        return {
+            "device": self.settings.device.name,
+            "state": supervisor.state.value,
+            "muted": supervisor.muted,
+            "volume": round(self.speaker.volume, 2),
+            "version": package_version(),
+        }
+
     def _on_fleet_settings(self, sent: Mapping[str, Any]) -> None:
+        if self.tools is not None:
+            self.tools.apply_fleet(sent.get("tools"))
         # The first check-in may come before the wake word is open: applied at the next.
         if self.fleet_settings is not None:
             self.fleet_settings.apply(sent)
@@ -241,6 +262,8 @@ class Daemon(AsyncResource):
             connect_timeout_s=self.settings.call.connect_timeout_s,
             control_topic=self.settings.call.control_topic,
             muted=self.supervisor.muted,
+            conversation=self.conversation,
+            tools=self.tools,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -251,7 +251,9 @@ class Supervisor:
         connected = "connected" in stages
         duration_ms = int(stages["ended"] - stages["connected"]) if connected else 0
         if run.recorded_call_id is not None:
-            self._records.ended(run.recorded_call_id, reason, max(0, duration_ms))
+            self._records.ended(
+                run.recorded_call_id, reason, max(0, duration_ms), detail=run.end_detail
+            )
         logger.info(
             "call ended (%s)\n%s", reason.value, timeline.format(), extra=self._log_fields()
         )

@@ -29,6 +29,7 @@ from appliance.call.events import (
     EndRequested,
     PartyJoined,
     PartyLeft,
+    PlatformEnded,
     Reconnected,
     Reconnecting,
     SpeechActivity,
@@ -80,8 +81,11 @@ class CallRecords(Protocol):
         """The call is still going (so a crash can tell how long it lasted)."""
         ...
 
-    def ended(self, call_id: str, reason: EndReason, duration_ms: int) -> None:
-        """The call ended: its end report is queued durably."""
+    def ended(
+        self, call_id: str, reason: EndReason, duration_ms: int, detail: str | None = None
+    ) -> None:
+        """The call ended: its end report (with the platform's reason, if any) is queued
+        durably."""
         ...
 
     def backend_back(self) -> None:
@@ -142,6 +146,8 @@ class CallRun:
         self._ensure_task: asyncio.Task[None] | None = None
         # The call id the backend has a record of, whose end must be reported.
         self.recorded_call_id: str | None = None
+        # The platform's own reason for a `platform_ended`, kept on the call's record.
+        self.end_detail: str | None = None
 
     def _mark(self, stage: str) -> None:
         self._timeline.stages_ms[stage] = (self._clock.monotonic() - self._t0) * 1000
@@ -269,6 +275,12 @@ class CallRun:
             match event:
                 case EndRequested(reason=reason):
                     return reason
+                case PlatformEnded(reason=detail):
+                    logger.info(
+                        "the platform ended the call: %s", detail, extra={"CALL_ID": grant.call_id}
+                    )
+                    self.end_detail = detail
+                    return EndReason.PLATFORM_ENDED
                 case PartyJoined():
                     await self._stop_ensuring()
                     if not deadlines.agent_joined:

@@ -178,12 +178,17 @@ class ProvisioningClient(AsyncResource):
         )
         return _grant(data)
 
-    async def end_call(self, call_id: str, reason: str, duration_ms: int) -> None:
-        """Record how one of our calls ended."""
+    async def end_call(
+        self, call_id: str, reason: str, duration_ms: int, *, detail: str | None = None
+    ) -> None:
+        """Record how one of our calls ended (and the platform's reason, if any)."""
+        body: dict[str, str | int] = {"reason": reason, "duration_ms": duration_ms}
+        if detail:
+            body["detail"] = detail
         await self._request(
             "POST",
             f"/v1/calls/{call_id}/end",
-            {"reason": reason, "duration_ms": duration_ms},
+            body,
             signed_as=self._require_id(),
         )
 

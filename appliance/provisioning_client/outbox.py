@@ -48,6 +48,13 @@ _FIELDS: dict[ReportKind, dict[str, type]] = {
     ReportKind.CALL_STARTED: {"trigger": str},
     ReportKind.CALL_ENDED: {"reason": str, "duration_ms": int},
 }
+# Fields a report of each kind may have too.
+_OPTIONAL: dict[ReportKind, dict[str, type]] = {
+    ReportKind.CALL_STARTED: {},
+    ReportKind.CALL_ENDED: {"detail": str},  # the platform's own reason (platform_ended)
+}
+# The longest `detail` kept (the backend refuses longer).
+MAX_DETAIL_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -68,10 +75,13 @@ class Report:
         if not math.isfinite(self.created_at):
             raise ValueError("created_at must be finite")
         fields = _FIELDS[self.kind]
-        if set(self.payload) != set(fields):
+        optional = _OPTIONAL[self.kind]
+        if not set(fields) <= set(self.payload) <= set(fields) | set(optional):
             raise ValueError(f"a {self.kind} report has exactly the fields {sorted(fields)}")
         payload: dict[str, str | int] = {}
-        for name, kind in fields.items():
+        for name, kind in {**fields, **optional}.items():
+            if name not in self.payload:
+                continue
             value = self.payload[name]
             if isinstance(value, bool) or not isinstance(value, kind):
                 raise ValueError(f"{name} must be {kind.__name__}")
@@ -82,6 +92,9 @@ class Report:
             EndReason(str(payload["reason"]))
             if int(payload["duration_ms"]) < 0:
                 raise ValueError("duration_ms must not be negative")
+            detail = str(payload.get("detail", ""))
+            if len(detail) > MAX_DETAIL_CHARS or not detail.isprintable():
+                raise ValueError("detail must be printable and short")
         object.__setattr__(self, "payload", MappingProxyType(payload))
 
     @classmethod
@@ -91,10 +104,18 @@ class Report:
 
     @classmethod
     def call_ended(
-        cls, call_id: str, reason: EndReason, duration_ms: int, *, created_at: float
+        cls,
+        call_id: str,
+        reason: EndReason,
+        duration_ms: int,
+        *,
+        created_at: float,
+        detail: str | None = None,
     ) -> Report:
-        """How a call ended and how long it was connected."""
+        """How a call ended and how long it was connected (and the platform's reason)."""
         payload: dict[str, str | int] = {"reason": EndReason(reason), "duration_ms": duration_ms}
+        if detail:
+            payload["detail"] = detail
         return cls(ReportKind.CALL_ENDED, call_id, created_at, payload)
 
     @property
@@ -106,6 +127,12 @@ class Report:
     def reason(self) -> EndReason:
         """Why the call ended (`call_ended` reports only)."""
         return EndReason(str(self._field(ReportKind.CALL_ENDED, "reason")))
+
+    @property
+    def detail(self) -> str | None:
+        """The platform's own reason for the end, if it gave one (`call_ended` only)."""
+        value = self.payload.get("detail")
+        return None if value is None else str(value)
 
     @property
     def duration_ms(self) -> int:
@@ -138,9 +165,10 @@ class Report:
             raise ValueError(f"unknown format version {document.get('v')!r}")
         kind = ReportKind(str(document.get("kind")))
         header = {"v", "kind", "call_id", "created_at"}
-        if set(document) != header | set(_FIELDS[kind]):
+        fields = set(_FIELDS[kind])
+        if not header | fields <= set(document) <= header | fields | set(_OPTIONAL[kind]):
             raise ValueError(f"unexpected fields {sorted(set(document) - header)}")
-        payload = {name: document[name] for name in _FIELDS[kind]}
+        payload = {name: document[name] for name in set(document) - header}
         return cls(kind, document["call_id"], document["created_at"], payload)
 
 

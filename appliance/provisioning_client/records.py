@@ -31,9 +31,13 @@ class DurableCallRecords:
         """The call goes on."""
         self._marker.touch()
 
-    def ended(self, call_id: str, reason: EndReason, duration_ms: int) -> None:
+    def ended(
+        self, call_id: str, reason: EndReason, duration_ms: int, detail: str | None = None
+    ) -> None:
         """Queue the end report, then drop the marker."""
-        report = Report.call_ended(call_id, reason, duration_ms, created_at=self._clock.time())
+        report = Report.call_ended(
+            call_id, reason, duration_ms, created_at=self._clock.time(), detail=detail
+        )
         if self._put(report):
             self._marker.clear()
 
@@ -61,4 +65,6 @@ async def send_report(client: ProvisioningClient, report: Report) -> None:
     if report.kind is ReportKind.CALL_STARTED:
         await client.start_held_call(report.call_id, report.trigger)
     else:
-        await client.end_call(report.call_id, report.reason.value, report.duration_ms)
+        await client.end_call(
+            report.call_id, report.reason.value, report.duration_ms, detail=report.detail
+        )

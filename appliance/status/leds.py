@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from appliance.aio import AsyncResource, TaskSet
+from appliance.call.events import AgentActivity
 from appliance.clock import Clock
 from appliance.state import State, StateChange
 
@@ -117,11 +118,31 @@ PATTERNS: Mapping[State, Pattern] = MappingProxyType(
 # Shown instead of READY's or IN_CALL's pattern while the microphone is muted.
 MUTED = Pattern("on, 0.2 s dark every 2 s", ((1.0, 1.8), (0.0, 0.2)))
 MUTED_STATES = frozenset({State.READY, State.IN_CALL})
+# Shown instead of IN_CALL's while the far end's `lk.agent.state` says what it is doing (an
+# agent that publishes none keeps "steady on"). Half levels, never dark: it is still a call.
+AGENT_PATTERNS: Mapping[AgentActivity, Pattern] = MappingProxyType(
+    {
+        AgentActivity.LISTENING: Pattern(
+            "on, dipping to half for 0.1 s every 1 s", ((1.0, 0.9), (0.5, 0.1))
+        ),
+        AgentActivity.THINKING: Pattern(
+            "rising quarter steps (0.25 s each)", ((0.25, 0.25), (0.5, 0.25), (0.75, 0.25))
+        ),
+        AgentActivity.SPEAKING: Pattern(
+            "flutter between half and full (0.15 s each)", ((1.0, 0.15), (0.5, 0.15))
+        ),
+    }
+)
 
 
-def pattern_for(state: State, muted: bool = False) -> Pattern:
-    """What the LED shows in `state`; mute shows only while ready or in a call."""
-    return MUTED if muted and state in MUTED_STATES else PATTERNS[state]
+def pattern_for(state: State, muted: bool = False, agent: AgentActivity | None = None) -> Pattern:
+    """What the LED shows in `state`; mute shows only while ready or in a call, the agent's
+    state only in a call that is not muted."""
+    if muted and state in MUTED_STATES:
+        return MUTED
+    if state is State.IN_CALL and agent is not None:
+        return AGENT_PATTERNS[agent]
+    return PATTERNS[state]
 
 
 class SimulatedLed:
@@ -155,6 +176,9 @@ class StatusLed(AsyncResource):
         self._clock = clock
         self._initial = initial
         self._pattern: Pattern | None = None
+        self._state = initial
+        self._muted = False
+        self._agent: AgentActivity | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks = TaskSet()  # the pattern playing, and any still stopping
         self._closed = False
@@ -169,8 +193,19 @@ class StatusLed(AsyncResource):
         self._show(pattern_for(self._initial), self._initial)
 
     def __call__(self, change: StateChange) -> None:
+        self._state, self._muted = change.state, change.muted
+        if change.state is not State.IN_CALL:
+            self._agent = None  # the next call's agent starts afresh
+        self._refresh()
+
+    def show_agent_state(self, agent: AgentActivity | None) -> None:
+        """Observer of the call's `Conversation`: the agent listens, thinks or speaks."""
+        self._agent = agent if self._state is State.IN_CALL else None
+        self._refresh()
+
+    def _refresh(self) -> None:
         if not self._closed:
-            self._show(pattern_for(change.state, change.muted), change.state)
+            self._show(pattern_for(self._state, self._muted, self._agent), self._state)
 
     async def aclose(self) -> None:
         """Stop the pattern, wait for its task, and leave the LED off."""

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from appliance.call.events import AgentActivity
 from appliance.clock import ManualClock
 from appliance.state import FAULT_STATES, State, StateChange
-from appliance.status.leds import DIM, MUTED, PATTERNS, SimulatedLed, StatusLed, pattern_for
+from appliance.status.leds import (
+    AGENT_PATTERNS,
+    DIM,
+    MUTED,
+    PATTERNS,
+    SimulatedLed,
+    StatusLed,
+    pattern_for,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -128,6 +137,36 @@ def test_every_state_and_mute_has_a_distinct_pattern() -> None:
     shown = [p.steps for p in PATTERNS.values()] + [MUTED.steps]
     assert len(set(shown)) == len(shown)
     assert {s for s, p in PATTERNS.items() if p.blinks is not None} == FAULT_STATES
+
+
+def test_the_agents_states_have_patterns_distinct_from_every_other() -> None:
+    assert set(AGENT_PATTERNS) == set(AgentActivity)
+    shown = [p.steps for p in PATTERNS.values()] + [MUTED.steps]
+    shown += [p.steps for p in AGENT_PATTERNS.values()]
+    assert len(set(shown)) == len(shown)
+    # Never dark: it is still a call.
+    assert all(level > 0 for p in AGENT_PATTERNS.values() for level, _ in p.steps)
+
+
+async def test_the_agents_state_shows_only_in_a_call_and_not_while_muted(rig: Rig) -> None:
+    rig.status.show_agent_state(AgentActivity.SPEAKING)  # not in a call: ignored
+    rig.show(State.IN_CALL)
+    assert rig.status.pattern is PATTERNS[State.IN_CALL]
+    rig.status.show_agent_state(AgentActivity.THINKING)
+    assert rig.status.pattern is AGENT_PATTERNS[AgentActivity.THINKING]
+    mark = rig.mark()
+    await rig.advance(0.8)
+    assert [v for _, v in rig.since(mark)] == [0.5, 0.75, 0.25]
+    rig.show(State.IN_CALL, muted=True, reason="muted")
+    assert rig.status.pattern is MUTED
+    rig.show(State.IN_CALL, muted=False, reason="unmuted")
+    assert rig.status.pattern is AGENT_PATTERNS[AgentActivity.THINKING]
+    rig.status.show_agent_state(None)
+    assert rig.status.pattern is PATTERNS[State.IN_CALL]
+    rig.status.show_agent_state(AgentActivity.LISTENING)
+    rig.show(State.ENDING)
+    rig.show(State.IN_CALL)  # a state left forgets the agent's
+    assert rig.status.pattern is PATTERNS[State.IN_CALL]
 
 
 async def test_steady_states_hold_their_level(rig: Rig) -> None:

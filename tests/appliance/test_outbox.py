@@ -125,6 +125,21 @@ def test_report_round_trips_and_keeps_to_the_vocabularies() -> None:
 
 
 @pytest.mark.unit
+def test_an_end_report_may_carry_the_platforms_printable_reason() -> None:
+    ended = Report.call_ended(
+        "c-1", EndReason.PLATFORM_ENDED, 900, created_at=1.0, detail="call_ended (duration 1 s)"
+    )
+    assert Report.from_json(ended.to_json()) == ended
+    assert ended.detail == "call_ended (duration 1 s)"
+    assert _ended("c-2", EndReason.USER, 1).detail is None
+    for detail in ("a\x1bb", "x" * 201):
+        with pytest.raises(ValueError):
+            Report.call_ended("c-1", EndReason.PLATFORM_ENDED, 1, created_at=1.0, detail=detail)
+    with pytest.raises(ValueError):
+        Report(ReportKind.CALL_STARTED, "c-1", 1.0, {"trigger": "button", "detail": "x"})
+
+
+@pytest.mark.unit
 async def test_reports_are_sent_in_order_and_removed(
     outbox: Outbox, backend: FakeBackend, clock: ManualClock
 ) -> None:

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from appliance.backoff import Backoff
-from appliance.call.events import AgentAudioStarted, CallEvent, Disconnected, PartyJoined, PartyLeft
+from appliance.call.events import (
+    AgentAudioStarted,
+    CallEvent,
+    Disconnected,
+    PartyJoined,
+    PartyLeft,
+    PlatformEnded,
+)
 from appliance.clock import ManualClock
 from appliance.errors import (
     AudioDeviceLostError,
@@ -110,6 +117,7 @@ class FakeRecords:
         self.ended = ended
         self.started: list[tuple[str, str, bool]] = []
         self.durations: list[int] = []
+        self.details: list[str | None] = []
         self.alive = 0
         self.backend_back_count = 0
 
@@ -119,9 +127,12 @@ class FakeRecords:
     def alive_(self) -> None:
         self.alive += 1
 
-    def ended_(self, call_id: str, reason: str, duration_ms: int) -> None:
+    def ended_(
+        self, call_id: str, reason: str, duration_ms: int, detail: str | None = None
+    ) -> None:
         self.ended.append((call_id, reason))
         self.durations.append(duration_ms)
+        self.details.append(detail)
 
     def backend_back(self) -> None:
         self.backend_back_count += 1
@@ -139,8 +150,8 @@ class RecordsAdapter:
     def alive(self) -> None:
         self.fake.alive_()
 
-    def ended(self, call_id: str, reason: str, duration_ms: int) -> None:
-        self.fake.ended_(call_id, reason, duration_ms)
+    def ended(self, call_id: str, reason: str, duration_ms: int, detail: str | None = None) -> None:
+        self.fake.ended_(call_id, reason, duration_ms, detail)
 
     def backend_back(self) -> None:
         self.fake.backend_back()
@@ -308,6 +319,18 @@ async def test_agent_leaving_ends_the_call(harness: Harness) -> None:
     await harness.settle()
     assert harness.supervisor.state is State.READY
     assert harness.backend.ended == [("c-1", "agent_left")]
+
+
+async def test_the_platform_ending_the_call_keeps_its_reason_on_the_record(
+    harness: Harness,
+) -> None:
+    await harness.press()
+    harness.calls[0].emit(PartyJoined("agent-1"))
+    harness.calls[0].emit(PlatformEnded("call_ended (duration 42 s)"))
+    await harness.settle()
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.ended == [("c-1", "platform_ended")]
+    assert harness.records.details == ["call_ended (duration 42 s)"]
 
 
 async def test_an_agent_handing_over_to_a_person_keeps_the_call_until_the_person_leaves(
