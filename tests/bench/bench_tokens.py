@@ -44,10 +44,10 @@ the rest of CPU 0 or 1 is busy during the 200/s phase, p99 shows it (as does the
 generator's own lag).
 
 Then, for docs/fleet-scale.md, printed only: the maximum rate and CPU per request of
-the signed check-in (`GET /v1/device`, the heartbeat; on kept-alive connections and
-on a new connection each), of grant renewal (`POST /v1/grants`, up to 5 per device,
-under its limit of 6 a minute) and of LiveKit's webhooks (the 8 events of a call,
-signed as LiveKit signs them); bytes per row of each table
+the signed check-in (`POST /v1/checkin` with the device's report, the heartbeat; on
+kept-alive connections and on a new connection each), of grant renewal (`POST
+/v1/grants`, up to 5 per device, under its limit of 6 a minute) and of LiveKit's
+webhooks (the 8 events of a call, signed as LiveKit signs them); bytes per row of each table
 (tests/bench/token_storage.py); and the CPU cost of the crypto alone.
 """
 
@@ -109,10 +109,15 @@ TARGET_P99_MS = 50.0
 LOAD_TIMEOUT_S = 90.0
 ENROLL_TIMEOUT_S = 60.0
 CALL = {"method": "POST", "path": "/v1/calls", "body": '{"trigger": "button"}'}
-CHECKIN = {"method": "GET", "path": "/v1/device", "body": ""}
+# The device's heartbeat as appliance/keeper.py sends it: its report of itself.
+CHECKIN = {
+    "method": "POST",
+    "path": "/v1/checkin",
+    "body": '{"firmware": "0.1.0", "board": "raspberry-pi-4", "state": "ready"}',
+}
 GRANT = {"method": "POST", "path": "/v1/grants", "body": "{}"}
 OTHER_PHASES = (
-    ("checkin", "check-in GET /v1/device (heartbeat)"),
+    ("checkin", "check-in POST /v1/checkin (heartbeat)"),
     ("checkin_new", "  the same, a new connection each"),
     ("grants", "grant POST /v1/grants (renewal)"),
     ("webhooks", "LiveKit webhooks (8 per call)"),

@@ -2,7 +2,7 @@
 
 `python -m tests.bench.token_load < spec.json` prints one JSON result on stdout.
 The spec names the endpoint and the request: a device's (`POST /v1/calls`, `POST
-/v1/grants`, the `GET /v1/device` check-in), signed by the enrolled devices whose raw
+/v1/grants`, the `POST /v1/checkin` heartbeat), signed by the enrolled devices whose raw
 Ed25519 private keys it lists; the same unsigned (the bare endpoint); or LiveKit's
 webhooks. Then the phases, and the processes whose CPU time to sample.
 
