@@ -19,6 +19,7 @@ from provisioning.admin import AdminStores, add_admin_routes
 from provisioning.backend import open_backend
 from provisioning.config import Config
 from provisioning.core import Clock, ProvisioningCore
+from provisioning.diagnostics import DIAGNOSTIC_PATH, Diagnostics
 from provisioning.errors import (
     BadRequestError,
     ProvisioningError,
@@ -304,6 +305,27 @@ async def _end_call(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call.call_id, "ended_at": iso_utc(call.ended_at)})
 
 
+DIAGNOSTICS_KEY = web.AppKey("diagnostics", Diagnostics)
+
+
+async def _diagnostic_grant(request: web.Request) -> web.Response:
+    # A throwaway room for `appliance doctor` to join and leave (diagnostics.py).
+    signed = await _signed(request)
+    json_object(signed.body or b"{}")
+    grant = await request.app[DIAGNOSTICS_KEY].grant(signed)
+    return web.json_response(
+        {
+            "server_url": grant.server_url,
+            "token": grant.token,
+            "room": grant.room,
+            "identity": grant.identity,
+            "expires_at": iso_utc(grant.expires_at),
+        },
+        status=201,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 async def _livekit_webhook(request: web.Request) -> web.Response:
     # LiveKit's signed event; the bare JWT in Authorization is never logged.
     body = await _body(request)
@@ -319,9 +341,10 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = 10.0,
     admin: AdminStores | None = None,
+    diagnostics: Diagnostics | None = None,
 ) -> web.Application:
     """The aiohttp application serving docs/api.md over `core`; with `admin`, the admin API
-    and the console too (docs/admin.md)."""
+    and the console too (docs/admin.md); with `diagnostics`, the doctor's grants."""
     app = web.Application(middlewares=[_error_middleware], client_max_size=max_body_bytes)
     app[CORE_KEY] = core
     app[BODY_TIMEOUT_KEY] = body_timeout_s
@@ -331,6 +354,9 @@ def create_app(
     app.router.add_post("/v1/calls", _start_call)
     app.router.add_post("/v1/calls/{call_id}/end", _end_call)
     app.router.add_post("/v1/grants", _hold_grant)
+    if diagnostics is not None:
+        app[DIAGNOSTICS_KEY] = diagnostics
+        app.router.add_post(DIAGNOSTIC_PATH, _diagnostic_grant)
     app.router.add_post("/v1/calls/{call_id}/start", _start_held_call)
     app.router.add_post("/v1/calls/{call_id}/rejoin", _rejoin_call)
     app.router.add_post(WEBHOOK_PATH, _livekit_webhook)
@@ -402,7 +428,12 @@ class BackendServer:
             self._core = backend.core
             self._sweeper = backend.sweeper
             admin = AdminStores.over(backend.storage.db, clock=self._clock)
-            app = create_app(backend.core, body_timeout_s=server.body_timeout_s, admin=admin)
+            app = create_app(
+                backend.core,
+                body_timeout_s=server.body_timeout_s,
+                admin=admin,
+                diagnostics=Diagnostics(backend.core, self.config.livekit, clock=self._clock),
+            )
             add_operator_routes(app, Operators(backend.core, self.config.livekit), admin.tokens)
             # No access log: one line per request is a flood under load; refusals are logged.
             runner = web.AppRunner(

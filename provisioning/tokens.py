@@ -148,6 +148,32 @@ def mint_operator_token(
     return MintedToken(jwt=token, expires_at=decoded_exp(token))
 
 
+def mint_diagnostic_token(
+    *, api_key: str, api_secret: str, room: str, identity: str, ttl_s: int
+) -> MintedToken:
+    """A device's token for `appliance doctor` to join and leave one throwaway room: that room
+    only, a short life, no dispatch, and nothing to do once in (no publishing of any kind, no
+    subscribing, no metadata): a join proves the server, its keys and the network path."""
+    grants = VideoGrants(
+        room_join=True,
+        room=room,
+        can_subscribe=False,
+        can_publish=False,
+        can_publish_data=False,
+        can_publish_sources=[],
+        can_update_own_metadata=False,
+    )
+    token = (
+        AccessToken(api_key, api_secret)
+        .with_identity(identity)
+        .with_name("appliance doctor")
+        .with_ttl(timedelta(seconds=ttl_s))
+        .with_grants(grants)
+        .to_jwt()
+    )
+    return MintedToken(jwt=token, expires_at=decoded_exp(token))
+
+
 def decoded_exp(token: str) -> int:
     """The `exp` claim of a JWT just signed (its payload segment, not verified)."""
     payload = token.split(".")[1]

@@ -61,6 +61,17 @@ class CallGrant:
 
 
 @dataclass(frozen=True)
+class DiagnosticGrant:
+    """A token to join and leave a throwaway room with no agent (`appliance doctor`)."""
+
+    server_url: str
+    token: str = field(repr=False)
+    room: str
+    identity: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     """The backend's view of this device, and the fleet settings it gets (as sent: the
     device checks them before applying any, `appliance/fleet_settings.py`)."""
@@ -158,6 +169,19 @@ class ProvisioningClient(AsyncResource):
         """Get a token to hold while idle; it becomes a call only through `start_held_call`."""
         data = await self._request("POST", "/v1/grants", {}, signed_as=self._require_id())
         return _grant(data)
+
+    async def diagnostic_grant(self) -> DiagnosticGrant:
+        """A minute's token for a throwaway room of this device's own: no agent, no call."""
+        data = await self._request(
+            "POST", "/v1/diagnostics/livekit", {}, signed_as=self._require_id()
+        )
+        return DiagnosticGrant(
+            server_url=_get(data, "server_url", str),
+            token=_get(data, "token", str),
+            room=_get(data, "room", str),
+            identity=_get(data, "identity", str),
+            expires_at=_timestamp(_get(data, "expires_at", str)),
+        )
 
     async def start_held_call(self, call_id: str, trigger: str) -> None:
         """Tell the backend the held grant `call_id` was used for a call (idempotent)."""
@@ -278,12 +302,15 @@ def _decode(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
     return data
 
 
-def _grant(data: dict[str, Any]) -> CallGrant:
-    expires_raw = _get(data, "expires_at", str)
+def _timestamp(raw: str) -> datetime:
     try:
-        expires_at = datetime.fromisoformat(expires_raw.replace("Z", "+00:00"))
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise BackendProtocolError(f"expires_at is not a timestamp: {expires_raw!r}") from exc
+        raise BackendProtocolError(f"expires_at is not a timestamp: {raw!r}") from exc
+
+
+def _grant(data: dict[str, Any]) -> CallGrant:
+    expires_at = _timestamp(_get(data, "expires_at", str))
     return CallGrant(
         server_url=_get(data, "server_url", str),
         token=_get(data, "token", str),

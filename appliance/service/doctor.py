@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import ssl
 import stat
@@ -28,7 +29,9 @@ from appliance.control import send_command
 from appliance.errors import (
     ApplianceError,
     BackendError,
+    BackendRefusedError,
     BackendUnreachableError,
+    CallError,
     CredentialsRejectedError,
     NotEnrolledError,
     RateLimitedError,
@@ -40,12 +43,14 @@ from appliance.provisioning_client.keys import KEY_FILE_NAME
 from appliance.service.codes import ErrorCode, code_for_state, entry
 from appliance.settings import Settings, load_settings
 from appliance.state import State
+from appliance.status.redact import redact
 
 CONTROL_SOCKET_NAME = "control.sock"  # appliance.daemon's; not imported to keep this light
 CLOCK_WARN_S = 5.0
 # Half the backend's default max_clock_skew_s (60): requests this far off are near refusal.
 CLOCK_FAIL_S = 30.0
 QUIET_DBFS = -70.0
+LEAVE_TIMEOUT_S = 5.0
 
 
 def package_version() -> str:
@@ -303,7 +308,7 @@ class Doctor:
             wall_clock=self._wall_clock,
         ) as client:
             if await self._check_credentials(client):
-                await self._check_livekit(client, timeout_s)
+                await self._check_livekit(client, settings.call.connect_timeout_s)
             else:
                 self._skip("LiveKit", "accepted credentials")
 
@@ -425,40 +430,36 @@ class Doctor:
         self._add("credentials", Verdict.PASS, detail)
         return True
 
-    async def _check_livekit(self, client: ProvisioningClient, timeout_s: float) -> None:
-        """A grant from the backend, checked by LiveKit's own /rtc/validate.
+    async def _check_livekit(self, client: ProvisioningClient, connect_timeout_s: float) -> None:
+        """Join and leave a throwaway room with the backend's diagnostic grant.
 
-        LiveKit verifies the token's signature and join grant there without creating the room,
-        so no agent is dispatched and no call is recorded: the backend keeps an unused held
-        grant, which expires with its TTL.
+        The room is this device's own (`diag-…`): no agent is dispatched and no call is
+        recorded. A join proves the LiveKit server, the backend's keys and the media path (ICE)
+        from this network, which a bare HTTP check of the server would not.
         """
         try:
-            grant = await client.hold_grant()
+            grant = await client.diagnostic_grant()
         except RateLimitedError as exc:
             self._add("LiveKit", Verdict.WARN, f"no grant: {exc}", ErrorCode.RATE_LIMITED)
+            return
+        except BackendRefusedError as exc:
+            if exc.code == "grants_not_held":  # a hosted platform's calls: not our LiveKit
+                self._add("LiveKit", Verdict.SKIP, "calls go to a hosted platform, not LiveKit")
+                return
+            self._add("LiveKit", Verdict.FAIL, f"no grant: {exc}", ErrorCode.LIVEKIT_UNREACHABLE)
             return
         except BackendError as exc:
             self._add("LiveKit", Verdict.FAIL, f"no grant: {exc}", ErrorCode.LIVEKIT_UNREACHABLE)
             return
-        base = grant.server_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
-        url = base.rstrip("/") + "/rtc/validate"
         started = time.monotonic()
         try:
-            async with httpx.AsyncClient(timeout=timeout_s) as http:
-                response = await http.get(url, params={"access_token": grant.token})
-        except httpx.HTTPError as exc:
-            detail = f"{grant.server_url}: {type(exc).__name__} {exc}"
+            await join_and_leave(grant.server_url, grant.token, connect_timeout_s)
+        except CallError as exc:
+            detail = f"{grant.server_url}: {exc}"
             self._add("LiveKit", Verdict.FAIL, detail, ErrorCode.LIVEKIT_UNREACHABLE)
             return
         elapsed_ms = 1000 * (time.monotonic() - started)
-        if response.status_code != 200:
-            detail = (
-                f"{grant.server_url} refused the backend's token ({response.status_code}: "
-                f"{response.text.strip()[:80]})"
-            )
-            self._add("LiveKit", Verdict.FAIL, detail, ErrorCode.LIVEKIT_UNREACHABLE)
-            return
-        detail = f"{grant.server_url} accepts the backend's token ({elapsed_ms:.0f} ms)"
+        detail = f"{grant.server_url}: joined and left a throwaway room ({elapsed_ms:.0f} ms)"
         self._add("LiveKit", Verdict.PASS, detail)
 
     # -- hardware ------------------------------------------------------------------------------
@@ -592,6 +593,32 @@ def _claim_buttons(pins: list[str], *, pull_up: bool) -> str:
         except Exception as exc:  # gpiozero raises many kinds (GPIOZeroError, OSError, ...)
             return f"{pin}: {type(exc).__name__}: {exc}"
     return ""
+
+
+async def join_and_leave(url: str, token: str, connect_timeout_s: float) -> None:
+    """Join a LiveKit room with `token`, then leave it; `CallError` says why not."""
+    from livekit import rtc  # the SDK's native library loads only for this check
+
+    room = rtc.Room()
+    # The SDK logs its own failure at error level; the check's line says it once, for people.
+    sdk_logger = logging.getLogger("livekit")
+    level = sdk_logger.level
+    sdk_logger.setLevel(logging.CRITICAL)
+    try:
+        # The SDK's own timeout, not a cancel: a connect cancelled mid-handshake makes its
+        # native side panic later (call/livekit_call.py).
+        await room.connect(
+            url, token, rtc.RoomOptions(auto_subscribe=False, connect_timeout=connect_timeout_s)
+        )
+    except rtc.ConnectError as exc:
+        # LiveKit's refusal may quote the token it refused.
+        raise CallError(redact(str(exc)) or "could not join") from exc
+    finally:
+        try:
+            async with asyncio.timeout(LEAVE_TIMEOUT_S):
+                await room.disconnect()
+        finally:
+            sdk_logger.setLevel(level)
 
 
 def _is_loopback(host: str) -> bool:

@@ -65,7 +65,9 @@ async def test_a_healthy_device_passes_and_a_wrong_livekit_secret_fails(
         verdicts = {c.name: c.verdict for c in report.checks}
         assert verdicts.pop("daemon") is Verdict.WARN  # not running here
         assert set(verdicts.values()) == {Verdict.PASS}, report.format()
-        assert "accepts the backend's token" in report.get("LiveKit").detail
+        assert "joined and left a throwaway room" in report.get("LiveKit").detail
+        # A diagnostic join is no call: nothing recorded, no grant held.
+        assert await backend.core.list_calls() == []
         # The command: exit 0 and JSON.
         code = await asyncio.to_thread(main, ["--config", str(config), "doctor", "--json"])
         out = json.loads(capsys.readouterr().out)
@@ -77,7 +79,8 @@ async def test_a_healthy_device_passes_and_a_wrong_livekit_secret_fails(
         await enroll(wrong, config2)
         report = await doctor(config2)
         assert_fails_with(report, "LiveKit", ErrorCode.LIVEKIT_UNREACHABLE)
-        assert "refused" in report.get("LiveKit").detail
+        detail = report.get("LiveKit").detail
+        assert "401 Unauthorized" in detail and "eyJ" not in detail  # the token is masked
         code = await asyncio.to_thread(main, ["--config", str(config2), "doctor"])
         assert code == 1
         assert "FAIL  LiveKit" in capsys.readouterr().out
@@ -164,6 +167,8 @@ async def test_livekit_down(tmp_path: Path, make_backend: BackendFactory) -> Non
     report = await doctor(config)
     assert report.get("credentials").verdict is Verdict.PASS
     assert_fails_with(report, "LiveKit", ErrorCode.LIVEKIT_UNREACHABLE)
+    # The grant came (the backend is up); the join is what failed.
+    assert "no grant" not in report.get("LiveKit").detail
 
 
 async def test_a_running_daemon_in_a_fault_state(tmp_path: Path) -> None:
