@@ -21,10 +21,12 @@ from provisioning.errors import (
 from provisioning.models import (
     CallRecord,
     Device,
+    DeviceReport,
     DeviceStatus,
     EnrollmentCode,
     FlagReason,
     LiveKitEventRecord,
+    Nonce,
 )
 from provisioning.signing import (
     SignatureVerifier,
@@ -191,6 +193,39 @@ async def test_calls_round_trip(storage: SqlStorage) -> None:
     assert await storage.list_calls("d-other") == []
     assert await storage.set_device_status("d-1", DeviceStatus.REVOKED)
     assert not await storage.set_device_status("d-none", DeviceStatus.REVOKED)
+
+
+async def test_a_check_in_spends_its_nonce_and_records_the_report_of_devices_let_in(
+    storage: SqlStorage,
+) -> None:
+    await storage.add_enrollment_code(code())
+    assert await storage.enroll_device(a_device(), "h1", now=1.1e9)
+    report = DeviceReport(firmware="2.0.1", board="respeaker-2mic", state="ready")
+
+    admission, device = await storage.check_in(Nonce("d-1", "n1", 2.0e9), report, 1.2e9, -3.0)
+    assert (admission.fresh, admission.status) == (True, DeviceStatus.APPROVED)
+    assert device is not None
+    seen = (device.last_seen, device.firmware, device.board, device.state, device.last_error)
+    assert seen == (1.2e9, "2.0.1", "respeaker-2mic", "ready", None)
+    assert device.clock_offset_s == -3.0
+    assert await storage.get_device("d-1") == device
+
+    # The same nonce again: refused, nothing written.
+    replay = DeviceReport(state="in_call")
+    admission, device = await storage.check_in(Nonce("d-1", "n1", 2.0e9), replay, 1.3e9, 0.0)
+    assert (admission.fresh, device) == (False, None)
+    stored = await storage.get_device("d-1")
+    assert stored is not None and (stored.last_seen, stored.state) == (1.2e9, "ready")
+
+    # A revoked device: its nonce is spent, its report is not recorded.
+    assert await storage.set_device_status("d-1", DeviceStatus.REVOKED)
+    admission, device = await storage.check_in(Nonce("d-1", "n2", 2.0e9), replay, 1.4e9, 0.0)
+    assert (admission.fresh, admission.status) == (True, DeviceStatus.REVOKED)
+    assert device is not None and (device.last_seen, device.state) == (1.2e9, "ready")
+
+    # A device nobody knows.
+    admission, device = await storage.check_in(Nonce("d-9", "n1", 2.0e9), replay, 1.4e9, 0.0)
+    assert (admission.fresh, admission.status, device) == (True, None, None)
 
 
 async def test_a_device_is_flagged_once(storage: SqlStorage) -> None:
