@@ -83,10 +83,19 @@ async def open_backend(
             platforms=platform_providers(config.platforms, transport=upstream_transport),
             clock=clock,
         )
+        # Its ring timers end before the storage and the outbox they use are closed.
+        stack.push_async_callback(core.aclose)
         sweeper = None
         if sweep:
             # Entered last, so stopped first: its task ends before what it uses is closed.
             sweeper = await stack.enter_async_context(
-                Sweeper(storage, ledger_of(storage), rooms, call_ended=core.call_ended, clock=clock)
+                Sweeper(
+                    storage,
+                    ledger_of(storage),
+                    rooms,
+                    call_ended=core.call_ended,
+                    clock=clock,
+                    rings_due=core.ringing.resolve_due,
+                )
             )
         yield Backend(config=config, storage=storage, core=core, webhooks=webhooks, sweeper=sweeper)

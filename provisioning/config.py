@@ -26,6 +26,14 @@ class ServerConfig:
     # A request's headers, and then its body, must arrive within these.
     header_timeout_s: int = 10
     body_timeout_s: int = 10
+    # How people reach the backend (the operator page of a ringing call's join link);
+    # None: http://host:port.
+    public_url: str | None = None
+
+    @property
+    def page_url(self) -> str:
+        """The origin the operator page is linked from."""
+        return self.public_url or f"http://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,18 @@ class WebhooksConfig:
     def shown_url(self) -> str:
         """The URL for logs and messages: scheme, host and port only."""
         return redacted_url(self.url)
+
+
+def _public_url(server: _Section) -> str | None:
+    if not server.has("public_url"):
+        return None
+    url = server.string("public_url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise server.error("public_url", "must be an http:// or https:// URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise server.error("public_url", "must be an origin (and path), with no credentials")
+    return url.rstrip("/")
 
 
 def redacted_url(url: str) -> str:
@@ -229,7 +249,7 @@ def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int =
         file,
         "server",
         data.get("server", {}),
-        {"host", "port", "max_connections", "header_timeout_s", "body_timeout_s"},
+        {"host", "port", "max_connections", "header_timeout_s", "body_timeout_s", "public_url"},
     )
     database = _Section(
         file,
@@ -265,6 +285,7 @@ def config_from_mapping(data: Mapping[str, Any], file: Path, *, file_mode: int =
                 "header_timeout_s", ServerConfig.header_timeout_s, 1, 300
             ),
             body_timeout_s=server.integer("body_timeout_s", ServerConfig.body_timeout_s, 1, 300),
+            public_url=_public_url(server),
         ),
         database=_database(database, base),
         livekit=LiveKitConfig(

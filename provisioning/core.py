@@ -40,6 +40,7 @@ from provisioning.fleet_settings import merged, validate_group_name, validate_se
 from provisioning.livekit_events import LiveKitEvents, WebhookOutcome
 from provisioning.logs import AUDIT_LOGGER
 from provisioning.models import (
+    IDENTITY_PREFIX,
     AdminAction,
     Admission,
     CallGrant,
@@ -51,6 +52,7 @@ from provisioning.models import (
     HeldGrant,
     LiveKitEventRecord,
     Nonce,
+    call_id_of_room,
     room_of_call,
 )
 from provisioning.providers import (
@@ -62,6 +64,7 @@ from provisioning.providers import (
     ProviderMisconfiguredError,
     resolve,
 )
+from provisioning.ringing import Ringing, RingJoin, RingPlan, ring_plan_of, ring_store_of
 from provisioning.rooms import RoomService
 from provisioning.signing import SignatureVerifier, SignedRequest, device_id_for, parse_public_key
 from provisioning.storage.base import Storage
@@ -82,6 +85,8 @@ MAX_CODE_TTL_S = 30 * 24 * 3600
 MAX_NAME_LEN = 100
 MAX_LABEL_LEN = 100
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+# A platform's own reason for ending a call, as the device reports it (`platform_ended`).
+MAX_END_DETAIL_CHARS = 200
 RATE_WINDOW_S = 60.0
 # A device renews its held grant every few minutes; this only stops a runaway one.
 MAX_GRANTS_PER_MINUTE = 6
@@ -144,7 +149,28 @@ class ProvisioningCore:
             api_key=config.livekit.api_key,
             api_secret=config.livekit.api_secret,
             clock=clock,
+            on_join=self._participant_joined,
         )
+        self._ringing = Ringing(
+            ring_store_of(storage),
+            rooms,
+            self._events,
+            livekit_url=config.livekit.url,
+            api_key=config.livekit.api_key,
+            api_secret=config.livekit.api_secret,
+            public_url=config.server.page_url,
+            close_call=self._close_unanswered,
+            clock=clock,
+        )
+
+    @property
+    def ringing(self) -> Ringing:
+        """Calls that ring people first: their rings, timers and join links (`ringing.py`)."""
+        return self._ringing
+
+    async def aclose(self) -> None:
+        """Stop the ring timers (the rings stay recorded for the sweeper)."""
+        await self._ringing.aclose()
 
     @property
     def agent_name(self) -> str:
@@ -318,6 +344,7 @@ class ProvisioningCore:
         fields, assistant prompts), which are the backend's to use."""
         settings = self.settings_of(device)
         settings.pop("provider", None)
+        settings.pop("ring_operators", None)  # the device learns it from each grant
         return settings
 
     def provider_of(self, device: Device) -> ProviderChoice:
@@ -535,8 +562,10 @@ class ProvisioningCore:
         now = self._clock()
         call_id = new_call_id()
         token = None
+        ring = None
         if choice.kind is ProviderKind.LIVEKIT:
-            token = self._mint(device, call_id)
+            ring = ring_plan_of(self.settings_of(device))
+            token = self._mint(device, call_id, dispatch=ring is None)
         call = CallRecord(
             call_id=call_id,
             device_id=device.device_id,
@@ -556,18 +585,35 @@ class ProvisioningCore:
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("call rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many calls, try again later", retry_after_s=retry_after)
-        await self._call_started(call)
+        if ring is not None:
+            await self._hold_ring(device, call_id, ring)
+        await self._call_started(call, device)
         if token is None:
             # The platform is asked only now, outside the unit: a replayed, refused or
             # rate-limited request never costs an upstream session.
             return await self._open_upstream(device, call, choice)
-        return self._grant(device, call_id, token)
+        return self._grant(device, call_id, token, ring)
 
     async def _open_upstream(
         self, device: Device, call: CallRecord, choice: ProviderChoice
     ) -> CallGrant:
         """The platform's room for a call just recorded; if it fails, the call ends
         `connect_failed` at once and the platform's refusal goes to the device."""
+        try:
+            return await self._ask_upstream(device, call, choice)
+        except Exception:
+            if await self._storage.end_call(
+                call.call_id, self._clock(), EndReason.CONNECT_FAILED, 0
+            ):
+                ended = await self._storage.get_call(call.call_id)
+                if ended is not None:
+                    await self.call_ended(ended)
+            raise
+
+    async def _ask_upstream(
+        self, device: Device, call: CallRecord, choice: ProviderChoice, *, reissue: bool = False
+    ) -> CallGrant:
+        """A session on the platform for `call`: its room and token in our grant's shape."""
         request = CallRequest(
             device_id=device.device_id,
             identity=device.identity,
@@ -577,18 +623,9 @@ class ProvisioningCore:
             agent_name=self.agent_of(device),
             options=choice.options,
         )
-        try:
-            grant = await self._platforms[choice.kind].open_call(request)
-        except Exception:
-            if await self._storage.end_call(
-                call.call_id, self._clock(), EndReason.CONNECT_FAILED, 0
-            ):
-                ended = await self._storage.get_call(call.call_id)
-                if ended is not None:
-                    await self.call_ended(ended)
-            raise
+        grant = await self._platforms[choice.kind].open_call(request)
         audit.info(
-            "call opened upstream",
+            "call reissued upstream" if reissue else "call opened upstream",
             extra={
                 "device_id": device.device_id,
                 "call_id": call.call_id,
@@ -620,7 +657,8 @@ class ProvisioningCore:
             raise GrantsNotHeldError("this device's platform opens a session per call: no grants")
         now = self._clock()
         call_id = new_call_id()
-        token = self._mint(device, call_id)
+        ring = ring_plan_of(self.settings_of(device))
+        token = self._mint(device, call_id, dispatch=ring is None)
         admission, added = await self._storage.admit_grant(
             nonce,
             HeldGrant(call_id, device.device_id, room_of_call(call_id), now, token.expires_at),
@@ -636,8 +674,19 @@ class ProvisioningCore:
             retry_after = max(1, math.ceil((oldest or now) + RATE_WINDOW_S - now))
             logger.warning("grant rate limited", extra={"device_id": device.device_id})
             raise RateLimitedError("too many grants, try again later", retry_after_s=retry_after)
+        if ring is not None:
+            await self._hold_ring(device, call_id, ring)
         audit.info("grant held", extra={"device_id": device.device_id, "call_id": call_id})
-        return self._grant(device, call_id, token)
+        return self._grant(device, call_id, token, ring)
+
+    async def _hold_ring(self, device: Device, call_id: str, ring: RingPlan) -> None:
+        await self._ringing.held(
+            call_id=call_id,
+            device_id=device.device_id,
+            room=room_of_call(call_id),
+            agent_name=self.agent_of(device),
+            plan=ring,
+        )
 
     async def start_held_call(self, device: Device, call_id: str, trigger: str) -> CallRecord:
         """Record the call a device began with its held grant; again, the same call."""
@@ -647,7 +696,7 @@ class ProvisioningCore:
         if call is None or call.device_id != device.device_id:
             raise UnknownCallError("no such call or grant for this device")
         if began:
-            await self._call_started(call)
+            await self._call_started(call, device)
         return call
 
     async def rejoin_call(self, device: Device, call_id: str, trigger: str) -> CallGrant:
@@ -659,25 +708,38 @@ class ProvisioningCore:
         call = await self.start_held_call(device, call_id, trigger)
         if call.ended_at is not None:
             raise CallEndedError("the call has ended")
-        if self.provider_of(device).kind is not ProviderKind.LIVEKIT:
+        choice = self.provider_of(device)
+        if choice.kind is ProviderKind.CALL2ME:
+            # Call2Me: "a disconnected event with reason token-expired; your code reissues
+            # and reconnects" (000 l. 66). A fresh token is a fresh upstream session, in a
+            # new room with its agent: the same call continues on our record.
+            return await self._ask_upstream(device, call, choice, reissue=True)
+        if choice.kind is not ProviderKind.LIVEKIT:
             # A platform's room is its own: a fresh session would be another call.
             raise RejoinUnsupportedError("this device's platform calls cannot be rejoined")
-        token = self._mint(device, call_id)
+        # A call still ringing people (or answered by one) brings no agent back with it.
+        agent = self._ringing.dispatches_agent(await self._ringing.get(call_id))
+        token = self._mint(device, call_id, dispatch=agent)
         room = room_of_call(call_id)
         # A room LiveKit lost and a client's own reconnect made again has no agent in it:
         # dispatch one. (A room that is gone is made by the dispatch, or by the join.)
+        if agent:
+            await self._ensure_agent(device, call_id, room)
+        audit.info("call rejoined", extra={"device_id": device.device_id, "call_id": call_id})
+        return self._grant(device, call_id, token)
+
+    async def _ensure_agent(self, device: Device, call_id: str, room: str) -> None:
         try:
             metadata = json.dumps({"device_id": device.device_id, "call_id": call_id})
             if await self._rooms.ensure_agent(room, self.agent_of(device), metadata):
                 logger.info("agent dispatched again", extra={"call_id": call_id, "room": room})
         except LiveKitUnavailableError as exc:
             logger.warning("agent not dispatched: %s", exc.message, extra={"call_id": call_id})
-        audit.info("call rejoined", extra={"device_id": device.device_id, "call_id": call_id})
-        return self._grant(device, call_id, token)
 
-    def _mint(self, device: Device, call_id: str) -> MintedToken:
+    def _mint(self, device: Device, call_id: str, *, dispatch: bool = True) -> MintedToken:
         # The own-LiveKit provider's path, kept synchronous and inline: no upstream request.
         return self._minter.mint(
+            dispatch=dispatch,
             agent_name=self.agent_of(device),
             identity=device.identity,
             name=device.name or device.device_id,
@@ -686,7 +748,9 @@ class ProvisioningCore:
             call_id=call_id,
         )
 
-    def _grant(self, device: Device, call_id: str, token: MintedToken) -> CallGrant:
+    def _grant(
+        self, device: Device, call_id: str, token: MintedToken, ring: RingPlan | None = None
+    ) -> CallGrant:
         return CallGrant(
             server_url=self._config.livekit.url,
             token=token.jwt,
@@ -694,12 +758,19 @@ class ProvisioningCore:
             identity=device.identity,
             call_id=call_id,
             expires_at=token.expires_at,
+            ring=None if ring is None else ring.as_grant(),
         )
 
     async def end_call(
-        self, device: Device, call_id: str, reason: str, duration_ms: int
+        self,
+        device: Device,
+        call_id: str,
+        reason: str,
+        duration_ms: int,
+        detail: str | None = None,
     ) -> CallRecord:
-        """Record the end of one of `device`'s calls; a repeated end returns the first one."""
+        """Record the end of one of `device`'s calls (with a platform's own reason as
+        `detail`); a repeated end returns the first one."""
         call = await self._storage.get_call(call_id)
         if call is None or call.device_id != device.device_id:
             raise UnknownCallError("no such call for this device")
@@ -709,15 +780,23 @@ class ProvisioningCore:
             raise BadRequestError(f"reason must be one of {_choices(EndReason)}")
         if isinstance(duration_ms, bool) or not 0 <= duration_ms <= MAX_DURATION_MS:
             raise BadRequestError("duration_ms must be a non-negative integer")
+        if detail is not None and (
+            not isinstance(detail, str)
+            or len(detail) > MAX_END_DETAIL_CHARS
+            or not detail.isprintable()
+        ):
+            raise BadRequestError(
+                f"detail must be printable text of at most {MAX_END_DETAIL_CHARS} characters"
+            )
         now = self._clock()
-        changed = await self._storage.end_call(call_id, now, reason, duration_ms)
+        changed = await self._storage.end_call(call_id, now, reason, duration_ms, detail or None)
         ended = await self._storage.get_call(call_id)
         assert ended is not None
         if changed:
             await self.call_ended(ended)
         return ended
 
-    async def _call_started(self, call: CallRecord) -> None:
+    async def _call_started(self, call: CallRecord, device: Device) -> None:
         audit.info(
             "call started",
             extra={"device_id": call.device_id, "call_id": call.call_id, "trigger": call.trigger},
@@ -734,6 +813,7 @@ class ProvisioningCore:
                 },
             )
         )
+        await self._ringing.start(call.call_id, name=device.name, group=device.group)
 
     async def call_ended(self, call: CallRecord) -> None:
         """Log and announce a call's end, once, whoever recorded it (the device's report,
@@ -761,6 +841,39 @@ class ProvisioningCore:
                 },
             )
         )
+        await self._ringing.ended(call.call_id)
+
+    async def _close_unanswered(
+        self, call_id: str, reason: EndReason, at: float
+    ) -> CallRecord | None:
+        """End a ringing call's record that its device never closed; None if it had been."""
+        call = await self._storage.get_call(call_id)
+        if call is None or call.ended_at is not None:
+            return None
+        duration_ms = min(max(0, round((at - call.created_at) * 1000)), MAX_DURATION_MS)
+        if not await self._storage.end_call(call_id, at, reason.value, duration_ms):
+            return None
+        ended = await self._storage.get_call(call_id)
+        if ended is not None:
+            await self.call_ended(ended)
+        return ended
+
+    async def join_ringing_call(self, ticket: object) -> RingJoin:
+        """An operator token for the call a ring's join link names (`ringing.py`)."""
+        return await self._ringing.join(ticket, self._storage.get_call)
+
+    async def _participant_joined(self, room: str, identity: str) -> None:
+        """LiveKit says someone joined a call's room: the device starts its ring (if its
+        start has not been heard yet), an operator answers it."""
+        call_id = call_id_of_room(room)
+        if call_id is None:
+            return
+        if identity.startswith(IDENTITY_PREFIX):
+            device = await self._storage.get_device(identity.removeprefix(IDENTITY_PREFIX))
+            if device is not None:
+                await self._ringing.start(call_id, name=device.name, group=device.group)
+        else:
+            await self._ringing.answered(call_id, identity)
 
     # LiveKit
 

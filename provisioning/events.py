@@ -11,6 +11,8 @@ class EventKind(StrEnum):
     """The kinds of fleet event; their names are the `type` a webhook receiver sees."""
 
     CALL_STARTED = "call.started"
+    # The call rings people first (ring_operators): the operators' join link.
+    CALL_RINGING = "call.ringing"
     CALL_ENDED = "call.ended"
     DEVICE_ENROLLED = "device.enrolled"
     DEVICE_APPROVED = "device.approved"

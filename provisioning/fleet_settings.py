@@ -8,8 +8,13 @@ says. The agent is the backend's to use when it dispatches; the rest the device 
     call             max_duration_s, idle_timeout_s, cooldown_s (seconds)
     wake_word        enabled (true/false), model (a model name the device has)
     speaker_volume   0.0 to 1.0
+    tools            the device tools an agent may call in a call (`DeviceTool`; the device
+                     takes ["end_call"] when none is set)
     provider         where the calls go: {kind, ...options} (`providers/settings.py`); the
                      backend's alone, never sent to the device
+    ring_operators   ring people before (or instead of) the agent: {enabled, timeout_s,
+                     on_no_answer: "agent" | "end"} (`ringing.py`); the backend's, the device
+                     learns it from each call's grant
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from appliance.vocabulary import DeviceTool, OnNoAnswer
 from provisioning.errors import BadRequestError
 from provisioning.providers.settings import check_provider
 
@@ -29,6 +35,9 @@ _CALL_LIMITS = {
     "cooldown_s": (0.0, 600.0),
 }
 _VOLUME = (0.0, 1.0)
+# How long a call may ring the operators: long enough to walk to a desk, short enough that
+# nobody at the kiosk gives up first (the device's watchdog bounds `ringing` by the top).
+RING_TIMEOUT_S = (5.0, 600.0)
 MAX_GROUP_NAME = 64
 
 
@@ -48,11 +57,35 @@ def validate_settings(value: object) -> dict[str, Any]:
             )
         elif key == "speaker_volume":
             settings[key] = _number_in(*_VOLUME)(item, key)
+        elif key == "ring_operators":
+            settings[key] = _table(
+                item,
+                key,
+                {
+                    "enabled": _boolean,
+                    "timeout_s": _number_in(*RING_TIMEOUT_S),
+                    "on_no_answer": _one_of(tuple(OnNoAnswer)),
+                },
+            )
         elif key == "provider":
             settings[key] = check_provider(item)
+        elif key == "tools":
+            settings[key] = _tools(item)
         else:
             raise BadRequestError(f"settings: unknown key {_shown(key)}")
     return settings
+
+
+def _tools(value: object) -> list[str]:
+    """The device tools an agent may call (`DeviceTool`): a list of distinct names."""
+    names = [t.value for t in DeviceTool]
+    if (
+        not isinstance(value, list)
+        or not all(isinstance(v, str) and v in names for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise BadRequestError(f"settings: tools must be a list of distinct {', '.join(names)}")
+    return list(value)
 
 
 def validate_group_name(name: object) -> str:
@@ -91,6 +124,15 @@ def _number_in(low: float, high: float) -> Any:
         if not low <= value <= high:
             raise BadRequestError(f"settings: {key} must be between {low:g} and {high:g}")
         return float(value)
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(value: object, key: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise BadRequestError(f"settings: {key} must be one of {', '.join(choices)}")
+        return value
 
     return check
 

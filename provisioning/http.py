@@ -33,6 +33,7 @@ from provisioning.logs import printable
 from provisioning.models import CallGrant, Device, DeviceReport
 from provisioning.operators import Operators, add_operator_routes
 from provisioning.providers import UpstreamUnavailableError
+from provisioning.ringing import JOIN_PATH
 from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
 from provisioning.sweeper import Sweeper
@@ -148,6 +149,13 @@ def _str_field(data: dict[str, Any], key: str, default: str | None = None) -> st
     return value
 
 
+def _optional_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequestError(f"field {key} must be a string")
+    return value
+
+
 def _int_field(data: dict[str, Any], key: str) -> int:
     if key not in data:
         raise BadRequestError(f"missing field: {key}")
@@ -240,17 +248,35 @@ def _device_response(request: web.Request, device: Device) -> web.Response:
 
 
 def _grant_response(grant: CallGrant, status: int) -> web.Response:
+    body: dict[str, Any] = {
+        "server_url": grant.server_url,
+        "token": grant.token,
+        "room": grant.room,
+        "identity": grant.identity,
+        "call_id": grant.call_id,
+        "expires_at": iso_utc(grant.expires_at),
+        "provider": grant.provider,
+    }
+    if grant.ring is not None:
+        body["ring"] = dict(grant.ring)  # the call rings people first (ringing.py)
+    return web.json_response(body, status=status)
+
+
+async def _operator_join(request: web.Request) -> web.Response:
+    """The operator page trades a ringing call's join-link ticket for an operator token."""
+    data = json_object(await _body(request))
+    join = await request.app[CORE_KEY].join_ringing_call(data.get("ticket"))
     return web.json_response(
         {
-            "server_url": grant.server_url,
-            "token": grant.token,
-            "room": grant.room,
-            "identity": grant.identity,
-            "call_id": grant.call_id,
-            "expires_at": iso_utc(grant.expires_at),
-            "provider": grant.provider,
+            "server_url": join.server_url,
+            "token": join.token,
+            "room": join.room,
+            "identity": join.identity,
+            "call_id": join.call_id,
+            "expires_at": iso_utc(join.expires_at),
         },
-        status=status,
+        status=201,
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -300,6 +326,7 @@ async def _end_call(request: web.Request) -> web.Response:
         request.match_info["call_id"],
         reason=_str_field(data, "reason"),
         duration_ms=_int_field(data, "duration_ms"),
+        detail=_optional_str(data, "detail"),
     )
     assert call.ended_at is not None
     return web.json_response({"call_id": call.call_id, "ended_at": iso_utc(call.ended_at)})
@@ -360,6 +387,7 @@ def create_app(
     app.router.add_post("/v1/calls/{call_id}/start", _start_held_call)
     app.router.add_post("/v1/calls/{call_id}/rejoin", _rejoin_call)
     app.router.add_post(WEBHOOK_PATH, _livekit_webhook)
+    app.router.add_post(JOIN_PATH, _operator_join)
     if admin is not None:
         add_admin_routes(app, core, admin)
     return app

@@ -126,6 +126,8 @@ def _name(enum: type[TrackType] | type[TrackSource] | type[DisconnectReason], va
 
 
 Handler = Callable[[WebhookEvent], Awaitable[WebhookOutcome]]
+# Told of each participant let into a call's room: (room, identity). The core's rings use it.
+JoinListener = Callable[[str, str], Awaitable[None]]
 
 
 class LiveKitEvents:
@@ -140,8 +142,10 @@ class LiveKitEvents:
         api_secret: str,
         clock: Callable[[], float],
         ledger: CallLedger | None = None,
+        on_join: JoinListener | None = None,
     ) -> None:
         self._storage = storage
+        self._on_join = on_join
         self._ledger = ledger_of(storage) if ledger is None else ledger
         self._rooms = rooms
         self._clock = clock
@@ -250,9 +254,11 @@ class LiveKitEvents:
             await self._ledger.record_join(presence)
         device_id = device_id_of_identity(identity)
         if device_id is None:
+            await self._joined(event.room.name, identity)  # an operator answering a ring
             return WebhookOutcome.IGNORED
         device = await self._storage.get_device(device_id)
         if device is not None and device.status is DeviceStatus.APPROVED:
+            await self._joined(event.room.name, identity)  # the device: its ring starts
             return WebhookOutcome.RECORDED
         room = event.room.name
         await self._rooms.revoke_participant(room, identity)
@@ -263,6 +269,10 @@ class LiveKitEvents:
             extra={"device_id": device_id, "room": room},
         )
         return WebhookOutcome.ENFORCED
+
+    async def _joined(self, room: str, identity: str) -> None:
+        if self._on_join is not None and call_id_of_room(room) is not None:
+            await self._on_join(room, identity)
 
     async def _participant_left(self, event: WebhookEvent) -> WebhookOutcome:
         """Into the ledger: who left a call's room, when, and why (LiveKit's reason)."""

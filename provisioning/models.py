@@ -116,6 +116,8 @@ class CallRecord:
     ended_at: float | None = None
     end_reason: str | None = None
     duration_ms: int | None = None
+    # The platform's own reason for a `platform_ended` (bounded, printable).
+    end_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ class CallGrant:
     expires_at: float
     # Whose room it is: `livekit` (the fleet's own server) or a platform (docs/platforms.md).
     provider: str = "livekit"
+    # The call rings people first: {timeout_s, on_no_answer} (provisioning/ringing.py).
+    ring: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

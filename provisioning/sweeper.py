@@ -7,6 +7,9 @@ LiveKit which of their rooms still exist, and closes each call that the call led
 LiveKit's webhooks) and that list show is over for good: `settle` decides, from facts only,
 so that webhooks late, twice, out of order or missing lead to the same records.
 
+Each pass also resolves the rings past their deadline (`ringing.py`) that no timer of this
+process is handling: a backend that restarted mid-ring lost its timers.
+
 Several backends on one PostgreSQL may sweep at once: a call is closed by one conditional
 update (`end_call` only ends an open call), and only the backend whose update closed it
 announces the end.
@@ -166,8 +169,10 @@ class Sweeper(AsyncResource):
         clock: Clock,
         period_s: float = SWEEP_PERIOD_S,
         grace_s: float = SETTLE_GRACE_S,
+        rings_due: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._storage = storage
+        self._rings_due = rings_due
         self._ledger = ledger
         self._rooms = rooms
         self._call_ended = call_ended
@@ -189,6 +194,8 @@ class Sweeper(AsyncResource):
 
     async def sweep(self) -> list[CallRecord]:
         """One pass: close every open call that is over; returns the calls this pass closed."""
+        if self._rings_due is not None:
+            await self._rings_due()
         now = self._clock()
         calls = await self._ledger.open_calls(now)
         if not calls:

@@ -39,9 +39,11 @@ class TokenMinter(Protocol):
         device_id: str,
         call_id: str,
         agent_name: str | None = None,
+        dispatch: bool = True,
     ) -> MintedToken:
         """A token for `identity` to join `room` and nothing else; `agent_name` (or the
-        minter's own) is dispatched into the room."""
+        minter's own) is dispatched into the room, unless `dispatch` is False (a call that
+        rings people first: the backend dispatches the agent later, if at all)."""
         ...
 
 
@@ -77,11 +79,12 @@ class LiveKitTokenMinter:
         device_id: str,
         call_id: str,
         agent_name: str | None = None,
+        dispatch: bool = True,
     ) -> MintedToken:
         """A token for `identity` to join `room`; everything else is fixed here."""
         metadata = json.dumps({"device_id": device_id, "call_id": call_id})
         now = int(time.time())
-        claims = {
+        claims: dict[str, object] = {
             "name": name,
             "metadata": metadata,
             "video": {
@@ -96,14 +99,15 @@ class LiveKitTokenMinter:
                 # name and metadata: nothing trusts a kiosk's for anything.
                 "canUpdateOwnMetadata": True,
             },
-            "roomConfig": {
-                "agents": [{"agentName": agent_name or self.agent_name, "metadata": metadata}]
-            },
             "sub": identity,
             "iss": self.api_key,
             "nbf": now,
             "exp": now + self.ttl_s,
         }
+        if dispatch:
+            claims["roomConfig"] = {
+                "agents": [{"agentName": agent_name or self.agent_name, "metadata": metadata}]
+            }
         return MintedToken(jwt=self._signed(claims), expires_at=now + self.ttl_s)
 
     def _signed(self, claims: dict[str, object]) -> str:

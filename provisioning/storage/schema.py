@@ -263,6 +263,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS admin_sessions_expires_at ON admin_sessions (expires_at)",
         ),
     ),
+    Migration(
+        8,
+        "rings: calls that ring people before (or instead of) the agent, and their timers",
+        (
+            # One row per grant minted to ring (held until its call starts); `deadline` is
+            # when nobody answering dispatches the agent or ends the call (provisioning/
+            # ringing.py). Several backends claim a ring by a conditional update of `state`.
+            """CREATE TABLE IF NOT EXISTS call_rings (
+                call_id TEXT PRIMARY KEY,
+                device_id TEXT NOT NULL,
+                room TEXT NOT NULL,
+                agent_name TEXT NOT NULL,
+                timeout_s DOUBLE PRECISION NOT NULL,
+                on_no_answer TEXT NOT NULL CHECK (on_no_answer IN ('agent', 'end')),
+                state TEXT NOT NULL CHECK (state IN
+                    ('held', 'ringing', 'answered', 'agent', 'no_answer', 'ended')),
+                created_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                deadline DOUBLE PRECISION,
+                answered_by TEXT,
+                resolved_at DOUBLE PRECISION
+            )""",
+            """CREATE INDEX IF NOT EXISTS call_rings_due ON call_rings (deadline)
+                WHERE state IN ('ringing', 'no_answer')""",
+            "CREATE INDEX IF NOT EXISTS call_rings_held ON call_rings (created_at)"
+            " WHERE state = 'held'",
+        ),
+    ),
+    Migration(
+        9,
+        "calls.end_detail: a hosted platform's own reason for ending a call (platform_ended)",
+        ("ALTER TABLE calls ADD COLUMN end_detail TEXT",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
