@@ -81,6 +81,9 @@ class Conventions:
     data_topics: ClassVar[frozenset[str | None]] = frozenset()
     # Whether the far end answers after it joined (a phone rings first).
     rings: ClassVar[bool] = False
+    # Whether being removed from the room is a token running out, answered by a fresh
+    # session (a rejoin the backend reissues), not the room closing.
+    reissues: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._lines = 0
@@ -168,6 +171,9 @@ class Call2MeConventions(Conventions):
 
     name = "call2me"
     text_topics = frozenset()
+    # l. 64-66: tokens last about 60 minutes; "the SDK fires a disconnected event with reason
+    # token-expired; your code reissues and reconnects".
+    reissues = True
     # l. 72-79: "LiveKit publishes transcripts as data messages on the same room", read with
     # DataReceived and no topic: {"type": "transcript", "speaker", "text"}.
     data_topics = frozenset({None})

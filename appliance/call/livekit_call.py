@@ -531,10 +531,10 @@ class LiveKitRoom:
     def _on_disconnected(self, reason: int) -> None:
         if self._closing:
             return
+        removed = reason == rtc.DisconnectReason.PARTICIPANT_REMOVED
         room_closed = reason in (
             rtc.DisconnectReason.ROOM_DELETED,
             rtc.DisconnectReason.ROOM_CLOSED,
-            rtc.DisconnectReason.PARTICIPANT_REMOVED,
-        )
+        ) or (removed and not self._conventions.reissues)
         name = rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
         self._on_event(Disconnected(room_closed=room_closed, detail=name))

@@ -375,6 +375,10 @@ class CallRun:
                 await self._clock.sleep(delay)
 
     def _start_ensuring(self, grant: CallGrant) -> None:
+        if grant.provider != "livekit":
+            # A platform brings its own agent into the room of each session; asking the
+            # backend again would open another session upstream (Call2Me's reissue).
+            return
         if self._ensure_task is None or self._ensure_task.done():
             self._ensure_task = self._helpers.spawn(self._ensure_agent(grant), "call-ensure-agent")
 

@@ -100,6 +100,7 @@ def call_json(call: CallRecord) -> dict[str, Any]:
         "ended_at": iso(call.ended_at),
         "end_reason": call.end_reason,
         "duration_ms": call.duration_ms,
+        "end_detail": call.end_detail,
     }
 
 

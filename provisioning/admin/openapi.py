@@ -282,6 +282,7 @@ _SCHEMAS: dict[str, Any] = {
             "ended_at": _TIME,
             "end_reason": _TEXT_OR_NULL,
             "duration_ms": {"type": ["integer", "null"]},
+            "end_detail": _TEXT_OR_NULL,
         },
     },
     "EnrollmentCode": {

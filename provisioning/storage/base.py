@@ -162,7 +162,14 @@ class Storage(Protocol):
         """The call with this id, if any."""
         ...
 
-    async def end_call(self, call_id: str, ended_at: float, reason: str, duration_ms: int) -> bool:
+    async def end_call(
+        self,
+        call_id: str,
+        ended_at: float,
+        reason: str,
+        duration_ms: int,
+        detail: str | None = None,
+    ) -> bool:
         """Record the end of a call that has not ended yet; False otherwise."""
         ...
 

@@ -38,10 +38,12 @@ _DEVICE_ROW = (
 _DEVICE_FROM = "devices d LEFT JOIN device_groups g ON g.name = d.group_name"
 _ACTION_COLUMNS = "at, actor, action, target, detail"
 _EVENT_COLUMNS = "event_id, event, room, created_at, received_at"
-_CALL_COLUMNS = (
+# A new call's columns; `end_detail` (the platform's own reason) is only ever set by its end.
+_CALL_INSERT_COLUMNS = (
     "call_id, device_id, room, trigger, created_at, token_expires_at,"
     " ended_at, end_reason, duration_ms"
 )
+_CALL_COLUMNS = _CALL_INSERT_COLUMNS + ", end_detail"
 
 
 class SqlStorage:
@@ -355,7 +357,7 @@ class SqlStorage:
         """Record a new call."""
         async with self.db.session() as s:
             await s.execute(
-                f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO calls ({_CALL_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _call_values(call),
             )
 
@@ -371,13 +373,20 @@ class SqlStorage:
             )
         return None if row is None else CallRecord(*row)
 
-    async def end_call(self, call_id: str, ended_at: float, reason: str, duration_ms: int) -> bool:
+    async def end_call(
+        self,
+        call_id: str,
+        ended_at: float,
+        reason: str,
+        duration_ms: int,
+        detail: str | None = None,
+    ) -> bool:
         """Record the end of a call that has not ended yet; False otherwise."""
         async with self.db.session() as s:
             changed = await s.execute(
-                "UPDATE calls SET ended_at = ?, end_reason = ?, duration_ms = ?"
+                "UPDATE calls SET ended_at = ?, end_reason = ?, duration_ms = ?, end_detail = ?"
                 " WHERE call_id = ? AND ended_at IS NULL",
-                (ended_at, reason, duration_ms, call_id),
+                (ended_at, reason, duration_ms, detail, call_id),
             )
         return changed == 1
 
@@ -464,7 +473,7 @@ class SqlStorage:
             if await s.execute("DELETE FROM grants WHERE call_id = ?", (call_id,)) != 1:
                 return False
             await s.execute(
-                f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO calls ({_CALL_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (call_id, device_id, grant.room, trigger, now, grant.expires_at, None, None, None),
             )
         return True
@@ -621,7 +630,7 @@ def _admit_call_in_one(
         "  ON CONFLICT (device_id, nonce) DO NOTHING RETURNING device_id),"
         " d AS (SELECT status FROM devices WHERE device_id = ?),"
         " c AS ("
-        f"  INSERT INTO calls ({_CALL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM n"
+        f"  INSERT INTO calls ({_CALL_INSERT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM n"
         "  WHERE (SELECT status FROM d) = ?"
         "  AND (SELECT COUNT(*) FROM calls WHERE device_id = ? AND created_at > ?) < ?"
         "  RETURNING call_id)"
@@ -701,7 +710,7 @@ def _approved(admission: Admission) -> bool:
 def _add_call_within_rate(s: SyncSession, call: CallRecord, *, since: float, limit: int) -> bool:
     return (
         s.execute(
-            f"INSERT INTO calls ({_CALL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            f"INSERT INTO calls ({_CALL_INSERT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
             " WHERE (SELECT COUNT(*) FROM calls WHERE device_id = ? AND created_at > ?) < ?",
             (*_call_values(call), call.device_id, since, limit),
         )

@@ -58,6 +58,11 @@ class FakePlatform:
         self.refused: list[str] = []  # why a request was refused by the fake's own checks
         self.failures: list[Failure] = []
         self.delay_s = 0.0
+        # Each room a token was minted for; `on_room` (a test's) is started for each, as the
+        # platform dispatches its agent (or dials its phone) into the room it created.
+        self.rooms: list[str] = []
+        self.on_room: Callable[[str], Awaitable[None]] | None = None
+        self._dispatched: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -76,11 +81,15 @@ class FakePlatform:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._dispatched:
+            task.cancel()
+        await asyncio.gather(*self._dispatched, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
 
     def mint(self, *, identity: str, room: str, ttl_s: int) -> str:
         """A real LiveKit JWT for `room`, as the platform's server would sign it."""
+        self.rooms.append(room)
         return (
             AccessToken(FAKE_LIVEKIT_KEY, FAKE_LIVEKIT_SECRET)
             .with_identity(identity)
@@ -122,7 +131,12 @@ class FakePlatform:
             failure = self.failures.pop(0)
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
             return web.json_response(dict(failure.body), status=failure.status, headers=headers)
-        return web.json_response(dict(self.answer(request, body)))
+        answer = web.json_response(dict(self.answer(request, body)))
+        if self.on_room is not None and self.rooms:
+            task = asyncio.get_running_loop().create_task(self.on_room(self.rooms[-1]))
+            self._dispatched.add(task)
+            task.add_done_callback(self._dispatched.discard)
+        return answer
 
     def _refuse(self, status: int, detail: str) -> web.Response:
         self.refused.append(detail)

@@ -137,10 +137,38 @@ async def test_a_refused_device_costs_no_upstream_request(rig: Rig) -> None:
     assert rig.fake.received == []
 
 
-async def test_a_platform_call_cannot_be_rejoined(rig: Rig) -> None:
+async def test_a_platform_call_is_rejoined_only_as_call2me_reissues(rig: Rig) -> None:
     response = await rig.api.start_call(rig.device)
-    call_id = response.json()["call_id"]
+    first = response.json()
     rejoin = await rig.api.send(
-        "POST", f"/v1/calls/{call_id}/rejoin", rig.device, {"trigger": "button"}
+        "POST", f"/v1/calls/{first['call_id']}/rejoin", rig.device, {"trigger": "button"}
     )
-    assert_refused(rejoin, 409, "rejoin_unsupported")
+    if rig.name != "call2me":
+        assert_refused(rejoin, 409, "rejoin_unsupported")
+        return
+    # 000 l. 66: reissue and reconnect. A fresh token is a fresh session in a new room,
+    # continuing the same call on our record.
+    assert rejoin.status_code == 201, rejoin.text
+    second = rejoin.json()
+    assert second["call_id"] == first["call_id"] and second["provider"] == "call2me"
+    assert second["room"] != first["room"]
+    assert len(rig.fake.received) == 2 and rig.fake.refused == []
+    calls = await rig.server.core.list_calls(rig.device.device_id)
+    assert [(c.call_id, c.ended_at) for c in calls] == [(first["call_id"], None)]
+
+
+async def test_the_platforms_own_reason_is_kept_on_the_record(rig: Rig) -> None:
+    call_id = (await rig.api.start_call(rig.device)).json()["call_id"]
+    path = f"/v1/calls/{call_id}/end"
+    for bad in ("call\x1b[2Jended", "x" * 201, 42):
+        body = {"reason": "platform_ended", "duration_ms": 1200, "detail": bad}
+        assert_refused(await rig.api.send("POST", path, rig.device, body), 400, "bad_request")
+    body = {
+        "reason": "platform_ended",
+        "duration_ms": 1200,
+        "detail": "agent_hangup (duration 3 s)",
+    }
+    response = await rig.api.send("POST", path, rig.device, body)
+    assert response.status_code == 200, response.text
+    (call,) = await rig.server.core.list_calls(rig.device.device_id)
+    assert (call.end_reason, call.end_detail) == ("platform_ended", "agent_hangup (duration 3 s)")

@@ -209,3 +209,18 @@ def test_click2call_far_end_is_the_sip_participant_and_answers_when_active() -> 
         FarEndAnswered("sip_9530251797")
     ]
     assert conventions.on_attributes(AGENT, {"sip.callStatus": "active"}) == []
+
+
+def test_only_call2me_reissues_when_removed() -> None:
+    # 000 l. 66: a token-expired disconnect means reissue and reconnect.
+    assert Call2MeConventions.reissues
+    assert not any(
+        cls.reissues
+        for cls in (
+            Conventions,
+            VatelConventions,
+            ThinnestAIConventions,
+            Click2CallConventions,
+            HmsVoiceDockConventions,
+        )
+    )
