@@ -29,7 +29,9 @@ RATE = 48000
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m demo.main_job` (README command 1)."""
-    parser = argparse.ArgumentParser(prog="kiosk-demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.main_job", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--max-call-s", type=float, default=45.0, help="press again after this")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the device's log")
