@@ -19,6 +19,7 @@ from appliance.backoff import Backoff
 from appliance.board import Board, open_board
 from appliance.call.conversation import Conversation
 from appliance.call.events import CallEvent
+from appliance.call.ringing import RingTone
 from appliance.call.tools import DeviceTools
 from appliance.call.worker_call import WorkerCall
 from appliance.call.workers import CallWorkers
@@ -163,6 +164,9 @@ class Daemon(AsyncResource):
             # Entered after the LED was opened, so it is turned off before the pin is released.
             self._supervisor.add_observer(await self._stack.enter_async_context(status_led))
             self.conversation.add_observer(status_led.show_agent_state)
+        # The ring sound while the call rings people first, on the call's speaker path.
+        ring_tone = RingTone(self._speaker, clock=self._clock)
+        self._supervisor.add_observer(await self._stack.enter_async_context(ring_tone))
         self._wake_switch = WakeWordSwitch(
             self.settings,
             capture=self._board.capture,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from appliance.settings import CallSettings
 from appliance.state import EndReason
+from appliance.vocabulary import OnNoAnswer
 
 
 class CallDeadlines:
@@ -12,9 +13,18 @@ class CallDeadlines:
     def __init__(self, settings: CallSettings, now: float) -> None:
         self._settings = settings
         self._join_deadline = now + settings.agent_join_timeout_s
+        self._join_reason = EndReason.AGENT_TIMEOUT
         self._max_deadline: float | None = None
         self._last_speech = now
         self._rejoin_deadline: float | None = None
+
+    def ring(self, timeout_s: float, on_no_answer: OnNoAnswer, now: float) -> None:
+        """The call rings people first: nobody for `timeout_s` ends it `no_answer`, or gives
+        the agent the backend then dispatches its usual join time."""
+        if on_no_answer is OnNoAnswer.END:
+            self._join_deadline, self._join_reason = now + timeout_s, EndReason.NO_ANSWER
+        else:
+            self._join_deadline = now + timeout_s + self._settings.agent_join_timeout_s
 
     @property
     def agent_joined(self) -> bool:
@@ -60,7 +70,7 @@ class CallDeadlines:
                 deadline, reason = self._max_deadline, EndReason.MAX_DURATION
             return deadline, reason
         if self._max_deadline is None:
-            return self._join_deadline, EndReason.AGENT_TIMEOUT
+            return self._join_deadline, self._join_reason
         deadline, reason = self._max_deadline, EndReason.MAX_DURATION
         idle = self._settings.idle_timeout_s
         if idle > 0 and self._last_speech + idle < deadline:

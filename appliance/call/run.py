@@ -7,7 +7,10 @@ The supervisor owns the states; a `CallRun` drives one call through them:
 2. The join. LiveKit refusing the token (expired, not yet valid, bad signature) gets one
    fresh token and one more try within the same press; a second refusal is
    `token_refused` and the device shows TOKEN_REJECTED.
-3. The conversation, until an end. A lost connection is not the end: while the SDK
+3. A call that rings people first (the grant's `ring`) shows RINGING until a party joins:
+   nobody within the ring's time ends it `no_answer`, or the agent the backend then
+   dispatches has its usual join time.
+4. The conversation, until an end. A lost connection is not the end: while the SDK
    resumes, or once it has given up and the device rejoins the same room with a fresh
    token from the backend, the device shows REJOINING; the call must be back (agent
    included) within `call.rejoin_window_s`, else it ends `connection_lost`.
@@ -248,6 +251,18 @@ class CallRun:
     async def _converse(self, grant: CallGrant) -> EndReason:
         clock = self._clock
         deadlines = CallDeadlines(self._host.settings, clock.monotonic())
+        # Before anyone answers: the far end is being rung, or the agent is on its way.
+        waiting = State.CONNECTING
+        if grant.ring is not None:
+            deadlines.ring(grant.ring.timeout_s, grant.ring.on_no_answer, clock.monotonic())
+            waiting = State.RINGING
+            logger.info(
+                "ringing people first (%.0f s, then %s)",
+                grant.ring.timeout_s,
+                grant.ring.on_no_answer.value,
+                extra={"CALL_ID": grant.call_id},
+            )
+            self._host.show(State.RINGING)
         alive_at = clock.monotonic() + ALIVE_EVERY_S
         take_over_at: float | None = None  # the SDK is resuming; past this we rejoin ourselves
         while True:
@@ -308,7 +323,7 @@ class CallRun:
                     take_over_at = None
                     if present or not deadlines.agent_joined:
                         deadlines.restored(now)
-                        self._host.show(State.IN_CALL if present else State.CONNECTING)
+                        self._host.show(State.IN_CALL if present else waiting)
                     else:
                         # The room was lost and made again: the agent may not come back.
                         self._start_ensuring(grant)

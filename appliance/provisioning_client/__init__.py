@@ -2,6 +2,7 @@
 
 from appliance.provisioning_client.client import (
     CallGrant,
+    CallRing,
     DeviceInfo,
     ProvisioningClient,
     StatusReport,
@@ -11,6 +12,7 @@ from appliance.provisioning_client.keys import DeviceKey
 
 __all__ = [
     "CallGrant",
+    "CallRing",
     "DeviceInfo",
     "DeviceKey",
     "Enrollment",

@@ -30,11 +30,15 @@ from appliance.errors import (
     ServiceUnavailableError,
 )
 from appliance.provisioning_client.keys import DeviceKey, b64url
+from appliance.vocabulary import OnNoAnswer
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_SCHEME = "kiosk-v1"
 MAX_RETRY_AFTER_S = 3600.0
+# The longest ring the backend sets (fleet settings' ring_operators.timeout_s); the
+# watchdog's bound on `ringing` is made from it.
+MAX_RING_S = 600.0
 # The backend's refusals for a platform behind it (docs/api.md): told apart by their code, so
 # that the platform refusing the fleet's key is never this device's credentials_rejected.
 _SERVICE_ERRORS: Mapping[str, type[ServiceError]] = {
@@ -58,6 +62,16 @@ class CallGrant:
     expires_at: datetime
     # Whose room: `livekit` (the fleet's own server) or a hosted platform's name.
     provider: str = "livekit"
+    # The call rings people first: no agent until someone answers or the ring runs out.
+    ring: CallRing | None = None
+
+
+@dataclass(frozen=True)
+class CallRing:
+    """A grant's ring: how long people are rung, and what happens if nobody answers."""
+
+    timeout_s: float
+    on_no_answer: OnNoAnswer
 
 
 @dataclass(frozen=True)
@@ -319,7 +333,25 @@ def _grant(data: dict[str, Any]) -> CallGrant:
         call_id=_get(data, "call_id", str),
         expires_at=expires_at,
         provider=data["provider"] if isinstance(data.get("provider"), str) else "livekit",
+        ring=_ring(data.get("ring")),
     )
+
+
+def _ring(value: object) -> CallRing | None:
+    """The grant's ring; None when the backend sends none (an older one, or no ring)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BackendProtocolError("backend answer's ring is not understood")
+    timeout = value.get("timeout_s")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise BackendProtocolError("backend answer's ring is not understood")
+    try:
+        on_no_answer = OnNoAnswer(str(value.get("on_no_answer")))
+    except ValueError:
+        # A choice newer than this device: waiting for whoever comes is the safe reading.
+        on_no_answer = OnNoAnswer.AGENT
+    return CallRing(min(float(timeout), MAX_RING_S), on_no_answer)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

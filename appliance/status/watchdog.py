@@ -11,6 +11,7 @@ from typing import Protocol
 from appliance.aio import AsyncResource, TaskSet
 from appliance.call.livekit_call import CONNECT_MARGIN_S, STATUS_DRAIN_S
 from appliance.clock import Clock
+from appliance.provisioning_client.client import MAX_RING_S
 from appliance.settings import Settings
 from appliance.state import State, StateChange
 from appliance.status.systemd import Notify
@@ -192,6 +193,9 @@ def transient_state_bounds(settings: Settings) -> dict[State, float]:
         State.CONNECTING: 2 * (request_s + join_s)
         + max(call.agent_join_timeout_s, END_REPORT_S)
         + MARGIN_S,
+        # The longest ring the backend may set, then the agent it dispatches (the ring
+        # began once connected: the join is in CONNECTING's bound).
+        State.RINGING: MAX_RING_S + call.agent_join_timeout_s + MARGIN_S,
         # The SDK resuming, then rejoins until the window runs out; one more join may be
         # under way when it does, and once back the agent has its join time.
         State.REJOINING: call.rejoin_window_s

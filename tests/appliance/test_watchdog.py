@@ -372,6 +372,7 @@ def test_the_documented_bounds_are_the_ones_derived_from_the_default_settings(
     assert bounds == {
         State.STARTING: 80.0,
         State.CONNECTING: 105.0,
+        State.RINGING: 635.0,
         State.REJOINING: 100.0,
         State.ENDING: 40.0,
         State.STOPPING: 30.0,
