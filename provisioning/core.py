@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from appliance.vocabulary import EndReason, Trigger
-from provisioning.config import Config
+from provisioning.config import Config, LiveKitConfig
 from provisioning.errors import (
     AlreadyEnrolledError,
     BadRequestError,
@@ -171,6 +171,11 @@ class ProvisioningCore:
     async def aclose(self) -> None:
         """Stop the ring timers (the rings stay recorded for the sweeper)."""
         await self._ringing.aclose()
+
+    @property
+    def livekit(self) -> LiveKitConfig:
+        """The fleet's own LiveKit server (operators join its calls' rooms)."""
+        return self._config.livekit
 
     @property
     def agent_name(self) -> str:

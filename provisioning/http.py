@@ -389,7 +389,7 @@ def create_app(
     app.router.add_post(WEBHOOK_PATH, _livekit_webhook)
     app.router.add_post(JOIN_PATH, _operator_join)
     if admin is not None:
-        add_admin_routes(app, core, admin)
+        add_admin_routes(app, core, admin, operators=Operators(core, core.livekit))
     return app
 
 

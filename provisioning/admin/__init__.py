@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from provisioning.admin.api import AdminApi
-from provisioning.admin.console import Console
+from provisioning.admin.console import Console, OperatorGrants
 from provisioning.admin.tokens import AdminScope, AdminToken, AdminTokens, Clock
 from provisioning.core import ProvisioningCore
 from provisioning.storage.base import Database
@@ -30,7 +30,14 @@ class AdminStores:
         return cls(tokens=AdminTokens(db, clock=clock), deliveries=WebhookOutbox(db))
 
 
-def add_admin_routes(app: web.Application, core: ProvisioningCore, stores: AdminStores) -> None:
-    """Serve the admin API (`/v1/admin/`) and the console (`/console/`) over `core`."""
+def add_admin_routes(
+    app: web.Application,
+    core: ProvisioningCore,
+    stores: AdminStores,
+    *,
+    operators: OperatorGrants | None = None,
+) -> None:
+    """Serve the admin API (`/v1/admin/`) and the console (`/console/`) over `core`; with
+    `operators`, the console's live calls have a "Join call" button."""
     AdminApi(core, stores.tokens, stores.deliveries).add_routes(app)
-    Console(core, stores.tokens, stores.deliveries).add_routes(app)
+    Console(core, stores.tokens, stores.deliveries, operators=operators).add_routes(app)

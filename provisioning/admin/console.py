@@ -14,6 +14,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
@@ -57,6 +58,24 @@ DONE = {
 }
 
 Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
+
+
+class JoinLink(Protocol):
+    """An operator's way into one live call."""
+
+    def join_path(self) -> str:
+        """The operator page's path, the credentials in its fragment."""
+        ...
+
+
+class OperatorGrants(Protocol):
+    """Mints operator tokens for live calls (`provisioning/operators.py`'s `Operators`)."""
+
+    async def grant(self, call_id: str, *, actor: str) -> JoinLink:
+        """A token for one person to join `call_id` now; the call must be open."""
+        ...
+
+
 PageHandler = Callable[[web.Request, ConsoleSession], Awaitable[web.StreamResponse]]
 FormHandler = Callable[[web.Request, ConsoleSession, Form], Awaitable[web.StreamResponse]]
 
@@ -102,11 +121,17 @@ class Console:
     """The console's routes over `core` and the webhook outbox; sessions through `tokens`."""
 
     def __init__(
-        self, core: ProvisioningCore, tokens: AdminTokens, deliveries: WebhookOutbox
+        self,
+        core: ProvisioningCore,
+        tokens: AdminTokens,
+        deliveries: WebhookOutbox,
+        *,
+        operators: OperatorGrants | None = None,
     ) -> None:
         self._core = core
         self._tokens = tokens
         self._deliveries = deliveries
+        self._operators = operators
 
     def add_routes(self, app: web.Application) -> None:
         """Register the console's pages and forms."""
@@ -122,6 +147,8 @@ class Console:
         for action in ("approve", "reject", "revoke", "settings", "group"):
             add_post(f"/console/devices/{{device_id}}/{action}", self._form(self.change_device))
         add_get("/console/calls", self._page(self.calls), allow_head=False)
+        if self._operators is not None:
+            add_post("/console/calls/{call_id}/join", self._form(self.join_call))
         add_get("/console/enrollment-codes", self._page(self.codes), allow_head=False)
         add_post("/console/enrollment-codes", self._form(self.create_code))
         add_get("/console/groups", self._page(self.groups), allow_head=False)
@@ -323,8 +350,27 @@ class Console:
         except BadRequestError as exc:
             calls, error = [], exc.message
         newest = list(reversed(calls))[:CALLS_SHOWN]
-        body = pages.calls_page(newest, devices, filters, total=len(calls), error=error)
+        body = pages.calls_page(
+            newest,
+            devices,
+            filters,
+            total=len(calls),
+            error=error,
+            csrf=self._csrf(session) if self._operators is not None else None,
+        )
         return self._show("Calls", body, session, 400 if error else 200)
+
+    async def join_call(
+        self, request: web.Request, session: ConsoleSession, form: Form
+    ) -> web.Response:
+        """The admin joins a live call as its operator: a fresh operator token (recorded in
+        the audit log), and the operator page with it in the fragment, which the browser
+        keeps to itself."""
+        assert self._operators is not None  # the route exists only with them
+        grant = await self._operators.grant(
+            request.match_info["call_id"], actor=session.token.actor
+        )
+        return redirect(grant.join_path())
 
     async def codes(
         self,

@@ -234,6 +234,19 @@ class CallFilters:
     until: str = ""
 
 
+def _join_form(call: CallRecord, csrf: str | None) -> Markup | str:
+    """A live call's "open" cell: with a read-write session, a button that mints an operator
+    token for the admin and opens the operator page in a new tab."""
+    if csrf is None:
+        return "open"
+    return html(
+        'open <form method=post action="/console/calls/{}/join" target=_blank>'
+        '<input type=hidden name=csrf value="{}"><button type=submit>Join call</button></form>',
+        call.call_id,
+        csrf,
+    )
+
+
 def calls_page(
     calls: Sequence[CallRecord],
     devices: Sequence[Device],
@@ -241,8 +254,10 @@ def calls_page(
     *,
     total: int,
     error: str | None,
+    csrf: str | None = None,
 ) -> Markup:
-    """The filter form (a GET: bookmarkable, no CSRF needed) and the calls, newest first."""
+    """The filter form (a GET: bookmarkable, no CSRF needed) and the calls, newest first;
+    (read-write) a live call's "Join call" button, which opens the operator page."""
     names = {d.device_id: d.name for d in devices}
     device_options = join(
         html(
@@ -280,7 +295,7 @@ def calls_page(
             when(c.created_at),
             html("{}<br><small>{}</small>", names.get(c.device_id, "?"), c.device_id),
             c.trigger,
-            when(c.ended_at) if c.ended_at is not None else "open",
+            when(c.ended_at) if c.ended_at is not None else _join_form(c, csrf),
             c.end_reason or "-",
             duration(c.duration_ms),
             c.call_id,

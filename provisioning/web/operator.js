@@ -1,7 +1,8 @@
 // The operator page: joins a kiosk's call with the official LiveKit client, speaks through
 // the microphone, plays everyone else, shows the kiosk's state (its participant attributes
 // and call-status messages) and can end the call. The server URL and token come in the
-// page's fragment, which the browser never sends to a server.
+// page's fragment, which the browser never sends to a server; a ringing call's join link
+// carries a ticket instead, which the page trades for a token when it is opened.
 "use strict";
 
 const STATUS_TOPIC = "kiosk.call_status";
@@ -19,7 +20,9 @@ const kiosk = (window.kiosk = {
 });
 
 function show() {
-  document.getElementById("connection").textContent = kiosk.connection;
+  document.getElementById("connection").textContent = kiosk.error
+    ? `${kiosk.connection}: ${kiosk.error}`
+    : kiosk.connection;
   document.getElementById("kiosk-state").textContent = kiosk.state ?? "unknown";
   document.getElementById("kiosk-muted").textContent =
     kiosk.muted === null ? "unknown" : kiosk.muted ? "muted" : "on";
@@ -34,6 +37,22 @@ function fromAttributes(participant) {
   kiosk.muted = a["kiosk.muted"] === "true";
   kiosk.callId = a["kiosk.call_id"] || null;
   show();
+}
+
+// The server and token: in the fragment, or minted now for a ringing call's ticket (the
+// backend refuses it once the call is over).
+async function credentials(params) {
+  if (!params.has("ticket")) return { url: params.get("url"), token: params.get("token") };
+  const response = await fetch("/v1/operator/join", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ticket: params.get("ticket") }),
+    cache: "no-store",
+  });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.message || `refused (${response.status})`);
+  history.replaceState(null, "", location.pathname); // the link is not for copying on
+  return { url: body.server_url, token: body.token };
 }
 
 async function main() {
@@ -69,7 +88,8 @@ async function main() {
       topic: CONTROL_TOPIC,
     });
   });
-  await room.connect(params.get("url"), params.get("token"));
+  const { url, token } = await credentials(params);
+  await room.connect(url, token);
   for (const participant of room.remoteParticipants.values()) fromAttributes(participant);
   await room.localParticipant.setMicrophoneEnabled(true);
   kiosk.connection = "connected";
@@ -78,6 +98,6 @@ async function main() {
 
 main().catch((error) => {
   kiosk.connection = "failed";
-  kiosk.error = String(error);
+  kiosk.error = error instanceof Error ? error.message : String(error);
   show();
 });

@@ -1,0 +1,77 @@
+"""The console's "Join call" button: a live call's operator page, with a token minted for the
+signed-in admin, from a read-write session only; an ended call has no button and is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from provisioning.http import BackendServer
+from provisioning.tokens import OPERATOR_ATTRIBUTE, OPERATOR_ROLE
+
+from .admin_fixtures import admin_db, admin_tokens, database_url, read_token, write_token
+from .conftest import Api, TestDevice
+from .test_console import Browser, browser
+
+pytestmark = pytest.mark.integration
+__all__ = ["admin_db", "admin_tokens", "browser", "database_url", "read_token", "write_token"]
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * 4))
+    return claims
+
+
+def _join_forms(page: str) -> list[str]:
+    return re.findall(
+        r'<form method=post action="/console/calls/([^"/]+)/join" target=_blank>', page
+    )
+
+
+async def test_an_admin_joins_a_live_call_from_the_calls_page(
+    browser: Browser, server: BackendServer, api: Api, enrolled: TestDevice, write_token: str
+) -> None:
+    live = (await api.start_call(enrolled)).json()["call_id"]
+    ended = (await api.start_call(enrolled)).json()["call_id"]
+    done = await api.send(
+        "POST", f"/v1/calls/{ended}/end", enrolled, {"reason": "user", "duration_ms": 1000}
+    )
+    assert done.status_code == 200, done.text
+    await browser.sign_in(write_token)
+    page = await browser.get("/console/calls")
+    assert _join_forms(page.text) == [live]  # the ended call has none
+
+    csrf = await browser.csrf()
+    joined = await browser.post(f"/console/calls/{live}/join", {"csrf": csrf})
+    assert joined.status_code == 303
+    assert joined.headers["Cache-Control"] == "no-store"
+    location = urlsplit(joined.headers["Location"])
+    assert location.path == "/operator" and not location.query  # credentials only in the fragment
+    fragment = parse_qs(location.fragment)
+    claims = _claims(fragment["token"][0])
+    assert fragment["url"] == [server.config.livekit.url]
+    assert claims["video"]["room"] == f"call-{live}" and claims["sub"].startswith("operator-")
+    assert claims["name"] == "token:ops"  # the admin is the operator
+    assert claims["attributes"] == {OPERATOR_ATTRIBUTE: OPERATOR_ROLE}
+
+    refused = await browser.post(f"/console/calls/{ended}/join", {"csrf": csrf})
+    assert refused.status_code == 409 and "has ended" in refused.text
+    forged = await browser.post(f"/console/calls/{live}/join", {"csrf": csrf[:-1]})
+    assert forged.status_code == 403 and "Location" not in forged.headers
+
+
+async def test_a_read_only_session_has_no_button_and_cannot_join(
+    browser: Browser, server: BackendServer, api: Api, enrolled: TestDevice, read_token: str
+) -> None:
+    live = (await api.start_call(enrolled)).json()["call_id"]
+    await browser.sign_in(read_token)
+    page = await browser.get("/console/calls")
+    assert live in page.text and _join_forms(page.text) == []
+    refused = await browser.post(f"/console/calls/{live}/join", {"csrf": await browser.csrf()})
+    assert refused.status_code == 403 and "may only read" in refused.text
