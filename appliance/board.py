@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.audio.base import Microphone, Speaker
 from appliance.audio.fanout import CaptureFanout
@@ -12,6 +13,7 @@ from appliance.audio.pipeline import AudioPipeline
 from appliance.clock import Clock
 from appliance.settings import Settings
 from appliance.status.leds import Led, SimulatedLed
+from appliance.status.relay import GpioRelay, simulated_relay
 from appliance.triggers.gpio import GpioButtons
 from appliance.triggers.simulated import SimulatedButton
 
@@ -26,6 +28,9 @@ class Board:
     audio: AudioPipeline | None = None
     gpio: GpioButtons | None = None
     led: Led | None = None
+    relay: GpioRelay | None = None
+    # The simulated relay's gpiozero mock pin (what it did is in its `states`).
+    relay_pin: Any = None
 
 
 async def open_board(
@@ -93,9 +98,24 @@ async def open_board(
         led = gpio_led
     elif profile.leds.backend == "simulated":
         led = SimulatedLed(clock=clock)
+    relay: GpioRelay | None = None
+    relay_pin: Any = None
+    if profile.relay.backend == "gpio":
+        relay = GpioRelay(profile.relay, clock=clock, source=profile.source or profile.name)
+    elif profile.relay.backend == "simulated":
+        relay, relay_pin = simulated_relay(profile.relay, clock=clock)
+    if relay is not None:
+        stack.push_async_callback(relay.aclose)
     capture = CaptureFanout(microphone)
     capture.start()
     stack.push_async_callback(capture.aclose)
     return Board(
-        capture=capture, speaker=speaker, button=button, audio=pipeline, gpio=gpio, led=led
+        capture=capture,
+        speaker=speaker,
+        button=button,
+        audio=pipeline,
+        gpio=gpio,
+        led=led,
+        relay=relay,
+        relay_pin=relay_pin,
     )

@@ -1,4 +1,4 @@
-"""Board profiles (`board/<name>.toml`): which audio, button and LED hardware a board has.
+"""Board profiles (`board/<name>.toml`): which audio, button, LED and relay hardware a board has.
 
 Loaded and checked once, here; `board.py` opens what a valid profile names and checks nothing.
 """
@@ -25,6 +25,7 @@ ButtonBackend = Literal["simulated", "gpio"]
 # A "switch" (closed = muted) or a "button" (each press toggles).
 MuteKind = Literal["switch", "button"]
 LedBackend = Literal["gpio", "simulated", "none"]
+RelayBackend = Literal["gpio", "simulated", "none"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,16 @@ class BoardLeds:
 
 
 @dataclass(frozen=True)
+class BoardRelay:
+    """A relay output an agent may pulse (a door opener): "gpio", "simulated" or "none"."""
+
+    backend: RelayBackend = "none"
+    pin: str | None = None
+    # Whether driving the pin high closes the relay.
+    active_high: bool = True
+
+
+@dataclass(frozen=True)
 class BoardProfile:
     """A board: which audio, button and LED hardware it has, from `board/<name>.toml`."""
 
@@ -97,6 +108,7 @@ class BoardProfile:
     audio: BoardAudio = field(default_factory=BoardAudio)
     buttons: BoardButtons = field(default_factory=BoardButtons)
     leds: BoardLeds = field(default_factory=BoardLeds)
+    relay: BoardRelay = field(default_factory=BoardRelay)
     source: Path | None = None
 
 
@@ -128,6 +140,8 @@ def load_board_profile(selection: BoardSelection, *, settings_path: Path) -> Boa
         raise SettingsError(profile_path, "buttons.call_pin", "is required by the gpio backend")
     if profile.leds.backend == "gpio" and not profile.leds.status_pin:
         raise SettingsError(profile_path, "leds.status_pin", "is required by the gpio backend")
+    if profile.relay.backend == "gpio" and not profile.relay.pin:
+        raise SettingsError(profile_path, "relay.pin", "is required by the gpio backend")
     return profile
 
 

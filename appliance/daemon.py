@@ -84,6 +84,12 @@ class Daemon(AsyncResource):
         return self._supervisor
 
     @property
+    def board(self) -> Board:
+        """The opened hardware (after `__aenter__`)."""
+        assert self._board is not None, "the daemon is not open"
+        return self._board
+
+    @property
     def speaker(self) -> ScaledSpeaker:
         """What calls and the earcon play into: the fleet's volume over the board's speaker."""
         assert self._speaker is not None, "the daemon is not open"
@@ -144,7 +150,9 @@ class Daemon(AsyncResource):
         self._call_workers = await self._stack.enter_async_context(CallWorkers())
         # The fleet's speaker volume, in front of the board's speaker (audio/volume.py).
         self._speaker = ScaledSpeaker(self._board.speaker)
-        self.tools = DeviceTools(speaker=self._speaker, status=self._tool_status)
+        self.tools = DeviceTools(
+            speaker=self._speaker, status=self._tool_status, relay=self._board.relay
+        )
         self._supervisor = Supervisor(
             backend=client,
             call_factory=self._make_call,

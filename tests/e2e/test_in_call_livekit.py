@@ -45,7 +45,9 @@ async def test_transcripts_agent_state_and_tools_over_rpc(stack: LocalStack) -> 
     ]
     # The fleet allows the status tool (and ending the call); not the volume.
     await stack.backend.core.set_device_settings(
-        enrolled.device_id, {"tools": ["end_call", "device_status"]}, actor="test"
+        enrolled.device_id,
+        {"tools": ["end_call", "device_status", "pulse_relay"]},
+        actor="test",
     )
     async with run_device(settings) as device:
         await device.watcher.wait_for(State.READY, 15)
@@ -107,6 +109,16 @@ async def test_transcripts_agent_state_and_tools_over_rpc(stack: LocalStack) -> 
                 )
             assert refused.value.code == TOOL_REFUSED
             assert daemon.speaker.volume == 1.0
+
+            # The door opener: the board profile's relay, a gpiozero pin (mock on this board).
+            pulsed = await rpc.perform_rpc(
+                destination_identity=kiosk.identity,
+                method="pulse_relay",
+                payload='{"seconds": 0.3}',
+            )
+            assert json.loads(pulsed) == {"pulsed_s": 0.3}
+            pin = daemon.board.relay_pin
+            assert [s.state for s in pin.states] == [False, True, False]
 
             # The agent ends the call with the end_call tool.
             await rpc.perform_rpc(
