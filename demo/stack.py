@@ -56,6 +56,8 @@ class LocalStack(AsyncResource):
         max_calls_per_minute: int = 30,
         end_after_turns: int | None = None,
         agent_greeting: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         if livekit_nodes < 1:
             raise ValueError("livekit_nodes must be at least 1")
@@ -72,6 +74,10 @@ class LocalStack(AsyncResource):
         self._max_calls_per_minute = max_calls_per_minute
         self._end_after_turns = end_after_turns
         self._agent_greeting = agent_greeting
+        # Where fleet events go (a receiver of the test's), signed with this secret.
+        self._webhook_url = webhook_url
+        self._webhook_secret = webhook_secret
+        self._backend_port = 0
         self.workdir = Path()
         self.redis: RedisServer | None = None
         self.livekit_nodes: list[LiveKitServer] = []
@@ -94,7 +100,7 @@ class LocalStack(AsyncResource):
             self.workdir = self._workdir_arg
             self.workdir.mkdir(parents=True, exist_ok=True)
         # The backend's port is chosen first: LiveKit's config names its webhook URL.
-        backend_port = free_port()
+        backend_port = self._backend_port = free_port()
         self.webhook_url = f"http://{LOOPBACK}:{backend_port}{WEBHOOK_PATH}"
         await self._start_livekit()
         self.backend_config = self._write_backend_config()
@@ -154,14 +160,25 @@ class LocalStack(AsyncResource):
         with os.fdopen(fd, "w") as f:
             f.write(self.livekit.api_secret)
         path = self.workdir / "provisioning.toml"
+        webhooks = ""
+        if self._webhook_url is not None:
+            webhook_secret = self.workdir / "webhook-secret"
+            fd = os.open(webhook_secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self._webhook_secret or "")
+            webhooks = (
+                f"\n[webhooks]\nurl = {json.dumps(self._webhook_url)}\n"
+                'secret_file = "webhook-secret"\n'
+            )
         path.write_text(
-            '[server]\nhost = "127.0.0.1"\nport = 0\n\n'
+            '[server]\nhost = "127.0.0.1"\nport = 0\n'
+            f'public_url = "http://{LOOPBACK}:{self._backend_port}"\n\n'
             '[database]\npath = "provisioning.sqlite3"\n\n'
             f"[livekit]\nurl = {json.dumps(self.device_livekit.url)}\n"
             f"api_key = {json.dumps(self.livekit.api_key)}\n"
             'api_secret_file = "livekit-api-secret"\n\n'
             f'[calls]\nagent_name = "{AGENT_NAME}"\ntoken_ttl_s = {self._token_ttl_s}\n'
-            f"max_per_minute = {self._max_calls_per_minute}\n"
+            f"max_per_minute = {self._max_calls_per_minute}\n" + webhooks
         )
         return path
 
