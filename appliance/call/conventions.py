@@ -320,6 +320,12 @@ def for_provider(provider: str) -> Conventions:
     return cls()
 
 
+def rings(provider: str) -> bool:
+    """Whether the far end of `provider`'s calls is a phone that rings before it answers."""
+    cls = _BY_PROVIDER.get(provider)
+    return cls is not None and cls.rings
+
+
 def _json_object(payload: bytes) -> dict[str, Any] | None:
     if len(payload) > MAX_MESSAGE_BYTES:
         return None

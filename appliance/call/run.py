@@ -25,11 +25,13 @@ from typing import Protocol
 
 from appliance.aio import TaskSet, cancel_and_wait
 from appliance.backoff import Backoff
+from appliance.call.conventions import rings
 from appliance.call.events import (
     AgentAudioStarted,
     CallEvent,
     Disconnected,
     EndRequested,
+    FarEndAnswered,
     PartyJoined,
     PartyLeft,
     PlatformEnded,
@@ -50,7 +52,7 @@ from appliance.keeper import Backend, BackendKeeper
 from appliance.provisioning_client import CallGrant
 from appliance.settings import CallSettings
 from appliance.state import CallTimeline, EndReason, State, StateChange
-from appliance.vocabulary import LAST_PARTY_LEFT
+from appliance.vocabulary import LAST_PARTY_LEFT, OnNoAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ ALIVE_EVERY_S = 10.0
 # After the SDK got the connection back without the agent, how long the agent has to come
 # back by itself before the backend is asked to dispatch it again.
 AGENT_RETURN_GRACE_S = 1.5
+# How long a phone the platform dials (Click2Call) may ring before the call ends no_answer;
+# the bridge normally gives up first and its SIP participant leaves.
+PHONE_RING_S = 60.0
 # How long the SDK may try to resume before the device rejoins with a fresh token itself.
 SDK_RESUME_GRACE_S = 10.0
 
@@ -263,6 +268,12 @@ class CallRun:
                 extra={"CALL_ID": grant.call_id},
             )
             self._host.show(State.RINGING)
+        # A phone behind the platform rings until its SIP participant says `active`.
+        phone_ringing = rings(grant.provider)
+        if phone_ringing:
+            deadlines.ring(PHONE_RING_S, OnNoAnswer.END, clock.monotonic())
+            waiting = State.RINGING
+            self._host.show(State.RINGING, "phone")
         alive_at = clock.monotonic() + ALIVE_EVERY_S
         take_over_at: float | None = None  # the SDK is resuming; past this we rejoin ourselves
         while True:
@@ -296,6 +307,16 @@ class CallRun:
                     )
                     self.end_detail = detail
                     return EndReason.PLATFORM_ENDED
+                case PartyJoined() if phone_ringing:
+                    pass  # the phone's leg is in the room; it rings until answered
+                case FarEndAnswered() if phone_ringing:
+                    phone_ringing = False
+                    logger.info("the phone answered", extra={"CALL_ID": grant.call_id})
+                    self._mark("agent_joined")
+                    deadlines.joined(now)
+                    self._host.show(State.IN_CALL, "answered")
+                case PartyLeft(remaining=0) if phone_ringing:
+                    return EndReason.NO_ANSWER
                 case PartyJoined():
                     await self._stop_ensuring()
                     if not deadlines.agent_joined:

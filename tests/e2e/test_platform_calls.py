@@ -29,7 +29,7 @@ from provisioning.http import BackendServer
 from provisioning.models import CallRecord
 from provisioning.rooms import RecordingRoomService
 from tests.e2e.conftest import RunningDevice, run_device
-from tests.platforms.agents import AGENTS, LiveKitTranscriptionAgent, PlatformAgent
+from tests.platforms.agents import AGENTS, LiveKitTranscriptionAgent, PlatformAgent, SipLeg
 from tests.platforms.conftest import FAKES, PLATFORM_KEY, SETTINGS, platform_config
 from tests.platforms.fake_base import FAKE_LIVEKIT_KEY, FAKE_LIVEKIT_SECRET, FakePlatform
 
@@ -45,6 +45,14 @@ class PlatformRig:
     device: RunningDevice
     agents: asyncio.Queue[PlatformAgent] = field(default_factory=asyncio.Queue)
     lines: list[dict[str, Any]] = field(default_factory=list)
+    extra_agents: list[PlatformAgent] = field(default_factory=list)
+
+    async def dial(self) -> SipLeg:
+        """The bridge places the phone's SIP leg into the room it made (003 l. 9, 15)."""
+        leg = SipLeg(self.livekit.url, self.fake.rooms[-1])
+        self.extra_agents.append(leg)
+        await leg.start()
+        return leg
 
     async def next_agent(self, timeout: float = 20.0) -> PlatformAgent:
         async with asyncio.timeout(timeout):
@@ -68,7 +76,7 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @asynccontextmanager
 async def platform_rig(
-    tmp_path: Path, name: str, *, tools: list[str] | None = None
+    tmp_path: Path, name: str, *, tools: list[str] | None = None, dispatch: bool = True
 ) -> AsyncIterator[PlatformRig]:
     """The platform's LiveKit, its fake (which dispatches its agent), the backend, a kiosk."""
     async with AsyncExitStack() as stack:
@@ -80,13 +88,14 @@ async def platform_rig(
         agents: list[PlatformAgent] = []
         queue: asyncio.Queue[PlatformAgent] = asyncio.Queue()
 
-        async def dispatch(room: str) -> None:
+        async def start_agent(room: str) -> None:
             agent = AGENTS[name](livekit.url, room)
             agents.append(agent)
             await agent.start()
             queue.put_nowait(agent)
 
-        fake.on_room = dispatch
+        if dispatch:
+            fake.on_room = start_agent
         backend_dir = tmp_path / "backend"
         backend_dir.mkdir()
         config = platform_config(backend_dir, name, fake.url, None)
@@ -111,7 +120,7 @@ async def platform_rig(
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
-            for agent in agents:
+            for agent in agents + rig.extra_agents:
                 await agent.aclose()
 
 
@@ -259,3 +268,43 @@ async def test_call2me_token_expired_is_a_new_session_continuing_the_call(tmp_pa
         assert [c.call_id for c in await rig.backend.core.list_calls()] == [call_id]
         assert (await rig.record(call_id)).end_reason == "agent_left"
         assert [c.state for c in rig.device.watcher.changes].count(State.REJOINING) >= 1
+
+
+async def _ringing_call(rig: PlatformRig) -> tuple[SipLeg, str]:
+    """Press; the kiosk joins and publishes first and shows ringing; then the phone is dialed."""
+    rig.device.daemon.press()
+    await rig.device.watcher.wait_for(State.RINGING, 20)
+    assert rig.fake.refused == [] and len(rig.fake.received) == 1
+    leg = await rig.dial()
+    await leg.wait_for_kiosk()
+    await leg.ring()
+    (call,) = await rig.backend.core.list_calls()
+    return leg, call.call_id
+
+
+async def test_click2call_rings_the_phone_until_it_answers(tmp_path: Path) -> None:
+    async with platform_rig(tmp_path, "click2call", dispatch=False) as rig:
+        leg, call_id = await _ringing_call(rig)
+        await asyncio.sleep(1.0)
+        # The phone's leg is in the room, ringing: not yet a call.
+        assert rig.device.daemon.supervisor.state is State.RINGING
+        await leg.answer()  # sip.callStatus becomes active (003 l. 58-60)
+        await rig.device.watcher.wait_for(State.IN_CALL, 10)
+        answered = [c for c in rig.device.watcher.changes if c.state is State.IN_CALL]
+        assert answered[0].reason == "answered"
+        await leg.aclose()  # the customer hangs up (003 l. 48-50)
+        await rig.device.watcher.wait_for(State.READY, 15)
+        assert _ending(rig) == ["sip_left"]
+        assert (await rig.record(call_id)).end_reason == "sip_left"
+        timeline = rig.device.timelines[-1]
+        assert "agent_joined" in timeline.stages_ms  # the answer
+
+
+async def test_click2call_a_phone_that_is_not_answered_ends_no_answer(tmp_path: Path) -> None:
+    async with platform_rig(tmp_path, "click2call", dispatch=False) as rig:
+        leg, call_id = await _ringing_call(rig)
+        await leg.aclose()  # the bridge gives up: NOT_ANSWERED (003 l. 16, 99)
+        await rig.device.watcher.wait_for(State.READY, 15)
+        assert _ending(rig) == ["no_answer"]
+        assert State.IN_CALL not in [c.state for c in rig.device.watcher.changes]
+        assert (await rig.record(call_id)).end_reason == "no_answer"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -61,7 +61,7 @@ class FakePlatform:
         # Each room a token was minted for; `on_room` (a test's) is started for each, as the
         # platform dispatches its agent (or dials its phone) into the room it created.
         self.rooms: list[str] = []
-        self.on_room: Callable[[str], Awaitable[None]] | None = None
+        self.on_room: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self._dispatched: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
