@@ -24,6 +24,9 @@ from appliance.state import State, StateChange
 from demo.stack import AGENT_NAME, LocalStack
 from tests.e2e.conftest import RunningDevice, run_device
 
+# demo/ is not installed (not in the wheel): `python -m demo.agent` runs from the checkout.
+REPO = Path(__file__).resolve().parents[2]
+
 
 class BackendSeam(httpx.AsyncBaseTransport):
     """The real backend, reached `delay_s` later than it would be (each request sleeps
@@ -245,8 +248,7 @@ async def agent_process(stack: LocalStack, greeting: str) -> AsyncIterator[Path]
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
-            # demo/ is not installed (not in the wheel): `-m demo.agent` runs from the checkout.
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=REPO,
             env={**os.environ, "LIVEKIT_API_SECRET": stack.livekit.api_secret},
         )
     try:
