@@ -21,6 +21,8 @@ from appliance.daemon import Daemon
 from appliance.settings import LoggingSettings, LogLevel
 from appliance.state import CallTimeline, State, StateChange
 from appliance.status.journal import setup_logging
+from demo import platform_job
+from demo.platform_job import PLATFORMS
 from demo.stack import USER_SENTENCE, LocalStack
 from demo.tts import synthesize
 
@@ -35,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--max-call-s", type=float, default=45.0, help="press again after this")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the device's log")
+    parser.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        help="call through this hosted platform's loopback fake (from the checkout's tests/)",
+    )
     args = parser.parse_args(argv)
     level: LogLevel = "info" if args.verbose else "warning"
     setup_logging(LoggingSettings(level=level, journal="off"), device_id="-")
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         # livekit-rtc warns about its own FFI handle races (livekit/agents#4203): noise here.
         logging.getLogger("livekit").setLevel(logging.ERROR)
     try:
+        if args.platform:
+            return asyncio.run(platform_job.run(args.platform, args.workdir, args.max_call_s, say))
         return asyncio.run(_run(args.workdir, args.max_call_s))
     except KeyboardInterrupt:
         return 130

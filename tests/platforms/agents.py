@@ -17,11 +17,15 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from livekit import api, rtc
 
 from tests.platforms.fake_base import FAKE_LIVEKIT_KEY, FAKE_LIVEKIT_SECRET
 
 JOIN_TIMEOUT_S = 15.0
+SAMPLE_RATE = 48000
+FRAME = SAMPLE_RATE // 100
 
 
 def agent_token(room: str, identity: str, *, kind: api.AccessToken.ParticipantKind) -> str:
@@ -59,6 +63,7 @@ class PlatformAgent:
         self.kiosk: str | None = None
         self._kiosk_joined = asyncio.Event()
         self._messages = asyncio.Condition()
+        self._voice: rtc.AudioSource | None = None
 
     async def start(self) -> None:
         room = self.room
@@ -102,6 +107,19 @@ class PlatformAgent:
             payload=json.dumps(dict(args)),
         )
 
+    async def speak(self, pcm: npt.NDArray[np.int16]) -> None:
+        """Play 48 kHz mono speech on the agent's own audio track (published on first use)."""
+        if self._voice is None:
+            self._voice = rtc.AudioSource(SAMPLE_RATE, 1)
+            track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self._voice)
+            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            await self.room.local_participant.publish_track(track, options)
+        padded = np.concatenate([pcm, np.zeros(-len(pcm) % FRAME, dtype=np.int16)])
+        for start in range(0, len(padded), FRAME):
+            chunk = padded[start : start + FRAME]
+            await self._voice.capture_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME))
+        await self._voice.wait_for_playout()
+
     async def end(self, reason: str) -> None:
         """End the call the platform's way; by default the agent leaves the room."""
         await self.aclose()
@@ -109,6 +127,9 @@ class PlatformAgent:
     async def aclose(self) -> None:
         if self.room.isconnected():
             await self.room.disconnect()
+        if self._voice is not None:
+            await self._voice.aclose()
+            self._voice = None
 
     async def _send(self, message: Mapping[str, Any], topic: str | None = None) -> None:
         await self.room.local_participant.publish_data(
