@@ -360,12 +360,14 @@ class Ringing:
         return ring
 
     async def answered(self, call_id: str, identity: str) -> bool:
-        """An operator joined the room: the ring is answered, its timer stops."""
+        """An operator joined the room: the ring is answered, its timer stops. Also just
+        after this backend gave it up (`no_answer`): the device counts the ring from its own
+        join, and may still be there to take the call; the backstop must not end it."""
         if not identity.startswith(OPERATOR_PREFIX):
             return False
         moved = await self._store.move(
             call_id,
-            (RingState.HELD, RingState.RINGING),
+            (RingState.HELD, RingState.RINGING, RingState.NO_ANSWER),
             RingState.ANSWERED,
             now=self._clock(),
             answered_by=identity,

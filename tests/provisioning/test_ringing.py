@@ -247,6 +247,14 @@ async def test_no_answer_waits_for_the_devices_report_then_closes_the_call_itsel
     assert ("delete_room", "call-c-3", "") in rig.rooms.calls
     assert rig.ringing.timers == frozenset()
 
+    # An operator just after the backend's deadline, while the kiosk (whose ring began at
+    # its own join) still rings: answered, and the backstop stands down.
+    await _ring(rig, "c-8", OnNoAnswer.END, timeout_s=20)
+    await rig.time.advance(20)
+    assert await rig.ringing.answered("c-8", "operator-5e6f7a8b")
+    await rig.time.advance(NO_ANSWER_GRACE_S)
+    assert rig.closed.calls == [("c-3", EndReason.NO_ANSWER)]
+
     # The device's own report first: the backend has nothing left to do.
     await _ring(rig, "c-4", OnNoAnswer.END, timeout_s=20)
     await rig.time.advance(20)
