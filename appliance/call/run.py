@@ -294,7 +294,7 @@ class CallRun:
                     rejoined = await self._rejoin(grant, deadlines)
                     if isinstance(rejoined, EndReason):
                         return rejoined
-                    deadlines.rejoined(self._clock.monotonic())
+                    self._rejoined(deadlines, waiting)
                     self._start_ensuring(grant)
                     continue
                 return expiry
@@ -363,7 +363,7 @@ class CallRun:
                     rejoined = await self._rejoin(grant, deadlines)
                     if isinstance(rejoined, EndReason):
                         return rejoined
-                    deadlines.rejoined(self._clock.monotonic())
+                    self._rejoined(deadlines, waiting)
                     self._start_ensuring(grant)
 
     async def _rejoin(self, grant: CallGrant, deadlines: CallDeadlines) -> Call | EndReason:
@@ -409,6 +409,17 @@ class CallRun:
                     extra={"CALL_ID": grant.call_id},
                 )
                 await self._clock.sleep(delay)
+
+    def _rejoined(self, deadlines: CallDeadlines, waiting: State) -> None:
+        """Back in the room by our own rejoin. Still ringing (nobody has answered yet): the
+        ring's own deadline goes on, and the device shows it again; else the party has its
+        usual time to be heard from."""
+        now = self._clock.monotonic()
+        if waiting is State.RINGING and not deadlines.agent_joined:
+            deadlines.restored(now)
+            self._host.show(State.RINGING, "rejoined")
+        else:
+            deadlines.rejoined(now)
 
     def _start_ensuring(self, grant: CallGrant) -> None:
         if grant.provider != "livekit":

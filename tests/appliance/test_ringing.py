@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
-from appliance.call.events import PartyJoined, PartyLeft
+from appliance.call.events import Disconnected, PartyJoined, PartyLeft
 from appliance.call.ringing import LEAD_FRAMES, RING_OFF_S, RING_ON_S, RingTone, ring_cadence
 from appliance.clock import ManualClock
 from appliance.errors import BackendProtocolError
@@ -214,3 +214,22 @@ async def test_the_ring_plays_in_real_time_while_ringing_and_stops_at_once() -> 
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "ring-tone"]
     tone(StateChange(State.READY, State.RINGING))  # after closing: nothing starts
     assert not tone.playing
+
+
+async def test_a_connection_lost_while_ringing_rejoins_and_rings_on_to_its_own_deadline(
+    harness: Harness,
+) -> None:
+    _ringing(CallRing(40, OnNoAnswer.END))(harness)
+    await harness.press()
+    await harness.clock.advance(10)
+    harness.calls[0].emit(Disconnected(room_closed=False, detail="gone"))
+    await harness.settle()
+    await harness.clock.advance(1)
+    assert harness.backend.rejoins[:1] == ["c-1"]
+    assert harness.supervisor.state is State.RINGING  # back in the room, still unanswered
+    # Long past the agent's 10 s join time after a rejoin: the ring's deadline decides.
+    await harness.clock.advance(28.5)
+    assert harness.supervisor.state is State.RINGING
+    await harness.clock.advance(1)
+    assert harness.supervisor.state is State.READY
+    assert harness.backend.ended == [("c-1", "no_answer")]
