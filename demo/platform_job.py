@@ -116,6 +116,7 @@ async def run(name: str, workdir: Path | None, max_call_s: float, say: Say) -> i
                 calls = await _ended_calls(backend)
                 for call in calls:
                     detail = f", {call.end_detail}" if call.end_detail else ""
+                    detail += f", outcome {call.outcome}" if call.outcome else ""
                     say(f"  backend record: {call.call_id} ended {call.end_reason}{detail}")
             finally:
                 follower.cancel()

@@ -64,6 +64,14 @@ from provisioning.providers import (
     ProviderMisconfiguredError,
     resolve,
 )
+from provisioning.providers.errors import UpstreamError
+from provisioning.providers.platforms import (
+    ANSWERED,
+    FAILED,
+    NOT_ANSWERED,
+    CallStep,
+    Click2Call,
+)
 from provisioning.ringing import Ringing, RingJoin, RingPlan, ring_plan_of, ring_store_of
 from provisioning.rooms import RoomService
 from provisioning.signing import SignatureVerifier, SignedRequest, device_id_for, parse_public_key
@@ -87,6 +95,14 @@ MAX_LABEL_LEN = 100
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 # A platform's own reason for ending a call, as the device reports it (`platform_ended`).
 MAX_END_DETAIL_CHARS = 200
+# What a device may report of a call in progress (`POST /v1/calls/{id}/progress`).
+CALL_PROGRESS = ("joined", "answered")
+
+
+def _call_context(call: CallRecord) -> dict[str, str]:
+    return {"device_id": call.device_id, "call_id": call.call_id}
+
+
 RATE_WINDOW_S = 60.0
 # A device renews its held grant every few minutes; this only stops a runaway one.
 MAX_GRANTS_PER_MINUTE = 6
@@ -629,6 +645,8 @@ class ProvisioningCore:
             options=choice.options,
         )
         grant = await self._platforms[choice.kind].open_call(request)
+        if grant.upstream_call_id:
+            await self._storage.set_call_upstream(call.call_id, grant.upstream_call_id)
         audit.info(
             "call reissued upstream" if reissue else "call opened upstream",
             extra={
@@ -799,7 +817,60 @@ class ProvisioningCore:
         assert ended is not None
         if changed:
             await self.call_ended(ended)
+            ended = await self._hang_up_bridge(device, ended)
         return ended
+
+    async def call_progress(self, device: Device, call_id: str, event: str) -> CallRecord:
+        """The device's news of a call in progress, for a platform with call control:
+        `joined` (in the room, microphone published) makes Click2Call dial the phone,
+        `answered` (its SIP leg is `active`) is reported to it as ANSWERED (003 l. 55-67).
+        Other platforms need neither: accepted, nothing to do."""
+        if event not in CALL_PROGRESS:
+            raise BadRequestError(f"event must be one of {', '.join(CALL_PROGRESS)}")
+        call = await self._storage.get_call(call_id)
+        if call is None or call.device_id != device.device_id:
+            raise UnknownCallError("no such call for this device")
+        if call.ended_at is not None:
+            raise CallEndedError("the call has ended")
+        bridge = self._bridge(device)
+        if bridge is None or call.upstream_call_id is None:
+            return call
+        step: CallStep = "connect" if event == "joined" else "answered"
+        await bridge.control(call.upstream_call_id, step, _call_context(call))
+        if event == "answered":
+            await self._storage.set_call_outcome(call_id, ANSWERED)
+        audit.info(
+            "call progress upstream",
+            extra={
+                **_call_context(call),
+                "event": event,
+                "upstream_call_id": call.upstream_call_id,
+            },
+        )
+        return await self._storage.get_call(call_id) or call
+
+    def _bridge(self, device: Device) -> Click2Call | None:
+        try:
+            platform = self._platforms.get(self.provider_of(device).kind)
+        except ProviderMisconfiguredError:
+            return None
+        return platform if isinstance(platform, Click2Call) else None
+
+    async def _hang_up_bridge(self, device: Device, call: CallRecord) -> CallRecord:
+        """A Click2Call call that ended on our side is hung up on the bridge (idempotent,
+        003 l. 86) and its outcome kept; a failure is logged, never the device's."""
+        bridge = self._bridge(device)
+        if bridge is None or call.upstream_call_id is None:
+            return call
+        if call.outcome is None:
+            failed = call.end_reason in (EndReason.CONNECT_FAILED, EndReason.TOKEN_REFUSED)
+            outcome = FAILED if failed else NOT_ANSWERED
+            await self._storage.set_call_outcome(call.call_id, outcome)
+        try:
+            await bridge.control(call.upstream_call_id, "hangup", _call_context(call))
+        except UpstreamError as exc:
+            logger.warning("could not hang up upstream: %s", exc.message, extra=_call_context(call))
+        return await self._storage.get_call(call.call_id) or call
 
     async def _call_started(self, call: CallRecord, device: Device, *, rings: bool = True) -> None:
         """Announce a call that began; start its ring, if its grant rang (`rings` False: known

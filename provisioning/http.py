@@ -332,6 +332,16 @@ async def _end_call(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call.call_id, "ended_at": iso_utc(call.ended_at)})
 
 
+async def _call_progress(request: web.Request) -> web.Response:
+    signed = await _signed(request)
+    data = json_object(signed.body)
+    device = await _authenticate(request, signed)
+    call = await request.app[CORE_KEY].call_progress(
+        device, request.match_info["call_id"], _str_field(data, "event")
+    )
+    return web.json_response({"call_id": call.call_id, "outcome": call.outcome})
+
+
 DIAGNOSTICS_KEY = web.AppKey("diagnostics", Diagnostics)
 
 
@@ -380,6 +390,7 @@ def create_app(
     app.router.add_post("/v1/checkin", _check_in)
     app.router.add_post("/v1/calls", _start_call)
     app.router.add_post("/v1/calls/{call_id}/end", _end_call)
+    app.router.add_post("/v1/calls/{call_id}/progress", _call_progress)
     app.router.add_post("/v1/grants", _hold_grant)
     if diagnostics is not None:
         app[DIAGNOSTICS_KEY] = diagnostics

@@ -118,6 +118,9 @@ class CallRecord:
     duration_ms: int | None = None
     # The platform's own reason for a `platform_ended` (bounded, printable).
     end_detail: str | None = None
+    # The platform's own id for the call, and the outcome it was told (Click2Call).
+    upstream_call_id: str | None = None
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ AGENT_RETURN_GRACE_S = 1.5
 # How long a phone the platform dials (Click2Call) may ring before the call ends no_answer;
 # the bridge normally gives up first and its SIP participant leaves.
 PHONE_RING_S = 60.0
+# How often the device tries to tell the backend that the call was joined or answered.
+PROGRESS_ATTEMPTS = 3
 # How long the SDK may try to resume before the device rejoins with a fresh token itself.
 SDK_RESUME_GRACE_S = 10.0
 
@@ -274,6 +276,8 @@ class CallRun:
             deadlines.ring(PHONE_RING_S, OnNoAnswer.END, clock.monotonic())
             waiting = State.RINGING
             self._host.show(State.RINGING, "phone")
+            # Joined and publishing: now the backend may have the bridge dial (003 l. 62-67).
+            self._report_progress(grant, "joined")
         alive_at = clock.monotonic() + ALIVE_EVERY_S
         take_over_at: float | None = None  # the SDK is resuming; past this we rejoin ourselves
         while True:
@@ -315,6 +319,7 @@ class CallRun:
                     self._mark("agent_joined")
                     deadlines.joined(now)
                     self._host.show(State.IN_CALL, "answered")
+                    self._report_progress(grant, "answered")
                 case PartyLeft(remaining=0) if phone_ringing:
                     return EndReason.NO_ANSWER
                 case PartyJoined():
@@ -409,6 +414,25 @@ class CallRun:
                     extra={"CALL_ID": grant.call_id},
                 )
                 await self._clock.sleep(delay)
+
+    def _report_progress(self, grant: CallGrant, event: str) -> None:
+        self._helpers.spawn(self._send_progress(grant, event), f"call-progress-{event}")
+
+    async def _send_progress(self, grant: CallGrant, event: str) -> None:
+        """Tell the backend, a few times if it is slow; the call goes on either way."""
+        backoff = Backoff(initial_s=0.5, max_s=2.0)
+        for attempt in range(1, PROGRESS_ATTEMPTS + 1):
+            try:
+                await self._host.backend.report_progress(grant.call_id, event)
+                return
+            except BackendRefusedError as exc:
+                logger.warning("call progress %s refused: %s", event, exc)
+                return
+            except BackendError as exc:
+                if attempt == PROGRESS_ATTEMPTS:
+                    logger.warning("call progress %s not delivered: %s", event, exc)
+                    return
+                await self._clock.sleep(backoff.next_delay())
 
     def _rejoined(self, deadlines: CallDeadlines, waiting: State) -> None:
         """Back in the room by our own rejoin. Still ringing (nobody has answered yet): the

@@ -216,6 +216,16 @@ class ProvisioningClient(AsyncResource):
         )
         return _grant(data)
 
+    async def report_progress(self, call_id: str, event: str) -> None:
+        """News of a call in progress for a platform with call control: `joined` (in the
+        room, microphone published: Click2Call dials the phone) or `answered`."""
+        await self._request(
+            "POST",
+            f"/v1/calls/{call_id}/progress",
+            {"event": event},
+            signed_as=self._require_id(),
+        )
+
     async def end_call(
         self, call_id: str, reason: str, duration_ms: int, *, detail: str | None = None
     ) -> None:

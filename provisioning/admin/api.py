@@ -101,6 +101,8 @@ def call_json(call: CallRecord) -> dict[str, Any]:
         "end_reason": call.end_reason,
         "duration_ms": call.duration_ms,
         "end_detail": call.end_detail,
+        "upstream_call_id": call.upstream_call_id,
+        "outcome": call.outcome,
     }
 
 

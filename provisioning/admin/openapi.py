@@ -283,6 +283,8 @@ _SCHEMAS: dict[str, Any] = {
             "end_reason": _TEXT_OR_NULL,
             "duration_ms": {"type": ["integer", "null"]},
             "end_detail": _TEXT_OR_NULL,
+            "upstream_call_id": _TEXT_OR_NULL,
+            "outcome": _TEXT_OR_NULL,
         },
     },
     "EnrollmentCode": {

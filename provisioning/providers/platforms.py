@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 import httpx
@@ -149,6 +149,33 @@ class Click2Call(_Platform):
             room=data.get("room"),
             upstream_call_id=data.get("call_id"),
         )
+
+    async def control(
+        self, upstream_call_id: str, step: CallStep, context: Mapping[str, str]
+    ) -> None:
+        """One call-control step on the bridge's call (003 l. 55-57, 67, 78, 85-87): `connect`
+        dials the phone once the device has joined and published its microphone, `answered`
+        reports `{status: "ANSWERED"}` (the answer signal in webhook mode), `hangup` ends it
+        (idempotent). Server to server, with the same key as the call's creation."""
+        path, body = _STEPS[step]
+        await post_json(
+            self.upstream,
+            f"/api/c2c/calls/{quote(upstream_call_id, safe='')}/{path}",
+            body,
+            context={**context, "provider": self.kind.value, "step": step},
+            transport=self.transport,
+        )
+
+
+# Click2Call's call-control steps: (path under /api/c2c/calls/{id}/, body).
+CallStep = Literal["connect", "answered", "hangup"]
+_STEPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "connect": ("connect", {}),
+    "answered": ("status", {"status": "ANSWERED"}),
+    "hangup": ("hangup", {}),
+}
+# The outcomes the bridge reports to its CRM (003 l. 99), kept on our record.
+ANSWERED, NOT_ANSWERED, FAILED = "ANSWERED", "NOT_ANSWERED", "FAILED"
 
 
 @dataclass(frozen=True)

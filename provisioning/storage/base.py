@@ -173,6 +173,14 @@ class Storage(Protocol):
         """Record the end of a call that has not ended yet; False otherwise."""
         ...
 
+    async def set_call_upstream(self, call_id: str, upstream_call_id: str) -> None:
+        """The platform's own id for the call (its session, web call or bridge call)."""
+        ...
+
+    async def set_call_outcome(self, call_id: str, outcome: str) -> None:
+        """The outcome the platform was told (Click2Call: ANSWERED, NOT_ANSWERED, FAILED)."""
+        ...
+
     async def list_calls(
         self,
         device_id: str | None = None,

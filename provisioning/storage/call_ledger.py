@@ -20,7 +20,7 @@ from provisioning.storage.units import SyncSession
 
 _CALL_COLUMNS = (
     "call_id, device_id, room, trigger, created_at, token_expires_at,"
-    " ended_at, end_reason, duration_ms, end_detail"
+    " ended_at, end_reason, duration_ms, end_detail, upstream_call_id, outcome"
 )
 _PRESENCE_COLUMNS = "room, sid, identity, kind, joined_at, left_at, disconnect_reason"
 # Rooms per `IN (...)`: well under both databases' limits on parameters.

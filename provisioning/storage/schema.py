@@ -296,6 +296,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "calls.end_detail: a hosted platform's own reason for ending a call (platform_ended)",
         ("ALTER TABLE calls ADD COLUMN end_detail TEXT",),
     ),
+    Migration(
+        10,
+        "calls.upstream_call_id and calls.outcome: the platform's id for a call, and the "
+        "outcome it was told (Click2Call: ANSWERED, NOT_ANSWERED, FAILED)",
+        (
+            "ALTER TABLE calls ADD COLUMN upstream_call_id TEXT",
+            "ALTER TABLE calls ADD COLUMN outcome TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -43,7 +43,7 @@ _CALL_INSERT_COLUMNS = (
     "call_id, device_id, room, trigger, created_at, token_expires_at,"
     " ended_at, end_reason, duration_ms"
 )
-_CALL_COLUMNS = _CALL_INSERT_COLUMNS + ", end_detail"
+_CALL_COLUMNS = _CALL_INSERT_COLUMNS + ", end_detail, upstream_call_id, outcome"
 
 
 class SqlStorage:
@@ -389,6 +389,19 @@ class SqlStorage:
                 (ended_at, reason, duration_ms, detail, call_id),
             )
         return changed == 1
+
+    async def set_call_upstream(self, call_id: str, upstream_call_id: str) -> None:
+        """The platform's own id for the call (its session, web call or bridge call)."""
+        async with self.db.session() as s:
+            await s.execute(
+                "UPDATE calls SET upstream_call_id = ? WHERE call_id = ?",
+                (upstream_call_id, call_id),
+            )
+
+    async def set_call_outcome(self, call_id: str, outcome: str) -> None:
+        """The outcome the platform was told (Click2Call: ANSWERED, NOT_ANSWERED, FAILED)."""
+        async with self.db.session() as s:
+            await s.execute("UPDATE calls SET outcome = ? WHERE call_id = ?", (outcome, call_id))
 
     async def list_calls(
         self,

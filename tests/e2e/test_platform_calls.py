@@ -7,6 +7,7 @@ tool calls, the platform's end, and the record."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -32,6 +33,7 @@ from tests.e2e.conftest import RunningDevice, run_device
 from tests.platforms.agents import AGENTS, LiveKitTranscriptionAgent, PlatformAgent, SipLeg
 from tests.platforms.conftest import FAKES, PLATFORM_KEY, SETTINGS, platform_config
 from tests.platforms.fake_base import FAKE_LIVEKIT_KEY, FAKE_LIVEKIT_SECRET, FakePlatform
+from tests.platforms.fake_click2call import FakeClick2Call
 
 pytestmark = pytest.mark.e2e
 
@@ -45,14 +47,6 @@ class PlatformRig:
     device: RunningDevice
     agents: asyncio.Queue[PlatformAgent] = field(default_factory=asyncio.Queue)
     lines: list[dict[str, Any]] = field(default_factory=list)
-    extra_agents: list[PlatformAgent] = field(default_factory=list)
-
-    async def dial(self) -> SipLeg:
-        """The bridge places the phone's SIP leg into the room it made (003 l. 9, 15)."""
-        leg = SipLeg(self.livekit.url, self.fake.rooms[-1])
-        self.extra_agents.append(leg)
-        await leg.start()
-        return leg
 
     async def next_agent(self, timeout: float = 20.0) -> PlatformAgent:
         async with asyncio.timeout(timeout):
@@ -76,7 +70,7 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @asynccontextmanager
 async def platform_rig(
-    tmp_path: Path, name: str, *, tools: list[str] | None = None, dispatch: bool = True
+    tmp_path: Path, name: str, *, tools: list[str] | None = None
 ) -> AsyncIterator[PlatformRig]:
     """The platform's LiveKit, its fake (which dispatches its agent), the backend, a kiosk."""
     async with AsyncExitStack() as stack:
@@ -94,8 +88,7 @@ async def platform_rig(
             await agent.start()
             queue.put_nowait(agent)
 
-        if dispatch:
-            fake.on_room = start_agent
+        fake.on_room = start_agent
         backend_dir = tmp_path / "backend"
         backend_dir.mkdir()
         config = platform_config(backend_dir, name, fake.url, None)
@@ -120,7 +113,7 @@ async def platform_rig(
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
-            for agent in agents + rig.extra_agents:
+            for agent in agents:
                 await agent.aclose()
 
 
@@ -271,19 +264,39 @@ async def test_call2me_token_expired_is_a_new_session_continuing_the_call(tmp_pa
 
 
 async def _ringing_call(rig: PlatformRig) -> tuple[SipLeg, str]:
-    """Press; the kiosk joins and publishes first and shows ringing; then the phone is dialed."""
+    """Press; the kiosk joins and publishes first and shows ringing; the backend has the
+    bridge dial (/connect), and the phone's leg comes into the room, ringing."""
+    assert isinstance(rig.fake, FakeClick2Call)
+    rig.fake.published = functools.partial(_kiosk_published, rig.livekit)
     rig.device.daemon.press()
     await rig.device.watcher.wait_for(State.RINGING, 20)
-    assert rig.fake.refused == [] and len(rig.fake.received) == 1
-    leg = await rig.dial()
+    leg = await rig.next_agent()
+    assert isinstance(leg, SipLeg)
     await leg.wait_for_kiosk()
     await leg.ring()
+    assert rig.fake.refused == []
     (call,) = await rig.backend.core.list_calls()
     return leg, call.call_id
 
 
+async def _kiosk_published(livekit: LiveKitServer, room: str) -> bool:
+    """Whether a standard participant (the kiosk) has an audio track published in `room`."""
+    async with api.LiveKitAPI(livekit.http_url, FAKE_LIVEKIT_KEY, FAKE_LIVEKIT_SECRET) as lkapi:
+        found = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+    return any(
+        p.kind == api.ParticipantInfo.Kind.STANDARD
+        and any(t.type == api.TrackType.AUDIO for t in p.tracks)
+        for p in found.participants
+    )
+
+
+def _steps(fake: FakePlatform) -> list[tuple[str, object]]:
+    assert isinstance(fake, FakeClick2Call)
+    return [(step, dict(body)) for step, _call, body in fake.control]
+
+
 async def test_click2call_rings_the_phone_until_it_answers(tmp_path: Path) -> None:
-    async with platform_rig(tmp_path, "click2call", dispatch=False) as rig:
+    async with platform_rig(tmp_path, "click2call") as rig:
         leg, call_id = await _ringing_call(rig)
         await asyncio.sleep(1.0)
         # The phone's leg is in the room, ringing: not yet a call.
@@ -292,19 +305,30 @@ async def test_click2call_rings_the_phone_until_it_answers(tmp_path: Path) -> No
         await rig.device.watcher.wait_for(State.IN_CALL, 10)
         answered = [c for c in rig.device.watcher.changes if c.state is State.IN_CALL]
         assert answered[0].reason == "answered"
+        await _until(lambda: len(_steps(rig.fake)) >= 2)  # the answer, relayed upstream
         await leg.aclose()  # the customer hangs up (003 l. 48-50)
         await rig.device.watcher.wait_for(State.READY, 15)
         assert _ending(rig) == ["sip_left"]
-        assert (await rig.record(call_id)).end_reason == "sip_left"
-        timeline = rig.device.timelines[-1]
-        assert "agent_joined" in timeline.stages_ms  # the answer
+        record = await rig.record(call_id)
+        assert record.end_reason == "sip_left"
+        # Join and publish first, then dial; the answer reported; hung up when it ended.
+        assert _steps(rig.fake) == [
+            ("connect", {}),
+            ("status", {"status": "ANSWERED"}),
+            ("hangup", {}),
+        ]
+        assert (record.upstream_call_id, record.outcome) == (rig.fake.control[0][1], "ANSWERED")
+        assert "agent_joined" in rig.device.timelines[-1].stages_ms  # the answer
 
 
 async def test_click2call_a_phone_that_is_not_answered_ends_no_answer(tmp_path: Path) -> None:
-    async with platform_rig(tmp_path, "click2call", dispatch=False) as rig:
+    async with platform_rig(tmp_path, "click2call") as rig:
         leg, call_id = await _ringing_call(rig)
         await leg.aclose()  # the bridge gives up: NOT_ANSWERED (003 l. 16, 99)
         await rig.device.watcher.wait_for(State.READY, 15)
         assert _ending(rig) == ["no_answer"]
         assert State.IN_CALL not in [c.state for c in rig.device.watcher.changes]
-        assert (await rig.record(call_id)).end_reason == "no_answer"
+        record = await rig.record(call_id)
+        assert (record.end_reason, record.outcome) == ("no_answer", "NOT_ANSWERED")
+        await _until(lambda: len(_steps(rig.fake)) >= 2)
+        assert _steps(rig.fake) == [("connect", {}), ("hangup", {})]

@@ -49,6 +49,9 @@ class FakePlatform:
     allowed_fields: frozenset[str] = frozenset()
     required_fields: frozenset[str] = frozenset()
     livekit_url: str = "ws://127.0.0.1:7880"
+    # Whether the platform's agent (or phone) comes into the room as the token is minted;
+    # Click2Call dials only when asked to (`/connect`).
+    dispatch_on_mint: bool = True
 
     def __init__(self, api_key: str, *, livekit_url: str | None = None) -> None:
         self.api_key = api_key
@@ -73,6 +76,7 @@ class FakePlatform:
     async def __aenter__(self) -> FakePlatform:
         app = web.Application()
         app.router.add_post(self.path, self._handle)
+        self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -97,6 +101,16 @@ class FakePlatform:
             .with_grants(VideoGrants(room_join=True, room=room, can_publish=True))
             .to_jwt()
         )
+
+    def add_routes(self, app: web.Application) -> None:
+        """More of the platform's API (Click2Call's call control)."""
+
+    def dispatch(self, room: str) -> None:
+        """Start the test's `on_room` for `room`: the platform brings its far end in."""
+        if self.on_room is not None:
+            task = asyncio.get_running_loop().create_task(self.on_room(room))
+            self._dispatched.add(task)
+            task.add_done_callback(self._dispatched.discard)
 
     def answer(self, request: web.Request, body: Mapping[str, Any]) -> Mapping[str, Any]:
         raise NotImplementedError
@@ -132,10 +146,8 @@ class FakePlatform:
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
             return web.json_response(dict(failure.body), status=failure.status, headers=headers)
         answer = web.json_response(dict(self.answer(request, body)))
-        if self.on_room is not None and self.rooms:
-            task = asyncio.get_running_loop().create_task(self.on_room(self.rooms[-1]))
-            self._dispatched.add(task)
-            task.add_done_callback(self._dispatched.discard)
+        if self.dispatch_on_mint and self.rooms:
+            self.dispatch(self.rooms[-1])
         return answer
 
     def _refuse(self, status: int, detail: str) -> web.Response:

@@ -12,6 +12,7 @@ import pytest
 from provisioning.providers import unverified_claims
 from tests.platforms.conftest import PLATFORM_KEY, SETTINGS, Rig
 from tests.platforms.fake_base import Failure
+from tests.platforms.fake_click2call import FakeClick2Call
 from tests.provisioning.conftest import assert_refused
 
 pytestmark = pytest.mark.integration
@@ -172,3 +173,49 @@ async def test_the_platforms_own_reason_is_kept_on_the_record(rig: Rig) -> None:
     assert response.status_code == 200, response.text
     (call,) = await rig.server.core.list_calls(rig.device.device_id)
     assert (call.end_reason, call.end_detail) == ("platform_ended", "agent_hangup (duration 3 s)")
+
+
+async def test_click2call_is_dialed_after_the_join_answered_and_hung_up(rig: Rig) -> None:
+    call_id = (await rig.api.start_call(rig.device)).json()["call_id"]
+    path = f"/v1/calls/{call_id}"
+    for event in ("joined", "answered"):
+        response = await rig.api.send("POST", f"{path}/progress", rig.device, {"event": event})
+        assert response.status_code == 200, response.text
+    bad = await rig.api.send("POST", f"{path}/progress", rig.device, {"event": "bored"})
+    assert_refused(bad, 400, "bad_request")
+    end = {"reason": "sip_left", "duration_ms": 5000}
+    assert (await rig.api.send("POST", f"{path}/end", rig.device, end)).status_code == 200
+    (call,) = await rig.server.core.list_calls(rig.device.device_id)
+    if rig.name != "click2call":
+        # No call control on the other platforms: nothing asked upstream after the token.
+        assert len(rig.fake.received) == 1 and call.outcome is None
+        return
+    assert isinstance(rig.fake, FakeClick2Call)
+    # 003 l. 55-67, 85-87: /connect, /status ANSWERED, /hangup, for the bridge's call id.
+    upstream = call.upstream_call_id
+    assert upstream is not None and upstream.startswith("c2c_")
+    assert [(step, c, dict(body)) for step, c, body in rig.fake.control] == [
+        ("connect", upstream, {}),
+        ("status", upstream, {"status": "ANSWERED"}),
+        ("hangup", upstream, {}),
+    ]
+    assert rig.fake.refused == [] and call.outcome == "ANSWERED"
+    # The server-to-server calls carry the key; the device never had it.
+    late = await rig.api.send("POST", f"{path}/progress", rig.device, {"event": "answered"})
+    assert_refused(late, 409, "call_ended")
+
+
+@pytest.mark.parametrize("platform_name", ["click2call"])
+async def test_click2call_unanswered_or_failed_is_hung_up_with_its_outcome(rig: Rig) -> None:
+    assert isinstance(rig.fake, FakeClick2Call)
+    outcomes = []
+    for reason in ("no_answer", "connect_failed"):
+        call_id = (await rig.api.start_call(rig.device)).json()["call_id"]
+        end = {"reason": reason, "duration_ms": 0}
+        response = await rig.api.send("POST", f"/v1/calls/{call_id}/end", rig.device, end)
+        assert response.status_code == 200
+        outcomes.append(
+            next(c.outcome for c in await rig.server.core.list_calls() if c.call_id == call_id)
+        )
+    assert outcomes == ["NOT_ANSWERED", "FAILED"]
+    assert [step for step, _c, _b in rig.fake.control] == ["hangup", "hangup"]
