@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,4 +136,21 @@ async def test_transcripts_agent_state_and_tools_over_rpc(stack: LocalStack) -> 
         assert {line["call_id"] for line in lines} == {call_id}
         record = await ended_record(stack, str(call_id))
         assert record.end_reason == "agent_ended"
+        # A local display asks the running daemon: `appliance transcript --text`.
+        command = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "appliance",
+            "--config",
+            str(files.config),
+            "transcript",
+            "--text",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            out, _ = await command.communicate()
+        assert command.returncode == 0
+        shown = out.decode().splitlines()
+        assert shown[0] == f"agent: {session.options.greeting}"
+        assert "user: when does the library open" not in shown  # an interim line
     assert set(AGENT_PATTERNS) == set(AgentActivity)
