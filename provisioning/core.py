@@ -175,6 +175,7 @@ class ProvisioningCore:
             api_key=config.livekit.api_key,
             api_secret=config.livekit.api_secret,
             public_url=config.server.page_url,
+            public_url_guessed=config.server.public_url is None,
             close_call=self._close_unanswered,
             clock=clock,
         )

@@ -274,6 +274,7 @@ class Ringing:
         api_key: str,
         api_secret: str,
         public_url: str,
+        public_url_guessed: bool = False,
         close_call: CloseCall,
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
@@ -285,6 +286,8 @@ class Ringing:
         self._api_key = api_key
         self._api_secret = api_secret
         self._public_url = public_url.rstrip("/")
+        # Said once, at the first ring: links to http://host:port rarely reach anyone.
+        self._warn_url = public_url_guessed
         self._close_call = close_call
         self._clock = clock
         self._sleep = sleep
@@ -335,6 +338,13 @@ class Ringing:
         ):
             return None  # another signal (or backend) started it
         self._arm(call_id, deadline)
+        if self._warn_url:
+            self._warn_url = False
+            logger.warning(
+                "ringing calls' join links point at %s: set [server] public_url to the address"
+                " people reach the backend at",
+                self._public_url,
+            )
         expires = deadline + TICKET_GRACE_S
         audit.info(
             "call ringing",

@@ -70,7 +70,7 @@ async def test_a_bad_ring_setting_is_refused_naming_the_key(
 
 
 async def test_a_ringing_device_gets_grants_that_ring_and_dispatch_no_agent(
-    server: BackendServer, api: Api, enrolled: TestDevice
+    server: BackendServer, api: Api, enrolled: TestDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
     core = server.core
     await core.set_group_settings("desk", RING, actor="cli")
@@ -88,6 +88,8 @@ async def test_a_ringing_device_gets_grants_that_ring_and_dispatch_no_agent(
     # The press started its call, so its ring; the held grant rings only once it is used.
     assert (await core.ringing.get(pressed["call_id"])).state is RingState.RINGING  # type: ignore[union-attr]
     assert (await core.ringing.get(held["call_id"])).state is RingState.HELD  # type: ignore[union-attr]
+    # This config names no public_url: the links guess http://host:port, and say so once.
+    assert caplog.text.count("set [server] public_url") == 1
 
     # The device's own setting turns it off again, key by key over the group's.
     await core.set_device_settings(
