@@ -37,6 +37,7 @@ from appliance.call.events import (
     ToolCall,
 )
 from appliance.call.mixer import Mixer
+from appliance.call.tones import limit_warning
 from appliance.errors import CallError, TokenRefusedError
 from appliance.state import EndReason
 from appliance.status.redact import redact
@@ -206,6 +207,20 @@ class LiveKitRoom:
                 self._mic_track.mute()
             else:
                 self._mic_track.unmute()
+
+    def play_warning(self) -> None:
+        """Mix the kiosk's limit warning into what the speaker plays (every voice goes on)."""
+        self._spawn(self._play_local(limit_warning(), "kiosk-warning"), "call-warning")
+
+    async def _play_local(self, pcm: np.ndarray, key: str) -> None:
+        """A sound of the kiosk's own as one more track of the mix, paced at 10 ms."""
+        self._mixer.add_track(key)
+        try:
+            for start in range(0, len(pcm), SAMPLES_PER_FRAME):
+                self._mixer.push(key, pcm[start : start + SAMPLES_PER_FRAME])
+                await asyncio.sleep(FRAME_MS / 1000)
+        finally:
+            self._mixer.remove_track(key)
 
     def answer_tool(self, call_id: str, ok: bool, output: str) -> None:
         """The daemon's answer to a tool call: back over RPC, or the platform's data message."""

@@ -19,6 +19,7 @@ The supervisor owns the states; a `CallRun` drives one call through them:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -64,6 +65,11 @@ AGENT_RETURN_GRACE_S = 1.5
 # How long a phone the platform dials (Click2Call) may ring before the call ends no_answer;
 # the bridge normally gives up first and its SIP participant leaves.
 PHONE_RING_S = 60.0
+# A platform's own cap on a call, from its document: HMS VoiceDock ends a web call at 5
+# minutes (004 l. 154, 172-173). The device ends it there itself (max_duration) and beeps
+# LIMIT_WARNING_S before.
+PLATFORM_MAX_CALL_S = {"hmsvoicedock": 300.0}
+LIMIT_WARNING_S = 30.0
 # How often the device tries to tell the backend that the call was joined or answered.
 PROGRESS_ATTEMPTS = 3
 # How long the SDK may try to resume before the device rejoins with a fresh token itself.
@@ -76,6 +82,10 @@ class Call(Protocol):
     async def connect(self) -> None: ...
 
     def on_state_change(self, change: StateChange) -> None: ...
+
+    def play_warning(self) -> None:
+        """The call is about to hit a platform's time limit: the kiosk beeps."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -257,7 +267,11 @@ class CallRun:
 
     async def _converse(self, grant: CallGrant) -> EndReason:
         clock = self._clock
-        deadlines = CallDeadlines(self._host.settings, clock.monotonic())
+        settings = self._host.settings
+        limit_s = PLATFORM_MAX_CALL_S.get(grant.provider)
+        if limit_s is not None and limit_s < settings.max_duration_s:
+            settings = dataclasses.replace(settings, max_duration_s=limit_s)
+        deadlines = CallDeadlines(settings, clock.monotonic())
         # Before anyone answers: the far end is being rung, or the agent is on its way.
         waiting = State.CONNECTING
         if grant.ring is not None:
@@ -328,6 +342,8 @@ class CallRun:
                         self._mark("agent_joined")
                         deadlines.joined(now)
                         self._host.show(State.IN_CALL)
+                        if limit_s is not None:
+                            self._warn_at(settings.max_duration_s - LIMIT_WARNING_S)
                     elif deadlines.interrupted:
                         deadlines.restored(now)
                         self._host.show(State.IN_CALL, "rejoined")
@@ -414,6 +430,14 @@ class CallRun:
                     extra={"CALL_ID": grant.call_id},
                 )
                 await self._clock.sleep(delay)
+
+    def _warn_at(self, delay_s: float) -> None:
+        self._helpers.spawn(self._warn_later(delay_s), "call-limit-warning")
+
+    async def _warn_later(self, delay_s: float) -> None:
+        await self._clock.sleep(max(0.0, delay_s))
+        if self._call is not None:
+            self._call.play_warning()
 
     def _report_progress(self, grant: CallGrant, event: str) -> None:
         self._helpers.spawn(self._send_progress(grant, event), f"call-progress-{event}")

@@ -3,7 +3,7 @@
 The daemon starts it while idle (`workers.py`), so the LiveKit SDK's native runtime is up
 before a press; on the press it sends `connect` and the room joins at once. Everything the
 SDK allocates for the call dies with this process when the call is over. The wire is
-`wire.py`: the daemon sends `connect`, `status`, `mute`, `tool_result`, `close` and
+`wire.py`: the daemon sends `connect`, `status`, `mute`, `warn`, `tool_result`, `close` and
 microphone frames;
 this process answers `ready`, `connected` / `connect_failed`, `closed`, call events,
 the agent's audio frames and its own log records (redacted here, and again by the
@@ -94,6 +94,8 @@ class _Session:
             room.send_status(str(message["payload"]).encode())
         elif kind == "mute":
             room.set_muted(bool(message["muted"]))
+        elif kind == "warn":
+            room.play_warning()
         elif kind == "tool_result":
             room.answer_tool(str(message["call_id"]), bool(message["ok"]), str(message["output"]))
         elif kind == "close":

@@ -130,6 +130,12 @@ class WorkerCall:
         self._microphone = self._tasks.spawn(self._pump_microphone(worker), "call-microphone")
         self._tasks.spawn(self._prepare_next_worker(), "call-next-worker")
 
+    def play_warning(self) -> None:
+        """The call is about to hit its platform's time limit: the kiosk beeps, mixed in."""
+        if self._worker is not None:
+            self._worker.send({"type": "warn"})
+            logger.info("the call's time limit is near: warning played", extra=self._fields())
+
     def on_state_change(self, change: StateChange) -> None:
         """Observer: queue a call-status message for this change, sent in order."""
         if change.muted is not self._muted:

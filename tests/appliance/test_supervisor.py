@@ -14,6 +14,7 @@ from appliance.call.events import (
     AgentAudioStarted,
     CallEvent,
     Disconnected,
+    FarEndAnswered,
     PartyJoined,
     PartyLeft,
     PlatformEnded,
@@ -54,6 +55,8 @@ class FakeBackend:
         self.token_gate: asyncio.Event | None = None  # set: the token "arrives"
         self.reports: list[StatusReport | None] = []
         self.settings: dict[str, Any] = {}
+        self.provider = "livekit"  # the grants' provider
+        self.progress: list[tuple[str, str]] = []
 
     async def check_in(self, report: StatusReport | None = None) -> DeviceInfo:
         if self.clock is not None:
@@ -76,6 +79,7 @@ class FakeBackend:
             identity="device-d-1",
             call_id=f"c-{self.created}",
             expires_at=datetime.now(UTC),
+            provider=self.provider,
         )
 
     async def hold_grant(self) -> CallGrant:
@@ -104,6 +108,9 @@ class FakeBackend:
             call_id=call_id,
             expires_at=datetime.now(UTC),
         )
+
+    async def report_progress(self, call_id: str, event: str) -> None:
+        self.progress.append((call_id, event))
 
     @property
     def clock_offset_s(self) -> float | None:
@@ -168,6 +175,8 @@ class FakeCall:
         self.connected = asyncio.Event()
         self.changes: list[StateChange] = []
         self.closed = False
+        self.warnings: list[float] = []
+        self.clock: ManualClock | None = None
 
     async def connect(self) -> None:
         if self.connect_gate is not None:
@@ -178,6 +187,9 @@ class FakeCall:
 
     def on_state_change(self, change: StateChange) -> None:
         self.changes.append(change)
+
+    def play_warning(self) -> None:
+        self.warnings.append(self.clock.monotonic() if self.clock is not None else 0.0)
 
     async def aclose(self) -> None:
         self.closed = True
@@ -199,6 +211,7 @@ class Harness:
 
     def make_call(self, grant: CallGrant, on_event: Callable[[CallEvent], None]) -> FakeCall:
         call = FakeCall(grant, on_event)
+        call.clock = self.clock
         call.connect_error = self.connect_errors.pop(0) if self.connect_errors else None
         call.connect_error = call.connect_error or self.connect_error
         call.connect_gate = self.connect_gate
@@ -219,6 +232,7 @@ async def start_harness(
     heartbeat_s: float = 0.0,
     rejoin_window_s: float = 30.0,
     backoff_max_s: float = 8.0,
+    max_duration_s: float = 300,
 ) -> Harness:
     clock = ManualClock()
     backend = FakeBackend()
@@ -226,7 +240,7 @@ async def start_harness(
     # No idle hang-up or cool-down here: tests/appliance/test_call_policy.py covers them.
     settings = CallSettings(
         agent_join_timeout_s=10,
-        max_duration_s=300,
+        max_duration_s=max_duration_s,
         idle_timeout_s=0,
         cooldown_s=0,
         rejoin_window_s=rejoin_window_s,
@@ -523,3 +537,58 @@ async def test_audio_recovering_while_the_backend_is_down_shows_the_backend_faul
     assert harness.supervisor.state is State.BACKEND_UNREACHABLE  # not READY: it is still down
     await harness.clock.advance(60)
     assert harness.supervisor.state is State.READY
+
+
+async def test_hms_calls_end_at_its_five_minutes_with_a_warning_30_s_before() -> None:
+    h = await start_harness(max_duration_s=600)
+    try:
+        h.backend.provider = "hmsvoicedock"
+        await h.press()
+        call = h.calls[0]
+        joined_at = h.clock.monotonic()
+        call.emit(PartyJoined("assistant"))
+        await h.settle()
+        await h.clock.advance(269)
+        assert call.warnings == []
+        await h.clock.advance(2)
+        assert call.warnings == [joined_at + 270]  # 004 l. 154, 172-173: 5 minutes at most
+        await h.clock.advance(30)
+        assert h.supervisor.state is State.READY
+        assert h.backend.ended == [("c-1", "max_duration")]
+    finally:
+        await stop_harness(h)
+
+
+async def test_a_phone_rings_until_answered_and_the_backend_hears_of_both() -> None:
+    h = await start_harness()
+    try:
+        h.backend.provider = "click2call"
+        await h.press()
+        assert h.supervisor.state is State.RINGING
+        call = h.calls[0]
+        call.emit(PartyJoined("sip_9530251797", PartyKind.SIP))
+        await h.settle()
+        assert h.supervisor.state is State.RINGING  # the leg in the room is not the answer
+        assert h.backend.progress == [("c-1", "joined")]
+        call.emit(FarEndAnswered("sip_9530251797"))
+        await h.settle()
+        assert h.supervisor.state is State.IN_CALL
+        assert h.backend.progress == [("c-1", "joined"), ("c-1", "answered")]
+        assert call.warnings == []  # no platform limit here
+        await h.press()
+        assert h.backend.ended == [("c-1", "user")]
+    finally:
+        await stop_harness(h)
+
+
+async def test_a_phone_nobody_answers_ends_no_answer() -> None:
+    h = await start_harness()
+    try:
+        h.backend.provider = "click2call"
+        await h.press()
+        h.calls[0].emit(PartyJoined("sip_9530251797", PartyKind.SIP))
+        await h.clock.advance(61)  # PHONE_RING_S
+        assert h.supervisor.state is State.READY
+        assert h.backend.ended == [("c-1", "no_answer")]
+    finally:
+        await stop_harness(h)
