@@ -20,6 +20,35 @@ SETTINGS_FIELDS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("call_cooldown_s", ("call", "cooldown_s"), "Cooldown (s)", "type=number step=any"),
     ("wake_word_model", ("wake_word", "model"), "Wake word model", "type=text maxlength=64"),
     ("speaker_volume", ("speaker_volume",), "Volume (0-1)", "type=number step=0.05 min=0 max=1"),
+    (
+        "ring_timeout_s",
+        ("ring_operators", "timeout_s"),
+        "Ring people first for (s)",
+        "type=number step=any min=5 max=600",
+    ),
+)
+# (form field, settings path, label, ((value, shown, setting), ...)): "" is "not set".
+SETTINGS_CHOICES: tuple[
+    tuple[str, tuple[str, ...], str, tuple[tuple[str, str, object], ...]], ...
+] = (
+    (
+        "wake_word_enabled",
+        ("wake_word", "enabled"),
+        "Wake word",
+        (("on", "on", True), ("off", "off", False)),
+    ),
+    (
+        "ring_enabled",
+        ("ring_operators", "enabled"),
+        "Ring people first",
+        (("on", "on", True), ("off", "off", False)),
+    ),
+    (
+        "ring_on_no_answer",
+        ("ring_operators", "on_no_answer"),
+        "If nobody answers",
+        (("agent", "the agent takes the call", "agent"), ("end", "end the call", "end")),
+    ),
 )
 
 
@@ -44,22 +73,32 @@ def settings_fields(settings: Mapping[str, Any]) -> Markup:
         )
         for name, path, label, attrs in SETTINGS_FIELDS
     ]
-    enabled = _setting(settings, ("wake_word", "enabled"))
-    chosen = "" if enabled is None else ("on" if enabled is True else "off")
-    options = join(
-        html(
-            '<option value="{}"{}>{}</option>',
-            value,
-            Markup(" selected" if value == chosen else ""),
-            label,
+    selects = []
+    for name, path, label, choices in SETTINGS_CHOICES:
+        current = _setting(settings, path)
+        chosen = next((value for value, _, setting in choices if setting == current), "")
+        options = join(
+            html(
+                '<option value="{}"{}>{}</option>',
+                value,
+                Markup(" selected" if value == chosen else ""),
+                shown,
+            )
+            for value, shown in (("", "(not set)"), *((v, s) for v, s, _ in choices))
         )
-        for value, label in (("", "(not set)"), ("on", "on"), ("off", "off"))
-    )
-    return html(
-        "{}<label>Wake word <select name=wake_word_enabled>{}</select></label>",
-        join(fields),
-        options,
-    )
+        selects.append(
+            html('<label>{} <select name="{}">{}</select></label>', label, name, options)
+        )
+    return html("{}{}", join(fields), join(selects))
+
+
+def _put(settings: dict[str, object], path: tuple[str, ...], value: object) -> None:
+    target = settings
+    for key in path[:-1]:
+        nested = target.setdefault(key, {})
+        assert isinstance(nested, dict)
+        target = nested
+    target[path[-1]] = value
 
 
 def parse_settings(text: Callable[[str], str]) -> dict[str, object]:
@@ -75,15 +114,10 @@ def parse_settings(text: Callable[[str], str]) -> dict[str, object]:
                 value = float(value_text)
             except ValueError as exc:
                 raise BadRequestError(f"{label} must be a number") from exc
-        target = settings
-        for key in path[:-1]:
-            nested = target.setdefault(key, {})
-            assert isinstance(nested, dict)
-            target = nested
-        target[path[-1]] = value
-    enabled = text("wake_word_enabled")
-    if enabled in ("on", "off"):
-        wake = settings.setdefault("wake_word", {})
-        assert isinstance(wake, dict)
-        wake["enabled"] = enabled == "on"
+        _put(settings, path, value)
+    for name, path, _, choices in SETTINGS_CHOICES:
+        sent = text(name)
+        for value, _, setting in choices:
+            if sent == value:
+                _put(settings, path, setting)
     return settings

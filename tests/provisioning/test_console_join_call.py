@@ -75,3 +75,27 @@ async def test_a_read_only_session_has_no_button_and_cannot_join(
     assert live in page.text and _join_forms(page.text) == []
     refused = await browser.post(f"/console/calls/{live}/join", {"csrf": await browser.csrf()})
     assert refused.status_code == 403 and "may only read" in refused.text
+
+
+async def test_a_groups_calls_ring_people_first_from_the_console_form(
+    browser: Browser, server: BackendServer, write_token: str
+) -> None:
+    await browser.sign_in(write_token)
+    csrf = await browser.csrf()
+    form = {"csrf": csrf, "group": "desk", "ring_timeout_s": "45", "ring_on_no_answer": "end"}
+    saved = await browser.post("/console/groups", form)
+    assert saved.status_code == 303, saved.text
+    rings = {"ring_operators": {"timeout_s": 45.0, "on_no_answer": "end"}}
+    assert await server.core.list_groups() == {"desk": rings}
+    page = (await browser.get("/console/groups")).text  # the form shows what is set
+    assert 'name="ring_timeout_s" type=number step=any min=5 max=600 value="45.0"' in page
+    assert '<option value="end" selected>end the call</option>' in page
+    switched_off = await browser.post(
+        "/console/groups", {"csrf": csrf, "group": "desk", "ring_enabled": "off"}
+    )
+    assert switched_off.status_code == 303
+    assert await server.core.list_groups() == {"desk": {"ring_operators": {"enabled": False}}}
+    refused = await browser.post(
+        "/console/groups", {"csrf": csrf, "group": "desk", "ring_timeout_s": "2"}
+    )
+    assert refused.status_code == 400 and "ring_operators.timeout_s" in refused.text
