@@ -13,6 +13,8 @@ class EventKind(StrEnum):
     CALL_STARTED = "call.started"
     # The call rings people first (ring_operators): the operators' join link.
     CALL_RINGING = "call.ringing"
+    # Someone answered the ring: the other operators need not.
+    CALL_ANSWERED = "call.answered"
     CALL_ENDED = "call.ended"
     DEVICE_ENROLLED = "device.enrolled"
     DEVICE_APPROVED = "device.approved"

@@ -15,7 +15,7 @@ person, and only if nobody answers in time by the agent (or by nobody: `no_answe
   webhook: webhooks are forwarded to chats and mailboxes, and a ticket is worth nothing
   after its call.
 - **An answer** is an operator (identity `operator-…`) joining the room, from LiveKit's
-  `participant_joined`: the timer stops.
+  `participant_joined`: the timer stops, and `call.answered` tells the other operators.
 - **Nobody answers** by the deadline: one backend claims the ring (a conditional update)
   and dispatches the agent, or marks it `no_answer`. The device ends such a call itself at
   the same moment and reports `no_answer`; if its report has not come `NO_ANSWER_GRACE_S`
@@ -385,6 +385,15 @@ class Ringing:
         if moved:
             self._disarm(call_id)
             audit.info("call answered", extra={"call_id": call_id, "identity": identity})
+            ring = await self._store.get(call_id)
+            device_id = ring.device_id if ring is not None else ""
+            await self._events.emit(
+                FleetEvent(
+                    EventKind.CALL_ANSWERED,
+                    self._clock(),
+                    {"call_id": call_id, "device_id": device_id, "answered_by": identity},
+                )
+            )
         return moved
 
     async def ended(self, call_id: str) -> None:

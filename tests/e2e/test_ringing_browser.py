@@ -68,6 +68,8 @@ async def test_an_operator_answers_from_the_webhooks_link_and_the_kiosk_hears_th
             ring = await stack.backend.core.ringing.get(call_id)
             assert ring is not None and ring.state is RingState.ANSWERED
             assert ring.answered_by is not None and ring.answered_by.startswith("operator-")
+            answered = data(await webhook(receiver, "call.answered"))
+            assert (answered["call_id"], answered["answered_by"]) == (call_id, ring.answered_by)
             assert stack.backend.core.ringing.timers == frozenset()  # the fallback is off
             await page.evaluate("document.getElementById('end-call').click()")
             await device.watcher.wait_for(State.READY, 20)

@@ -226,7 +226,12 @@ async def test_an_operator_answering_stops_the_timer(rig: Rig) -> None:
     await _ring(rig, "c-2", OnNoAnswer.AGENT)
     assert not await rig.ringing.answered("c-2", "device-d1")  # the kiosk is nobody's answer
     assert await rig.ringing.answered("c-2", "operator-0a1b2c3d")
+    assert not await rig.ringing.answered("c-2", "operator-99999999")  # the first one did
     assert rig.ringing.timers == frozenset()
+    answered = [e for e in rig.events.emitted if e.kind is EventKind.CALL_ANSWERED]
+    assert [e.data for e in answered] == [
+        {"call_id": "c-2", "device_id": "d1", "answered_by": "operator-0a1b2c3d"}
+    ]
     await asyncio.sleep(0)
     assert not _task_named("ring-c-2")
     await rig.time.advance(60)
