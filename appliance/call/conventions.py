@@ -40,6 +40,10 @@ SEGMENT_ID = "lk.segment_id"
 TRANSCRIBED_TRACK = "lk.transcribed_track_id"
 # Click2Call's phone leg (003 l. 58-60).
 SIP_CALL_STATUS = "sip.callStatus"
+# Our own data topics (call status, control): never a platform's.
+OUR_TOPICS = "kiosk."
+# What a platform may call the kiosk's side of a transcript (Call2Me names no values).
+USER_WORDS = frozenset({"user", "human", "caller", "customer"})
 # Bounds on what the far end may make us keep or show.
 MAX_TEXT_CHARS = 2000
 MAX_REASON_CHARS = 120
@@ -79,6 +83,9 @@ class Conventions:
     text_topics: ClassVar[frozenset[str]] = frozenset({TRANSCRIPTION_TOPIC})
     # Data-message topics this platform sends; None is a message without a topic.
     data_topics: ClassVar[frozenset[str | None]] = frozenset()
+    # Whether its data messages are read whatever their topic (a document whose client reads
+    # every DataReceived); ours (`kiosk.…`) never are.
+    any_topic: ClassVar[bool] = False
     # Whether the far end answers after it joined (a phone rings first).
     rings: ClassVar[bool] = False
     # Whether being removed from the room is a token running out, answered by a fresh
@@ -100,7 +107,9 @@ class Conventions:
 
     def reads_data(self, topic: str | None) -> bool:
         """Whether data messages on `topic` ("" or None: no topic) are the platform's."""
-        return (topic or None) in self.data_topics
+        if topic and topic.startswith(OUR_TOPICS):
+            return False
+        return self.any_topic or (topic or None) in self.data_topics
 
     # -- what it means -------------------------------------------------------------------
 
@@ -153,11 +162,6 @@ class Conventions:
         platform makes none (tools then come over LiveKit RPC only)."""
         return None
 
-    @property
-    def reply_topic(self) -> str | None:
-        """The topic of our replies by data message (None: no topic)."""
-        return None
-
     def _segment(self) -> str:
         self._lines += 1
         return f"{self.name}-{self._lines}"
@@ -166,7 +170,15 @@ class Conventions:
         return Transcript(speaker, clean(text, MAX_TEXT_CHARS), True, segment or self._segment())
 
 
-class Call2MeConventions(Conventions):
+class HostedConventions(Conventions):
+    """A hosted platform's room: everyone in it but the kiosk is the platform's (its agent,
+    whatever kind it joins as; there are no operators of ours), so any party is the far end."""
+
+    def is_far_end(self, participant: ParticipantView) -> bool:
+        return participant.kind is not None
+
+
+class Call2MeConventions(HostedConventions):
     """Call2Me (seeds/000): an agent; transcripts as data messages without a topic."""
 
     name = "call2me"
@@ -175,34 +187,32 @@ class Call2MeConventions(Conventions):
     # token-expired; your code reissues and reconnects".
     reissues = True
     # l. 72-79: "LiveKit publishes transcripts as data messages on the same room", read with
-    # DataReceived and no topic: {"type": "transcript", "speaker", "text"}.
-    data_topics = frozenset({None})
+    # DataReceived whatever the topic (none is given): {"type": "transcript", "speaker", "text"}.
+    any_topic = True
 
     def on_message(self, message: Mapping[str, Any]) -> list[CallEvent]:
         if message.get("type") != "transcript" or "text" not in message:
             return []
-        # l. 77 prints `speaker` without naming its values. Assumed: "user" is the kiosk's
-        # side, anything else (the agent's name, "agent") the far end.
-        speaker = Speaker.USER if message.get("speaker") == "user" else Speaker.AGENT
+        # l. 77 prints `speaker` without naming its values. Assumed: "user" (or "human",
+        # "caller", "customer") is the kiosk's side, anything else the far end.
+        speaker = Speaker.USER if message.get("speaker") in USER_WORDS else Speaker.AGENT
         return [self._transcript(speaker, message["text"])]
 
 
-class VatelConventions(Conventions):
+class VatelConventions(HostedConventions):
     """Vatel (seeds/001): an agent; the session's `{type, timestamp, data}` events.
 
     The document gives the events (l. 55-64) and the reply (`sendToolCallOutput(toolCallId,
     output)`, l. 65), but not how they travel in the room. **Assumed** (docs/platforms.md):
-    each event is a JSON data message on `topic` (None: no topic), and a tool's output goes
-    back the same way as `{"type": "tool_call_output", "timestamp", "data": {"toolCallId",
-    "output"}}` to the caller. A subclass with another `topic` or encoding swaps it.
+    each event is a JSON data message (any topic; none expected), and a tool's output goes
+    back to the caller on the topic its call came on, as `{"type": "tool_call_output",
+    "timestamp", "data": {"toolCallId", "output"}}`. A subclass with other `data_topics`
+    or another `tool_output` swaps it.
     """
 
     name = "vatel"
-    topic: ClassVar[str | None] = None
     text_topics = frozenset()
-
-    def reads_data(self, topic: str | None) -> bool:
-        return (topic or None) == self.topic
+    any_topic = True
 
     def on_message(self, message: Mapping[str, Any]) -> list[CallEvent]:
         kind = message.get("type")
@@ -237,19 +247,15 @@ class VatelConventions(Conventions):
         }
         return json.dumps(message, separators=(",", ":")).encode()
 
-    @property
-    def reply_topic(self) -> str | None:
-        return self.topic
 
-
-class ThinnestAIConventions(Conventions):
+class ThinnestAIConventions(HostedConventions):
     """thinnestAI (seeds/002): an agent; transcripts and the end as data messages."""
 
     name = "thinnestai"
     text_topics = frozenset()
     # l. 108-111: "data_received | Metadata from the voice engine", read with DataReceived
-    # and no topic.
-    data_topics = frozenset({None})
+    # whatever the topic.
+    any_topic = True
 
     def on_message(self, message: Mapping[str, Any]) -> list[CallEvent]:
         kind = message.get("type")
@@ -289,7 +295,7 @@ class Click2CallConventions(Conventions):
         return []
 
 
-class HmsVoiceDockConventions(Conventions):
+class HmsVoiceDockConventions(HostedConventions):
     """HMS VoiceDock (seeds/004): a LiveKit agent; `lk.transcription` text streams with
     `lk.transcription_final` and `lk.segment_id` (l. 477-498) and `lk.agent.state`
     (l. 460-468). Tool calls are not sent into the room (l. 575); the end reason is only in

@@ -142,7 +142,7 @@ class LiveKitRoom:
         # Tool calls waiting for the daemon's answer: RPC ones by call id, and the caller of
         # each made by data message (answered by data message).
         self._rpc_waiting: dict[str, asyncio.Future[tuple[bool, str]]] = {}
-        self._data_callers: dict[str, str] = {}
+        self._data_callers: dict[str, tuple[str, str]] = {}  # call id -> (caller, topic)
 
     async def connect(self, url: str, token: str) -> None:
         """Join the room and publish the microphone; raises CallError if that fails."""
@@ -232,15 +232,13 @@ class LiveKitRoom:
         caller = self._data_callers.pop(call_id, None)
         payload = self._conventions.tool_output(call_id, output, ok=ok)
         if caller is not None and payload is not None:
-            self._spawn(self._send_tool_output(payload, caller), "call-tool-output")
+            self._spawn(self._send_tool_output(payload, *caller), "call-tool-output")
 
-    async def _send_tool_output(self, payload: bytes, caller: str) -> None:
+    async def _send_tool_output(self, payload: bytes, caller: str, topic: str) -> None:
         try:
+            # Back to the caller, on the topic its call came on.
             await self._room.local_participant.publish_data(
-                payload,
-                reliable=True,
-                topic=self._conventions.reply_topic or "",
-                destination_identities=[caller],
+                payload, reliable=True, topic=topic, destination_identities=[caller]
             )
         except Exception:
             logger.warning("could not send a tool's output", extra=self._log_fields())
@@ -278,12 +276,14 @@ class LiveKitRoom:
             participant_view(participant)
         )
 
-    def _emit(self, events: list[CallEvent], sender: str | None = None) -> None:
+    def _emit(
+        self, events: list[CallEvent], sender: str | None = None, topic: str | None = None
+    ) -> None:
         for event in events:
             if isinstance(event, ToolCall):
                 if sender is None:
                     continue  # nobody to answer
-                self._data_callers[event.call_id] = sender
+                self._data_callers[event.call_id] = (sender, topic or "")
             self._on_event(event)
 
     def _on_attributes_changed(self, changed: dict[str, str], participant: rtc.Participant) -> None:
@@ -475,7 +475,8 @@ class LiveKitRoom:
         view = None if sender is None else participant_view(sender)
         if not conventions.reads_data(packet.topic) or not conventions.may_send(view):
             return
-        self._emit(conventions.on_data(view, packet.data), None if view is None else view.identity)
+        events = conventions.on_data(view, packet.data)
+        self._emit(events, None if view is None else view.identity, packet.topic)
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if self._last_status is not None and not self._closing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,13 @@ from provisioning.http import BackendServer
 from provisioning.models import CallRecord
 from provisioning.rooms import RecordingRoomService
 from tests.e2e.conftest import RunningDevice, run_device
-from tests.platforms.agents import AGENTS, LiveKitTranscriptionAgent, PlatformAgent, SipLeg
+from tests.platforms.agents import (
+    AGENTS,
+    LiveKitTranscriptionAgent,
+    PlatformAgent,
+    SipLeg,
+    ThinnestAIAgent,
+)
 from tests.platforms.conftest import FAKES, PLATFORM_KEY, SETTINGS, platform_config
 from tests.platforms.fake_base import FAKE_LIVEKIT_KEY, FAKE_LIVEKIT_SECRET, FakePlatform
 from tests.platforms.fake_click2call import FakeClick2Call
@@ -70,7 +76,11 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @asynccontextmanager
 async def platform_rig(
-    tmp_path: Path, name: str, *, tools: list[str] | None = None
+    tmp_path: Path,
+    name: str,
+    *,
+    tools: list[str] | None = None,
+    agent: type[PlatformAgent] | None = None,
 ) -> AsyncIterator[PlatformRig]:
     """The platform's LiveKit, its fake (which dispatches its agent), the backend, a kiosk."""
     async with AsyncExitStack() as stack:
@@ -83,10 +93,10 @@ async def platform_rig(
         queue: asyncio.Queue[PlatformAgent] = asyncio.Queue()
 
         async def start_agent(room: str) -> None:
-            agent = AGENTS[name](livekit.url, room)
-            agents.append(agent)
-            await agent.start()
-            queue.put_nowait(agent)
+            far_end = (agent or AGENTS[name])(livekit.url, room)
+            agents.append(far_end)
+            await far_end.start()
+            queue.put_nowait(far_end)
 
         fake.on_room = start_agent
         backend_dir = tmp_path / "backend"
@@ -113,8 +123,8 @@ async def platform_rig(
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
-            for agent in agents:
-                await agent.aclose()
+            for far_end in agents:
+                await far_end.aclose()
 
 
 async def _follow(device: RunningDevice, into: list[dict[str, Any]]) -> None:
@@ -155,8 +165,21 @@ def _ending(rig: PlatformRig) -> list[str | None]:
     return [c.reason for c in rig.device.watcher.changes if c.state is State.ENDING]
 
 
-async def test_thinnestai_transcripts_and_call_ended_with_its_reason(tmp_path: Path) -> None:
-    async with platform_rig(tmp_path, "thinnestai") as rig:
+class LooseThinnestAIAgent(ThinnestAIAgent):
+    """Another reading of the same document: the engine joins as a standard participant and
+    sends its messages on a topic (002 l. 108-119 name neither)."""
+
+    kind = "standard"
+
+    async def _send(self, message: Mapping[str, Any], topic: str | None = None) -> None:
+        await super()._send(message, topic or "engine")
+
+
+@pytest.mark.parametrize("agent", [ThinnestAIAgent, LooseThinnestAIAgent])
+async def test_thinnestai_transcripts_and_call_ended_with_its_reason(
+    tmp_path: Path, agent: type[PlatformAgent]
+) -> None:
+    async with platform_rig(tmp_path, "thinnestai", agent=agent) as rig:
         agent, call_id = await _call(rig)
         await agent.say("Hello, this is thinnestAI.")
         await agent.say("I would like a taxi", user=True)
