@@ -40,6 +40,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# A caller who left on purpose, or was removed, ends the session at once. One whose
+# connection was replaced or lost (a kiosk rejoining after its call worker died, a
+# network drop) has the device's rejoin window to come back, as LiveKit Agents' sessions
+# do: they close only for a client's own leave, a deleted room or a rejected SIP call.
+LEFT_ON_PURPOSE = frozenset(
+    {
+        rtc.DisconnectReason.CLIENT_INITIATED,
+        rtc.DisconnectReason.PARTICIPANT_REMOVED,
+        rtc.DisconnectReason.ROOM_DELETED,
+        rtc.DisconnectReason.USER_REJECTED,
+    }
+)
+REJOIN_GRACE_S = 30.0  # the device default of [call] rejoin_window_s
+
 
 class AgentSession:
     """The agent's side of one room: owns the rtc.Room, its audio track and its tasks."""
@@ -94,6 +108,8 @@ class AgentSession:
         self._room.on("track_subscribed", self._on_track_subscribed)
         self._room.on("local_track_subscribed", self._on_local_track_subscribed)
         self._room.on("participant_disconnected", self._on_participant_disconnected)
+        self._room.on("participant_connected", self._on_participant_connected)
+        self._grace: asyncio.TimerHandle | None = None
         self._room.on("disconnected", self._on_disconnected)
 
     # -- public API ---------------------------------------------------------------------------
@@ -362,11 +378,42 @@ class AgentSession:
         self._subscribed.set()
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        if not self._room.remote_participants:
+        if self._room.remote_participants:
+            return
+        reason = participant.disconnect_reason
+        if reason in LEFT_ON_PURPOSE:
             logger.info("last caller left; ending session", extra={"job_id": self.job_id})
             self._stop.set()
+            return
+        logger.info(
+            "last caller lost; waiting for a rejoin",
+            extra={
+                "job_id": self.job_id,
+                "reason": "unknown" if reason is None else rtc.DisconnectReason.Name(reason),
+                "grace_s": REJOIN_GRACE_S,
+            },
+        )
+        self._cancel_grace()
+        self._grace = asyncio.get_running_loop().call_later(REJOIN_GRACE_S, self._grace_over)
+
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        self._cancel_grace()
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if not self._room.remote_participants:
+            logger.info(
+                "last caller did not come back; ending session", extra={"job_id": self.job_id}
+            )
+            self._stop.set()
+
+    def _cancel_grace(self) -> None:
+        grace, self._grace = self._grace, None
+        if grace is not None:
+            grace.cancel()
 
     def _on_disconnected(self, reason: Any) -> None:
+        self._cancel_grace()
         self._stop.set()
 
 
