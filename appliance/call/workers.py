@@ -46,6 +46,9 @@ class CallWorker:
         self._channel = channel
         self._inbox: asyncio.Queue[bytes | Message | None] = asyncio.Queue()
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A warm worker may exit before anyone waits for it (the daemon stopping): its
+        # failure is then nobody's to report, so asyncio is told it was seen.
+        self._ready.add_done_callback(_seen)
         self._reader = asyncio.create_task(self._read(), name=f"call-worker-{self.pid}")
 
     @classmethod
@@ -276,3 +279,8 @@ class CallWorkers(AsyncResource):
 
     async def _start_one(self) -> CallWorker:
         return await self._spawn()
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
