@@ -224,7 +224,13 @@ def main() -> int:
     if not args.image.exists():
         print(f"boot-test: no image at {args.image}: run image/build", file=sys.stderr)
         return 1
-    return judge(asyncio.run(boot(args.image, args.timeout)), args.keep_log)
+    outcome = asyncio.run(boot(args.image, args.timeout))
+    try:
+        return judge(outcome, args.keep_log)
+    finally:
+        # The card's copy and its ROOT partition are 3.8 GB a run; the logs stay.
+        for big in (outcome.card, outcome.card.parent / "root.ext4"):
+            big.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
