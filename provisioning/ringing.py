@@ -526,13 +526,17 @@ class Ringing:
         if not isinstance(ticket, str) or ticket.count(".") != 1 or len(ticket) > 400:
             raise RingLinkError("the join link is malformed")
         payload, mac = ticket.split(".")
+        # The MAC first (constant time): nothing of a forged ticket is decoded or parsed.
         try:
-            given = _unb64(mac)
+            given, expected = _unb64(mac), self._mac(payload)  # not ASCII: ValueError
+        except ValueError as exc:
+            raise RingLinkError("the join link is malformed") from exc
+        if not hmac.compare_digest(given, expected):
+            raise RingLinkError("the join link does not verify")
+        try:
             claims = json.loads(_unb64(payload))
         except ValueError as exc:
             raise RingLinkError("the join link is malformed") from exc
-        if not hmac.compare_digest(given, self._mac(payload)):
-            raise RingLinkError("the join link does not verify")
         if not isinstance(claims, dict) or not isinstance(claims.get("c"), str):
             raise RingLinkError("the join link is malformed")
         expires = claims.get("e")

@@ -327,6 +327,11 @@ async def test_a_join_link_mints_an_operator_token_while_the_call_lasts(rig: Rig
     for bad in (forged, "nonsense", 42, None, ticket.replace(".", "")):
         with pytest.raises(RingLinkError):
             await rig.ringing.join(bad, get_call)
+    # A forged ticket is refused on its MAC, before its payload is decoded or parsed.
+    for payload in (b"{{{ not json", b'{"c": "c-7", "e": 99999999999}'):
+        unsigned = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+        with pytest.raises(RingLinkError, match="does not verify"):
+            await rig.ringing.join(f"{unsigned}.{'A' * 43}", get_call)
     expired = rig.ringing.ticket("c-7", rig.time.clock() - 1)
     with pytest.raises(RingLinkError, match="expired"):
         await rig.ringing.join(expired, get_call)
