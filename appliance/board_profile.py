@@ -57,6 +57,9 @@ class BoardAudio:
     # Off by default: after software echo cancellation it lifts the residual echo (the
     # closed loop measured 13.7-38.4 dB of echo removed with it on, 41-52 dB off).
     auto_gain_control: bool = False
+    # speexdsp's linear echo filter ahead of AEC3 (ms of echo it models; 0: not run): keeps a
+    # person talking over the agent at full level (docs/audio.md, "Linear pre-stage").
+    linear_echo_filter_ms: int = 0
     # Acoustic and converter delay beyond what ALSA reports, added to the AEC's stream delay.
     echo_delay_ms: float = 0.0
     volume: float = 1.0
@@ -156,6 +159,8 @@ def _check_audio(audio: BoardAudio, path: Path) -> None:
     for key in ("period_frames", "echo_delay_ms"):
         if getattr(audio, key) < 0:
             raise SettingsError(path, f"audio.{key}", "must not be negative")
+    if audio.linear_echo_filter_ms and not 50 <= audio.linear_echo_filter_ms <= 500:
+        raise SettingsError(path, "audio.linear_echo_filter_ms", "must be 0 or 50 to 500")
     if not 0.0 <= audio.volume <= 1.0:
         raise SettingsError(path, "audio.volume", "must be between 0.0 and 1.0")
     if not 10 <= audio.jitter_prefill_ms <= audio.jitter_max_ms <= 200:

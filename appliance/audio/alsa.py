@@ -527,6 +527,7 @@ def processing_options(audio: BoardAudio) -> ProcessingOptions:
         noise_suppression=audio.noise_suppression,
         high_pass_filter=audio.high_pass_filter,
         auto_gain_control=audio.auto_gain_control,
+        linear_filter_ms=audio.linear_echo_filter_ms,
     )
 
 

@@ -1,7 +1,13 @@
-"""WebRTC audio processing (echo cancellation, noise suppression, high-pass, AGC), 10 ms frames."""
+"""WebRTC audio processing (echo cancellation, noise suppression, high-pass, AGC), 10 ms frames.
+
+With `linear_filter_ms` set, speexdsp's linear echo canceller runs ahead of the APM
+(`linear_aec.py`, `cascade.py`), fed the same reverse stream.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -9,6 +15,10 @@ import numpy as np
 from livekit import rtc
 
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
+from appliance.audio.cascade import Cascade
+from appliance.audio.linear_aec import DEPTH, LinearEchoCanceller, available
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,16 @@ class ProcessingOptions:
     noise_suppression: bool = True
     high_pass_filter: bool = True
     auto_gain_control: bool = True
+    # speexdsp's linear echo canceller ahead of AEC3: its filter length (0: not run), its rate,
+    # and the share of its echo estimate subtracted (linear_aec.py says why not all of it).
+    linear_filter_ms: int = 0
+    linear_rate: int = 24000
+    linear_depth: float = DEPTH
+
+    @property
+    def linear(self) -> bool:
+        """Whether the linear pre-stage runs (only ahead of software echo cancellation)."""
+        return self.echo_cancellation and self.linear_filter_ms > 0
 
     @property
     def any(self) -> bool:
@@ -52,8 +72,13 @@ class AudioProcessor:
     """
 
     def __init__(self, options: ProcessingOptions) -> None:
+        if options.linear and not available():
+            # The package depends on libspeexdsp1; a device without it still cancels echo.
+            logger.error("libspeexdsp1 is missing: echo cancellation runs without its linear stage")
+            options = dataclasses.replace(options, linear_filter_ms=0)
         self.options = options
         self._apm = self._new_apm()
+        self._cascade = self._new_cascade()
         self._capture = _FrameSlot()
         self._render = _FrameSlot()
         self._delay_lock = threading.Lock()
@@ -78,6 +103,25 @@ class AudioProcessor:
             auto_gain_control=options.auto_gain_control,
         )
 
+    def _new_cascade(self) -> Cascade | None:
+        if not self.options.linear:
+            return None
+        linear = LinearEchoCanceller(
+            filter_ms=self.options.linear_filter_ms, rate=self.options.linear_rate
+        )
+        linear.depth = self.options.linear_depth
+        return Cascade(self._new_apm_or_fail, linear)
+
+    def _new_apm_or_fail(self) -> rtc.AudioProcessingModule:
+        apm = self._new_apm()
+        assert apm is not None
+        return apm
+
+    @property
+    def cascade(self) -> Cascade | None:
+        """The linear stage and the APMs of the current call (None when off or idle)."""
+        return self._cascade
+
     @property
     def active(self) -> bool:
         """Whether frames go through the APM now."""
@@ -90,9 +134,10 @@ class AudioProcessor:
         the capture side tells each new APM the stream delay before its first frame.
         """
         if active and self._apm is None:
+            self._cascade = self._new_cascade()
             self._apm = self._new_apm()
         elif not active:
-            self._apm = self._delay_apm = None
+            self._apm = self._delay_apm = self._cascade = None
 
     @property
     def captured(self) -> int:
@@ -119,6 +164,10 @@ class AudioProcessor:
             return
         if self.render_tap is not None:
             self.render_tap.append((self._captured, frame.copy()))
+        cascade = self._cascade
+        if cascade is not None:
+            cascade.render(frame)
+            return
         np.copyto(self._render.samples, frame)
         apm.process_reverse_stream(self._render.frame)
 
@@ -130,6 +179,9 @@ class AudioProcessor:
         apm = self._apm
         if apm is None:
             return frame
+        cascade = self._cascade
+        if cascade is not None:
+            return cascade.capture(frame, self._delay_ms)
         if self.options.echo_cancellation and (self._delay_dirty or apm is not self._delay_apm):
             # WebRTC wants the delay before every capture frame when AEC is on; an unchanged
             # value is kept by the APM, so it is sent again only after it changed or to a new APM.
