@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from appliance.audio.alsa import AlsaSession, alsa_pipeline
 from appliance.audio.base import FRAME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
+from appliance.audio.cascade import Cascade
 from appliance.audio.measure import Signal, frames_of, ratio_db
 from appliance.audio.room import ReverbRoom
 from appliance.clock import SystemClock
@@ -106,6 +107,11 @@ class LoopRun:
     delays_ms: list[int] = field(default_factory=list)
     canceller_delay_ms: float = 0.0
     glitches: dict[str, int] = field(default_factory=dict)
+    # The linear pre-stage, when the profile runs it: its CPU per 10 ms frame (capture thread),
+    # the capture frame its delay locked at, and the one the output handed over to the cascade.
+    linear_cpu_ms: float = float("nan")
+    linear_locked_at: int | None = None
+    handed_over_at: int | None = None
 
     def _w(self, x: npt.NDArray[np.generic], a: float, b: float) -> npt.NDArray[np.generic]:
         return x[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]
@@ -258,7 +264,7 @@ async def run_loop(
                 await asyncio.sleep(0.02)
         audio = through_loop(audio, loop)
         with _realtime_thread():
-            out, raw, delays, xruns, canceller_delay = await _kiosk(audio, script)
+            out, raw, delays, xruns, canceller_delay, linear = await _kiosk(audio, script)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -271,6 +277,11 @@ async def run_loop(
         np.load(out_file), script, room, out, raw, delays, xruns, strict=strict, played=played
     )
     run.canceller_delay_ms = canceller_delay
+    if linear is not None:
+        run.linear_cpu_ms = linear.linear.cpu_s / max(1, linear.linear.frames) * 1000
+        locked = linear.linear.locked_at
+        run.linear_locked_at = locked[0] if locked else None
+        run.handed_over_at = linear.handed_over_at
     return run
 
 
@@ -305,7 +316,7 @@ def _exists(path: Path) -> bool:
 
 async def _kiosk(
     audio: BoardAudio, script: Script
-) -> tuple[Signal, Signal, list[int], dict[str, int], float]:
+) -> tuple[Signal, Signal, list[int], dict[str, int], float, Cascade | None]:
     """Run the kiosk's pipeline for the script: the agent's frames in, the microphone's out."""
     pipeline = alsa_pipeline(audio, clock=SystemClock())
     raw: list[Frame] = []
@@ -340,6 +351,7 @@ async def _kiosk(
             collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await collector
+        cascade = pipeline.processor.cascade
         session = pipeline.session
         xruns = {
             "jitter_underruns": pipeline.jitter.underruns,
@@ -361,6 +373,7 @@ async def _kiosk(
         delays,
         xruns,
         _canceller_delay_ms(rendered, base, raw_signal),
+        cascade,
     )
 
 
