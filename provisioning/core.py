@@ -72,11 +72,11 @@ from provisioning.providers.platforms import (
     CallStep,
     Click2Call,
 )
-from provisioning.ringing import Ringing, RingJoin, RingPlan, ring_plan_of, ring_store_of
+from provisioning.ringing import Ringing, RingPlan, ring_plan_of, ring_store_of
 from provisioning.rooms import RoomService
 from provisioning.signing import SignatureVerifier, SignedRequest, device_id_for, parse_public_key
 from provisioning.storage.base import Storage
-from provisioning.tokens import MintedToken, TokenMinter
+from provisioning.tokens import MintedToken, OperatorGrant, TokenMinter
 
 logger = logging.getLogger(__name__)
 # What happened to the fleet (enrollments, calls, grants, revocations): one line each,
@@ -939,7 +939,7 @@ class ProvisioningCore:
             await self.call_ended(ended)
         return ended
 
-    async def join_ringing_call(self, ticket: object) -> RingJoin:
+    async def join_ringing_call(self, ticket: object) -> OperatorGrant:
         """An operator token for the call a ring's join link names (`ringing.py`)."""
         return await self._ringing.join(ticket, self._storage.get_call)
 

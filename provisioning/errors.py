@@ -132,6 +132,13 @@ class CallEndedError(ProvisioningError):
     code = "call_ended"
 
 
+class RingLinkError(ProvisioningError):
+    """A ringing call's join link that is malformed, forged or expired (HTTP 403)."""
+
+    status = 403
+    code = "ring_link_invalid"
+
+
 class GrantsNotHeldError(ProvisioningError):
     """The device's calls go to a platform that opens a session per call: fetch on the press
     (HTTP 409)."""

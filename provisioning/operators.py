@@ -9,11 +9,7 @@ data only, and the operator attribute the kiosk trusts for ending the call. The 
 
 from __future__ import annotations
 
-import logging
-import secrets
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -23,32 +19,15 @@ from provisioning.admin.tokens import AdminTokens
 from provisioning.config import LiveKitConfig
 from provisioning.core import ProvisioningCore
 from provisioning.errors import CallEndedError, UnknownCallError
-from provisioning.tokens import mint_operator_token
+from provisioning.tokens import (
+    OPERATOR_PAGE_PATH,
+    OPERATOR_TTL_S,
+    OperatorGrant,
+    mint_operator_grant,
+)
 
-logger = logging.getLogger(__name__)
-audit = logging.getLogger("provisioning.audit")
-
-# An operator's token only has to get them into the room: the server refreshes it once in.
-OPERATOR_TTL_S = 120
-PAGE_PATH = "/operator"
 WEB_DIR = Path(__file__).resolve().parent / "web"
 CLIENT_FILE = WEB_DIR / "vendor" / "livekit-client.umd.js"
-
-
-@dataclass(frozen=True)
-class OperatorGrant:
-    """What a person needs to join one live call."""
-
-    server_url: str
-    token: str = field(repr=False)
-    room: str
-    identity: str
-    call_id: str
-    expires_at: int
-
-    def join_path(self) -> str:
-        """The page's path with the server and token in the fragment (never sent to a server)."""
-        return f"{PAGE_PATH}#{urlencode({'url': self.server_url, 'token': self.token})}"
 
 
 class Operators:
@@ -68,26 +47,15 @@ class Operators:
             raise UnknownCallError(f"no call {call_id}")
         if call.ended_at is not None:
             raise CallEndedError(f"call {call_id} has ended")
-        identity = f"operator-{secrets.token_hex(4)}"
-        minted = mint_operator_token(
+        return mint_operator_grant(
+            server_url=self._livekit.url,
             api_key=self._livekit.api_key,
             api_secret=self._livekit.api_secret,
             room=call.room,
-            identity=identity,
-            name=actor,
-            ttl_s=self._ttl_s,
-        )
-        audit.info(
-            "operator token minted",
-            extra={"call_id": call_id, "actor": actor, "identity": identity},
-        )
-        return OperatorGrant(
-            server_url=self._livekit.url,
-            token=minted.jwt,
-            room=call.room,
-            identity=identity,
             call_id=call_id,
-            expires_at=minted.expires_at,
+            name=actor,
+            actor=actor,
+            ttl_s=self._ttl_s,
         )
 
 
@@ -134,6 +102,6 @@ def add_operator_routes(app: web.Application, operators: Operators, tokens: Admi
         return web.FileResponse(CLIENT_FILE)
 
     app.router.add_post("/v1/admin/calls/{call_id}/operator-token", operator_token)
-    app.router.add_get(PAGE_PATH, page)
-    app.router.add_get(f"{PAGE_PATH}/operator.js", script)
-    app.router.add_get(f"{PAGE_PATH}/livekit-client.umd.js", client)
+    app.router.add_get(OPERATOR_PAGE_PATH, page)
+    app.router.add_get(f"{OPERATOR_PAGE_PATH}/operator.js", script)
+    app.router.add_get(f"{OPERATOR_PAGE_PATH}/livekit-client.umd.js", client)

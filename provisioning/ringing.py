@@ -34,23 +34,27 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
 from appliance.aio import TaskSet
 from appliance.vocabulary import EndReason, OnNoAnswer
-from provisioning.errors import CallEndedError, LiveKitUnavailableError, ProvisioningError
+from provisioning.errors import (
+    CallEndedError,
+    LiveKitUnavailableError,
+    ProvisioningError,
+    RingLinkError,
+)
 from provisioning.events import EventKind, FleetEvent, FleetEvents
 from provisioning.logs import AUDIT_LOGGER
 from provisioning.models import CallRecord
 from provisioning.rooms import RoomService
 from provisioning.storage.base import Database, Storage
 from provisioning.storage.units import SyncSession
-from provisioning.tokens import mint_operator_token
+from provisioning.tokens import OPERATOR_PAGE_PATH, OperatorGrant, is_operator, mint_operator_grant
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger(AUDIT_LOGGER)
@@ -65,12 +69,8 @@ DISPATCH_RETRY_S = 5.0
 # A join link stays good this long after the ring's deadline: an operator arriving late may
 # still join a call the agent took, until the call ends.
 TICKET_GRACE_S = 300.0
-# An operator's token only gets them into the room (operators.py's OPERATOR_TTL_S).
-OPERATOR_TTL_S = 120
 # Held rings of grants never used are forgotten this long after they were minted.
 HELD_RETENTION_S = 2 * 3600.0
-OPERATOR_PREFIX = "operator-"
-PAGE_PATH = "/operator"
 JOIN_PATH = "/v1/operator/join"
 
 Clock = Callable[[], float]
@@ -87,13 +87,6 @@ class RingState(StrEnum):
     AGENT = "agent"
     NO_ANSWER = "no_answer"
     ENDED = "ended"
-
-
-class RingLinkError(ProvisioningError):
-    """A join link that is malformed, forged or expired (HTTP 403)."""
-
-    status = 403
-    code = "ring_link_invalid"
 
 
 @dataclass(frozen=True)
@@ -246,18 +239,6 @@ def ring_store_of(storage: Storage) -> RingStore:
     return RingStore(db)
 
 
-@dataclass(frozen=True)
-class RingJoin:
-    """What the operator page needs to join a ringing call (the answer to its ticket)."""
-
-    server_url: str
-    token: str = field(repr=False)
-    room: str
-    identity: str
-    call_id: str
-    expires_at: int
-
-
 class Ringing:
     """Rings operators for the calls that ask for it, and resolves rings nobody answered.
 
@@ -373,7 +354,7 @@ class Ringing:
         """An operator joined the room: the ring is answered, its timer stops. Also just
         after this backend gave it up (`no_answer`): the device counts the ring from its own
         join, and may still be there to take the call; the backstop must not end it."""
-        if not identity.startswith(OPERATOR_PREFIX):
+        if not is_operator(identity):
             return False
         moved = await self._store.move(
             call_id,
@@ -511,7 +492,7 @@ class Ringing:
     def join_url(self, call_id: str, expires_at: float) -> str:
         """The operator page with a ticket for `call_id` in its fragment."""
         fragment = urlencode({"ticket": self.ticket(call_id, expires_at)})
-        return f"{self._public_url}{PAGE_PATH}#{fragment}"
+        return f"{self._public_url}{OPERATOR_PAGE_PATH}#{fragment}"
 
     def ticket(self, call_id: str, expires_at: float) -> str:
         """`call_id` and an expiry, signed: what a join link carries."""
@@ -546,7 +527,7 @@ class Ringing:
 
     async def join(
         self, ticket: object, get_call: Callable[[str], Awaitable[CallRecord | None]]
-    ) -> RingJoin:
+    ) -> OperatorGrant:
         """An operator token for the call a join link names. Its record may not be there
         yet (a held grant's start report on its way): the ring's is enough."""
         call_id = self._verify(ticket)
@@ -559,27 +540,14 @@ class Ringing:
             RingState.ENDED,
         ):
             raise CallEndedError("the call has ended")
-        identity = f"{OPERATOR_PREFIX}{secrets.token_hex(4)}"
-        minted = mint_operator_token(
+        return mint_operator_grant(
+            server_url=self._livekit_url,
             api_key=self._api_key,
             api_secret=self._api_secret,
             room=ring.room,
-            identity=identity,
-            name="operator",
-            ttl_s=OPERATOR_TTL_S,
-        )
-        # The token is never logged: who joined which call is.
-        audit.info(
-            "operator token minted",
-            extra={"call_id": call_id, "actor": "ring-link", "identity": identity},
-        )
-        return RingJoin(
-            server_url=self._livekit_url,
-            token=minted.jwt,
-            room=ring.room,
-            identity=identity,
             call_id=call_id,
-            expires_at=minted.expires_at,
+            name="operator",
+            actor="ring-link",
         )
 
 

@@ -6,17 +6,31 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
+from urllib.parse import urlencode
 
 from livekit.api import AccessToken, VideoGrants
+
+from provisioning.logs import AUDIT_LOGGER
+
+audit = logging.getLogger(AUDIT_LOGGER)
 
 # Set in an operator's token; the kiosk accepts end-call messages from the agent and from
 # participants carrying it (appliance/call/livekit_call.py reads the same pair).
 OPERATOR_ATTRIBUTE = "kiosk.role"
 OPERATOR_ROLE = "operator"
+# Every operator's participant identity starts with this (then 8 hex digits): how the backend
+# tells an operator answering a ringing call from anyone else joining its room.
+OPERATOR_PREFIX = "operator-"
+# An operator's token only has to get them into the room: the server refreshes it once in.
+OPERATOR_TTL_S = 120
+# The operator page (operators.py serves it); its fragment carries the credentials or a ticket.
+OPERATOR_PAGE_PATH = "/operator"
 
 
 @dataclass(frozen=True)
@@ -125,12 +139,43 @@ def _b64(data: bytes) -> str:
 _HS256_HEADER = _b64(b'{"alg":"HS256","typ":"JWT"}')
 
 
-def mint_operator_token(
-    *, api_key: str, api_secret: str, room: str, identity: str, name: str, ttl_s: int
-) -> MintedToken:
-    """A person's token for one live call: that room only, a short life, microphone and
-    data only, no dispatch, and the attribute that tells the kiosk an operator is vouched
-    for (which the holder cannot change: no `can_update_own_metadata`)."""
+@dataclass(frozen=True)
+class OperatorGrant:
+    """What a person needs to join one live call (an admin's token or a ring's join link)."""
+
+    server_url: str
+    token: str = field(repr=False)
+    room: str
+    identity: str
+    call_id: str
+    expires_at: int
+
+    def join_path(self) -> str:
+        """The page's path with the server and token in the fragment (never sent to a server)."""
+        return f"{OPERATOR_PAGE_PATH}#{urlencode({'url': self.server_url, 'token': self.token})}"
+
+
+def is_operator(identity: str) -> bool:
+    """Whether a participant joined with an operator token (an answer to a ringing call)."""
+    return identity.startswith(OPERATOR_PREFIX)
+
+
+def mint_operator_grant(
+    *,
+    server_url: str,
+    api_key: str,
+    api_secret: str,
+    room: str,
+    call_id: str,
+    name: str,
+    actor: str,
+    ttl_s: int = OPERATOR_TTL_S,
+) -> OperatorGrant:
+    """A person's token for one live call, under a fresh operator identity: that room only, a
+    short life, microphone and data only, no dispatch, and the attribute that tells the kiosk
+    an operator is vouched for (which the holder cannot change: no `can_update_own_metadata`).
+    Audited (who, for which call, as whom); the token itself is never logged."""
+    identity = f"{OPERATOR_PREFIX}{secrets.token_hex(4)}"
     grants = VideoGrants(
         room_join=True,
         room=room,
@@ -140,16 +185,21 @@ def mint_operator_token(
         can_publish_sources=["microphone"],
         can_update_own_metadata=False,
     )
-    token = (
-        AccessToken(api_key, api_secret)
-        .with_identity(identity)
-        .with_name(name)
-        .with_ttl(timedelta(seconds=ttl_s))
-        .with_attributes({OPERATOR_ATTRIBUTE: OPERATOR_ROLE})
-        .with_grants(grants)
-        .to_jwt()
+    minted = _access_token(
+        api_key, api_secret, identity=identity, name=name, ttl_s=ttl_s, grants=grants,
+        attributes={OPERATOR_ATTRIBUTE: OPERATOR_ROLE},
+    )  # fmt: skip
+    audit.info(
+        "operator token minted", extra={"call_id": call_id, "actor": actor, "identity": identity}
     )
-    return MintedToken(jwt=token, expires_at=decoded_exp(token))
+    return OperatorGrant(
+        server_url=server_url,
+        token=minted.jwt,
+        room=room,
+        identity=identity,
+        call_id=call_id,
+        expires_at=minted.expires_at,
+    )
 
 
 def mint_diagnostic_token(
@@ -167,15 +217,34 @@ def mint_diagnostic_token(
         can_publish_sources=[],
         can_update_own_metadata=False,
     )
+    return _access_token(
+        api_key, api_secret, identity=identity, name="appliance doctor", ttl_s=ttl_s,
+        grants=grants,
+    )  # fmt: skip
+
+
+def _access_token(
+    api_key: str,
+    api_secret: str,
+    *,
+    identity: str,
+    name: str,
+    ttl_s: int,
+    grants: VideoGrants,
+    attributes: dict[str, str] | None = None,
+) -> MintedToken:
+    """A token through `livekit-api`'s `AccessToken`, for the rare ones (not a call's)."""
     token = (
         AccessToken(api_key, api_secret)
         .with_identity(identity)
-        .with_name("appliance doctor")
+        .with_name(name)
         .with_ttl(timedelta(seconds=ttl_s))
         .with_grants(grants)
-        .to_jwt()
     )
-    return MintedToken(jwt=token, expires_at=decoded_exp(token))
+    if attributes:
+        token = token.with_attributes(attributes)
+    jwt = token.to_jwt()
+    return MintedToken(jwt=jwt, expires_at=decoded_exp(jwt))
 
 
 def decoded_exp(token: str) -> int:

@@ -15,14 +15,18 @@ from typing import Any
 import pytest
 
 from appliance.vocabulary import EndReason, OnNoAnswer
-from provisioning.errors import BadRequestError, CallEndedError, LiveKitUnavailableError
+from provisioning.errors import (
+    BadRequestError,
+    CallEndedError,
+    LiveKitUnavailableError,
+    RingLinkError,
+)
 from provisioning.events import EventKind, FleetEvent
 from provisioning.http import BackendServer
 from provisioning.models import CallRecord
 from provisioning.ringing import (
     NO_ANSWER_GRACE_S,
     Ringing,
-    RingLinkError,
     RingPlan,
     RingState,
     ring_store_of,
@@ -339,3 +343,5 @@ async def test_a_join_link_mints_an_operator_token_while_the_call_lasts(rig: Rig
     records["c-7"] = CallRecord("c-7", "d1", "call-c-7", "button", now, now + 600, now)
     with pytest.raises(CallEndedError):
         await rig.ringing.join(ticket, get_call)
+    # The identity the link minted is the one an answer is known by (one prefix, tokens.py).
+    assert await rig.ringing.answered("c-7", join.identity)
