@@ -3,7 +3,9 @@
 Runs in the daemon (the speaker, the status and the relay are here); the call worker brings
 each `ToolCall` (LiveKit RPC, or a platform's data message) and takes the answer back. A
 tool the fleet's `tools` setting does not list is refused and logged; so is one this board
-cannot do (no relay). See docs/platforms.md, "Device tools".
+cannot do (no relay). A relay pulse is answered once the relay has closed, and refused
+while another is under way; at most MAX_TOOLS_RUNNING tool calls run at once, the rest are
+refused. See docs/platforms.md, "Device tools".
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ logger = logging.getLogger(__name__)
 # The longest relay pulse an agent may ask for (a door opener needs a second or two).
 MAX_PULSE_S = 10.0
 DEFAULT_PULSE_S = 1.0
+# Tool calls under way at once (a pulse is under way until the relay opens again); a far end
+# that sends more is refused, so no flood of calls piles up tasks on the kiosk.
+MAX_TOOLS_RUNNING = 4
 
 
 class VolumeControl(Protocol):
@@ -34,7 +39,9 @@ class VolumeControl(Protocol):
 class Relay(Protocol):
     """A relay output (a door opener): closed for a moment, then open again."""
 
-    async def pulse(self, seconds: float) -> None: ...
+    async def pulse(self, seconds: float, *, closed: Callable[[], None] | None = None) -> bool:
+        """Close for `seconds` (`closed()` once closed); False at once if a pulse is under way."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class DeviceTools:
         self._status = status
         self._relay = relay
         self._allowed = frozenset(DeviceTool(name) for name in allowed)
+        self._running = 0
 
     @property
     def allowed(self) -> frozenset[DeviceTool]:
@@ -89,25 +97,41 @@ class DeviceTools:
             self._allowed = wanted
             logger.info("fleet settings: tools %s", ", ".join(sorted(wanted)) or "none")
 
-    async def run(self, call: ToolCall, fields: Mapping[str, str]) -> ToolAnswer:
-        """Run `call` if it is allowed; a refusal or a bad argument is an answer, not an error."""
+    async def run(
+        self, call: ToolCall, fields: Mapping[str, str], reply: Callable[[ToolAnswer], None]
+    ) -> None:
+        """Run `call` if it is allowed and `reply` once; a refusal or a bad argument is a reply,
+        not an error. A relay pulse is answered once the relay has closed and this returns
+        once it has opened again (cancelling opens it at once)."""
         extra = {**fields, "TOOL": call.name}
+        if self._running >= MAX_TOOLS_RUNNING:
+            logger.warning("tool call refused: %d under way", self._running, extra=extra)
+            reply(ToolAnswer(False, f"busy: {self._running} tool calls are under way"))
+            return
         if call.name not in set(DeviceTool):
             logger.warning("tool call refused: no such tool", extra=extra)
-            return ToolAnswer(False, f"no such tool: {call.name}")
+            reply(ToolAnswer(False, f"no such tool: {call.name}"))
+            return
         tool = DeviceTool(call.name)
         if tool not in self._allowed:
             logger.warning("tool call refused: not on the fleet's allowlist", extra=extra)
-            return ToolAnswer(False, f"not allowed on this kiosk: {tool.value}")
+            reply(ToolAnswer(False, f"not allowed on this kiosk: {tool.value}"))
+            return
+        self._running += 1
         try:
-            answer = await self._run(tool, call.args)
+            if tool is DeviceTool.PULSE_RELAY:
+                await self._pulse(call.args, extra, reply)
+            else:
+                answer = self._run(tool, call.args)
+                logger.info("tool call: %s", tool.value, extra=extra)
+                reply(answer)
         except ValueError as exc:
             logger.warning("tool call refused: %s", exc, extra=extra)
-            return ToolAnswer(False, str(exc))
-        logger.info("tool call: %s", tool.value, extra=extra)
-        return answer
+            reply(ToolAnswer(False, str(exc)))
+        finally:
+            self._running -= 1
 
-    async def _run(self, tool: DeviceTool, args: Mapping[str, Any]) -> ToolAnswer:
+    def _run(self, tool: DeviceTool, args: Mapping[str, Any]) -> ToolAnswer:
         if tool is DeviceTool.END_CALL:
             return ToolAnswer(True, "ending the call", ends_call=True)
         if tool is DeviceTool.SET_VOLUME:
@@ -116,13 +140,22 @@ class DeviceTools:
             level = _number(args.get("level"), "level", 0.0, 1.0)
             self._speaker.volume = level
             return ToolAnswer(True, json.dumps({"volume": level}))
-        if tool is DeviceTool.DEVICE_STATUS:
-            return ToolAnswer(True, json.dumps(dict(self._status()), sort_keys=True))
+        return ToolAnswer(True, json.dumps(dict(self._status()), sort_keys=True))
+
+    async def _pulse(
+        self, args: Mapping[str, Any], extra: Mapping[str, str], reply: Callable[[ToolAnswer], None]
+    ) -> None:
         if self._relay is None:
             raise ValueError("this kiosk's board has no relay output")
         seconds = _number(args.get("seconds", DEFAULT_PULSE_S), "seconds", 0.05, MAX_PULSE_S)
-        await self._relay.pulse(seconds)
-        return ToolAnswer(True, json.dumps({"pulsed_s": seconds}))
+
+        def closed() -> None:
+            logger.info("tool call: %s", DeviceTool.PULSE_RELAY.value, extra=extra)
+            reply(ToolAnswer(True, json.dumps({"pulsed_s": seconds})))
+
+        if not await self._relay.pulse(seconds, closed=closed):
+            logger.warning("tool call refused: the relay is pulsing", extra=extra)
+            reply(ToolAnswer(False, "busy: the relay is already pulsing"))
 
 
 def _number(value: object, name: str, low: float, high: float) -> float:

@@ -32,7 +32,7 @@ from appliance.call.events import (
 from appliance.call.livekit_call import CONNECT_MARGIN_S, LEAVE_STEP_S, STATUS_DRAIN_S
 from appliance.call.policy import ActivityMeter
 from appliance.call.status import encode_status
-from appliance.call.tools import DeviceTools
+from appliance.call.tools import DeviceTools, ToolAnswer
 from appliance.call.wire import Message, WireError, parse_event
 from appliance.call.workers import CallWorker, CallWorkers
 from appliance.clock import Clock
@@ -223,17 +223,25 @@ class WorkerCall:
             self._on_event(event)
 
     async def _run_tool(self, call: ToolCall) -> None:
+        # A relay pulse is answered once closed and its task ends once the relay is open
+        # again; it is one of the call's tasks, so the call's end opens the relay at once.
+        def reply(answer: ToolAnswer) -> None:
+            if self._worker is not None:
+                self._worker.send(
+                    {
+                        "type": "tool_result",
+                        "call_id": call.call_id,
+                        "ok": answer.ok,
+                        "output": answer.output,
+                    }
+                )
+            if answer.ends_call:
+                self._on_event(EndRequested(EndReason.AGENT_ENDED))
+
         if self._tools is None:
-            ok, output, ends = False, "this kiosk has no tools", False
+            reply(ToolAnswer(False, "this kiosk has no tools"))
         else:
-            answer = await self._tools.run(call, self._fields())
-            ok, output, ends = answer.ok, answer.output, answer.ends_call
-        if self._worker is not None:
-            self._worker.send(
-                {"type": "tool_result", "call_id": call.call_id, "ok": ok, "output": output}
-            )
-        if ends:
-            self._on_event(EndRequested(EndReason.AGENT_ENDED))
+            await self._tools.run(call, self._fields(), reply)
 
     def _worker_ended(self, worker: CallWorker) -> None:
         if self._closing or not self._joined.done():

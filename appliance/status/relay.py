@@ -2,12 +2,14 @@
 
 A gpiozero `DigitalOutputDevice` on the profile's pin; on the simulated board the same class
 runs on a `MockFactory` pin, so a test reads what a real pin would have done. A pulse closes
-the relay for a moment on the injected clock; pulses never overlap.
+the relay for a moment on the injected clock; one asked for while another is under way is
+refused, not queued (back-to-back pulses would hold a door open for as long as they came).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from appliance.board_profile import BoardRelay
@@ -50,14 +52,20 @@ class GpioRelay:
         """Whether the relay is closed (the door opener energized) now."""
         return bool(self._device.value)
 
-    async def pulse(self, seconds: float) -> None:
-        """Close the relay for `seconds`; a pulse asked for meanwhile follows this one."""
+    async def pulse(self, seconds: float, *, closed: Callable[[], None] | None = None) -> bool:
+        """Close the relay for `seconds` (calling `closed` once it is), then open it; False at
+        once, the relay untouched, while another pulse is under way."""
+        if self._lock.locked():
+            return False
         async with self._lock:
             self._device.on()
             try:
+                if closed is not None:
+                    closed()
                 await self._clock.sleep(seconds)
             finally:
                 self._device.off()
+        return True
 
     async def aclose(self) -> None:
         """Open the relay and release the pin."""

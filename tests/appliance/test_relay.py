@@ -1,5 +1,5 @@
 """The board's relay on gpiozero's mock pins: a pulse closes it for its time on the clock,
-pulses do not overlap, and closing leaves it open."""
+one asked for meanwhile is refused, and closing leaves it open."""
 
 from __future__ import annotations
 
@@ -14,21 +14,26 @@ from appliance.status.relay import simulated_relay
 pytestmark = pytest.mark.unit
 
 
-async def test_a_pulse_closes_the_relay_for_its_time_and_pulses_queue() -> None:
+async def test_a_pulse_closes_the_relay_for_its_time_and_one_meanwhile_is_refused() -> None:
     clock = ManualClock()
     relay, pin = simulated_relay(BoardRelay(backend="simulated"), clock=clock)
-    first = asyncio.create_task(relay.pulse(1.0))
-    second = asyncio.create_task(relay.pulse(0.5))
+    closed_at: list[bool] = []
+    first = asyncio.create_task(relay.pulse(1.0, closed=lambda: closed_at.append(relay.closed)))
     await asyncio.sleep(0)
-    assert relay.closed and pin.state is True
+    assert relay.closed and pin.state is True and closed_at == [True]
     async with asyncio.timeout(5):
+        # Refused at once, not queued: back-to-back pulses would hold the door open.
+        assert await relay.pulse(0.5) is False
         await clock.advance(0.9)
         assert relay.closed
-        await clock.advance(0.2)  # the first pulse is over; the second has begun
-        assert relay.closed and first.done() and not second.done()
-        await clock.advance(0.5)
-        await asyncio.gather(first, second)
-    assert not relay.closed
+        await clock.advance(0.2)
+        assert await first is True
+        assert not relay.closed
+        again = asyncio.create_task(relay.pulse(0.5))
+        await asyncio.sleep(0)
+        assert relay.closed
+        await clock.advance(0.6)
+        assert await again is True
     assert [s.state for s in pin.states] == [False, True, False, True, False]
     await relay.aclose()
 

@@ -115,10 +115,20 @@ async def test_transcripts_agent_state_and_tools_over_rpc(stack: LocalStack) -> 
             pulsed = await rpc.perform_rpc(
                 destination_identity=kiosk.identity,
                 method="pulse_relay",
-                payload='{"seconds": 0.3}',
+                payload='{"seconds": 2}',
             )
-            assert json.loads(pulsed) == {"pulsed_s": 0.3}
+            assert json.loads(pulsed) == {"pulsed_s": 2.0}
             pin = daemon.board.relay_pin
+            # Answered once closed; opened again in the background.
+            assert [s.state for s in pin.states][:2] == [False, True]
+            with pytest.raises(rtc.RpcError) as busy:  # one pulse at a time, none queued
+                await rpc.perform_rpc(
+                    destination_identity=kiosk.identity, method="pulse_relay", payload=""
+                )
+            assert busy.value.code == TOOL_REFUSED and "busy" in busy.value.message
+            async with asyncio.timeout(5):
+                while len(pin.states) < 3:
+                    await asyncio.sleep(0.05)
             assert [s.state for s in pin.states] == [False, True, False]
 
             # The agent ends the call with the end_call tool.
