@@ -37,6 +37,7 @@ from provisioning.ringing import JOIN_PATH
 from provisioning.rooms import RoomService
 from provisioning.signing import HEADER_DEVICE_ID, SignedRequest
 from provisioning.sweeper import Sweeper
+from provisioning.token_response import token_response
 
 logger = logging.getLogger(__name__)
 
@@ -248,36 +249,17 @@ def _device_response(request: web.Request, device: Device) -> web.Response:
 
 
 def _grant_response(grant: CallGrant, status: int) -> web.Response:
-    body: dict[str, Any] = {
-        "server_url": grant.server_url,
-        "token": grant.token,
-        "room": grant.room,
-        "identity": grant.identity,
-        "call_id": grant.call_id,
-        "expires_at": iso_utc(grant.expires_at),
-        "provider": grant.provider,
-    }
+    more: dict[str, Any] = {"provider": grant.provider}
     if grant.ring is not None:
-        body["ring"] = dict(grant.ring)  # the call rings people first (ringing.py)
-    return web.json_response(body, status=status)
+        more["ring"] = dict(grant.ring)  # the call rings people first (ringing.py)
+    return token_response(grant, call_id=grant.call_id, more=more, status=status)
 
 
 async def _operator_join(request: web.Request) -> web.Response:
     """The operator page trades a ringing call's join-link ticket for an operator token."""
     data = json_object(await _body(request))
-    join = await request.app[CORE_KEY].join_ringing_call(data.get("ticket"))
-    return web.json_response(
-        {
-            "server_url": join.server_url,
-            "token": join.token,
-            "room": join.room,
-            "identity": join.identity,
-            "call_id": join.call_id,
-            "expires_at": iso_utc(join.expires_at),
-        },
-        status=201,
-        headers={"Cache-Control": "no-store"},
-    )
+    grant = await request.app[CORE_KEY].join_ringing_call(data.get("ticket"))
+    return token_response(grant, call_id=grant.call_id)
 
 
 async def _start_call(request: web.Request) -> web.Response:
@@ -349,18 +331,7 @@ async def _diagnostic_grant(request: web.Request) -> web.Response:
     # A throwaway room for `appliance doctor` to join and leave (diagnostics.py).
     signed = await _signed(request)
     json_object(signed.body or b"{}")
-    grant = await request.app[DIAGNOSTICS_KEY].grant(signed)
-    return web.json_response(
-        {
-            "server_url": grant.server_url,
-            "token": grant.token,
-            "room": grant.room,
-            "identity": grant.identity,
-            "expires_at": iso_utc(grant.expires_at),
-        },
-        status=201,
-        headers={"Cache-Control": "no-store"},
-    )
+    return token_response(await request.app[DIAGNOSTICS_KEY].grant(signed))
 
 
 async def _livekit_webhook(request: web.Request) -> web.Response:

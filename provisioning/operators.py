@@ -13,12 +13,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from provisioning.admin.api import bearer, iso
+from provisioning.admin.api import bearer
 from provisioning.admin.errors import AdminAuthError, ReadOnlyTokenError
 from provisioning.admin.tokens import AdminTokens
 from provisioning.config import LiveKitConfig
 from provisioning.core import ProvisioningCore
 from provisioning.errors import CallEndedError, UnknownCallError
+from provisioning.token_response import token_response
 from provisioning.tokens import (
     OPERATOR_PAGE_PATH,
     OPERATOR_TTL_S,
@@ -74,19 +75,8 @@ def add_operator_routes(app: web.Application, operators: Operators, tokens: Admi
         if not admin.can_write:
             raise ReadOnlyTokenError()
         grant = await operators.grant(request.match_info["call_id"], actor=admin.name)
-        return web.json_response(
-            {
-                "server_url": grant.server_url,
-                "token": grant.token,
-                "room": grant.room,
-                "identity": grant.identity,
-                "call_id": grant.call_id,
-                "expires_at": iso(grant.expires_at),
-                "join_url": str(request.url.origin()) + grant.join_path(),
-            },
-            status=201,
-            headers={"Cache-Control": "no-store"},
-        )
+        join_url = str(request.url.origin()) + grant.join_path()
+        return token_response(grant, call_id=grant.call_id, more={"join_url": join_url})
 
     async def page(_: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "operator.html")

@@ -168,6 +168,7 @@ async def test_call_token_carries_exactly_the_fixed_grants(
 ) -> None:
     response = await api.start_call(enrolled, {"trigger": "wake_word"})
     assert response.status_code == 201, response.text
+    assert response.headers["Cache-Control"] == "no-store"  # the token is a secret
     now = time.time()
     body = response.json()
     assert set(body) == {
