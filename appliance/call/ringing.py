@@ -1,5 +1,8 @@
-"""The ring sound: while the device shows `ringing`, a ringback cadence plays on the call's
-speaker, and it stops the moment the state changes (a party joined, or the call ended).
+"""The ring sound: while the device shows `ringing` because operators are being rung, a
+ringback cadence plays on the call's speaker, and it stops the moment the state changes (a
+party joined, or the call ended). A phone being rung (Click2Call, the change's reason
+`PHONE`) plays its own ringback into the room as early media, heard through the same
+speaker: the device adds none, so two ringbacks never play at once.
 
 A state observer, like the status LED: it decides nothing. It writes into the speaker the
 call plays into, so the echo canceller's reverse stream carries it too, and nothing else
@@ -33,6 +36,8 @@ RAMP_S = 0.01  # soft edges, no clicks
 LEAD_FRAMES = 2
 # Further behind real time than this (a stalled loop), the cadence starts afresh.
 RESYNC_S = 0.2
+# The reason of a RINGING change whose far end is a phone: its own ringback is heard.
+PHONE = "phone"
 
 
 def ring_cadence(level: float = RING_LEVEL) -> Frame:
@@ -47,7 +52,8 @@ def ring_cadence(level: float = RING_LEVEL) -> Frame:
 
 
 class RingTone(AsyncResource):
-    """Observer: plays the ring cadence on `speaker` in real time while the state is RINGING."""
+    """Observer: plays the ring cadence on `speaker` in real time while the state is RINGING,
+    unless what rings is a phone (a RINGING change with reason PHONE, until RINGING ends)."""
 
     def __init__(self, speaker: Speaker, *, clock: Clock, pcm: Frame | None = None) -> None:
         self._speaker = speaker
@@ -55,6 +61,7 @@ class RingTone(AsyncResource):
         self._pcm = ring_cadence() if pcm is None else pcm
         self._task: asyncio.Task[None] | None = None
         self._tasks = TaskSet()
+        self._phone = False  # this ringing is a phone's: its ringback plays, not ours
 
     @property
     def playing(self) -> bool:
@@ -62,7 +69,9 @@ class RingTone(AsyncResource):
         return self._task is not None and not self._task.done()
 
     def __call__(self, change: StateChange) -> None:
-        if change.state is State.RINGING:
+        ringing = change.state is State.RINGING
+        self._phone = ringing and (change.reason == PHONE or self._phone)
+        if ringing and not self._phone:
             if not self.playing and not self._tasks.closed:
                 self._task = self._tasks.spawn(self._play(), "ring-tone")
         elif self._task is not None:

@@ -41,6 +41,7 @@ from appliance.call.events import (
     SpeechActivity,
 )
 from appliance.call.policy import CallDeadlines
+from appliance.call.ringing import PHONE
 from appliance.clock import Clock
 from appliance.errors import (
     BackendError,
@@ -289,7 +290,7 @@ class CallRun:
         if phone_ringing:
             deadlines.ring(PHONE_RING_S, OnNoAnswer.END, clock.monotonic())
             waiting = State.RINGING
-            self._host.show(State.RINGING, "phone")
+            self._host.show(State.RINGING, PHONE)
             # Joined and publishing: now the backend may have the bridge dial (003 l. 62-67).
             self._report_progress(grant, "joined")
         alive_at = clock.monotonic() + ALIVE_EVERY_S
@@ -312,7 +313,7 @@ class CallRun:
                     rejoined = await self._rejoin(grant, deadlines)
                     if isinstance(rejoined, EndReason):
                         return rejoined
-                    self._rejoined(deadlines, waiting)
+                    self._rejoined(deadlines, waiting, phone_ringing)
                     self._start_ensuring(grant)
                     continue
                 return expiry
@@ -384,7 +385,7 @@ class CallRun:
                     rejoined = await self._rejoin(grant, deadlines)
                     if isinstance(rejoined, EndReason):
                         return rejoined
-                    self._rejoined(deadlines, waiting)
+                    self._rejoined(deadlines, waiting, phone_ringing)
                     self._start_ensuring(grant)
 
     async def _rejoin(self, grant: CallGrant, deadlines: CallDeadlines) -> Call | EndReason:
@@ -458,14 +459,15 @@ class CallRun:
                     return
                 await self._clock.sleep(backoff.next_delay())
 
-    def _rejoined(self, deadlines: CallDeadlines, waiting: State) -> None:
+    def _rejoined(self, deadlines: CallDeadlines, waiting: State, phone: bool) -> None:
         """Back in the room by our own rejoin. Still ringing (nobody has answered yet): the
-        ring's own deadline goes on, and the device shows it again; else the party has its
-        usual time to be heard from."""
+        ring's own deadline goes on, and the device shows it again (a phone's ringing as a
+        phone's, whose own ringback is heard); else the party has its usual time to be
+        heard from."""
         now = self._clock.monotonic()
         if waiting is State.RINGING and not deadlines.agent_joined:
             deadlines.restored(now)
-            self._host.show(State.RINGING, "rejoined")
+            self._host.show(State.RINGING, PHONE if phone else "rejoined")
         else:
             deadlines.rejoined(now)
 

@@ -233,3 +233,53 @@ async def test_a_connection_lost_while_ringing_rejoins_and_rings_on_to_its_own_d
     await harness.clock.advance(1)
     assert harness.supervisor.state is State.READY
     assert harness.backend.ended == [("c-1", "no_answer")]
+
+
+async def _with_tone(harness: Harness) -> tuple[RingTone, TapSpeaker]:
+    speaker = TapSpeaker(harness.clock)
+    tone = RingTone(speaker, clock=harness.clock)
+    harness.supervisor.add_observer(tone)
+    return tone, speaker
+
+
+async def test_operators_being_rung_ring_on_the_speaker_also_after_a_rejoin(
+    harness: Harness,
+) -> None:
+    _ringing(CallRing(40, OnNoAnswer.END))(harness)
+    tone, speaker = await _with_tone(harness)
+    try:
+        await harness.press()
+        await harness.clock.advance(2)
+        assert tone.playing and speaker.frames
+        harness.calls[0].emit(Disconnected(room_closed=False, detail="gone"))
+        await harness.settle()
+        await harness.clock.advance(1)
+        assert harness.supervisor.state is State.RINGING and harness.backend.rejoins == ["c-1"]
+        assert tone.playing
+    finally:
+        async with asyncio.timeout(5):
+            await tone.aclose()
+
+
+async def test_a_phone_rings_with_its_own_ringback_so_the_device_adds_none(
+    harness: Harness,
+) -> None:
+    harness.backend.provider = "click2call"
+    tone, speaker = await _with_tone(harness)
+    try:
+        await harness.press()
+        await harness.clock.advance(3)
+        assert harness.supervisor.state is State.RINGING
+        assert not tone.playing and speaker.frames == []  # two ringbacks at once, else
+        harness.calls[0].emit(Disconnected(room_closed=False, detail="gone"))
+        await harness.settle()
+        await harness.clock.advance(1)
+        assert harness.supervisor.state is State.RINGING and harness.backend.rejoins == ["c-1"]
+        await harness.clock.advance(3)
+        assert not tone.playing and speaker.frames == []
+        # A change within the phone's ringing (a mute) does not start ours either.
+        tone(StateChange(State.RINGING, State.RINGING, reason="muted"))
+        assert not tone.playing
+    finally:
+        async with asyncio.timeout(5):
+            await tone.aclose()
