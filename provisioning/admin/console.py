@@ -24,7 +24,7 @@ from provisioning.admin import pages
 from provisioning.admin.api import delivery_state, end_reason, parse_time
 from provisioning.admin.errors import AdminAuthError, CsrfError, ReadOnlyTokenError
 from provisioning.admin.html import NAV, Markup, page
-from provisioning.admin.settings_form import parse_settings
+from provisioning.admin.settings_form import form_over
 from provisioning.admin.tokens import SESSION_TTL_S, AdminTokens, ConsoleSession
 from provisioning.core import ProvisioningCore
 from provisioning.errors import BadRequestError, ProvisioningError
@@ -314,7 +314,8 @@ class Console:
         else:
             try:
                 if action == "settings":
-                    settings = parse_settings(lambda name: _text(form, name))
+                    stored = (await self._core.get_device(device_id)).settings
+                    settings = form_over(stored, lambda name: _text(form, name))
                     await self._core.set_device_settings(device_id, settings, actor=actor)
                 else:
                     group = _text(form, "group").strip() or None
@@ -427,7 +428,8 @@ class Console:
     ) -> web.Response:
         group = _text(form, "group").strip()
         try:
-            settings = parse_settings(lambda name: _text(form, name))
+            stored = (await self._core.list_groups()).get(group, {})
+            settings = form_over(stored, lambda name: _text(form, name))
             await self._core.set_group_settings(group, settings, actor=session.token.actor)
         except BadRequestError as exc:
             return await self.groups(request, session, error=exc.message)

@@ -1,12 +1,15 @@
 """The console's settings form, for a device or a group: fields to markup, and back.
 
 An empty field is "not set": the group's settings or the device's own file apply. The
-core checks what comes back (`fleet_settings.validate_settings`); this only shapes it.
+form owns only its own fields: a save lays them over the stored settings and keeps every
+other key (`tools`, `provider`, ...), set through the API or the CLI. The core checks what
+comes back (`fleet_settings.validate_settings`); this only shapes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import copy
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from provisioning.admin.html import Markup, html, join
@@ -120,4 +123,32 @@ def parse_settings(text: Callable[[str], str]) -> dict[str, object]:
         for value, _, setting in choices:
             if sent == value:
                 _put(settings, path, setting)
+    return settings
+
+
+def _owned_paths() -> Iterator[tuple[str, ...]]:
+    yield from (field[1] for field in SETTINGS_FIELDS)
+    yield from (choice[1] for choice in SETTINGS_CHOICES)
+
+
+def _drop(settings: dict[str, object], path: tuple[str, ...]) -> None:
+    """Remove the setting at `path`, and a table this leaves empty."""
+    table = settings.get(path[0])
+    if len(path) == 1:
+        settings.pop(path[0], None)
+    elif isinstance(table, dict):
+        _drop(table, path[1:])
+        if not table:
+            del settings[path[0]]
+
+
+def form_over(stored: Mapping[str, Any], text: Callable[[str], str]) -> dict[str, object]:
+    """The submitted form laid over `stored`: the form's fields as sent (an empty one unset),
+    every key the form does not show kept as it was."""
+    parsed = parse_settings(text)
+    settings: dict[str, object] = copy.deepcopy(dict(stored))
+    for path in _owned_paths():
+        _drop(settings, path)
+        if (value := _setting(parsed, path)) is not None:
+            _put(settings, path, value)
     return settings

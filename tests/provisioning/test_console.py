@@ -278,6 +278,37 @@ async def test_device_settings_and_group_from_the_form(
     assert 'name="speaker_volume" type=number step=0.05 min=0 max=1 value="0.4"' in page
 
 
+async def test_a_form_save_keeps_the_settings_the_form_does_not_show(
+    browser: Browser, server: BackendServer, api: Api, write_token: str
+) -> None:
+    device = await pending_device(server, api)
+    stored = {
+        "tools": ["end_call"],
+        "provider": {"kind": "livekit"},
+        "call": {"max_duration_s": 300.0},
+        "speaker_volume": 0.5,
+    }
+    await server.core.set_device_settings(device.device_id, stored, actor="cli")
+    await server.core.set_group_settings("lobby", stored, actor="cli")
+    await browser.sign_in(write_token)
+    csrf = await browser.csrf()
+    # The form as a browser sends it: every field, the ones left empty unset.
+    form = {"csrf": csrf, "call_max_duration_s": "", "call_idle_timeout_s": "20"}
+    form |= {"speaker_volume": "", "wake_word_enabled": "off"}
+    kept = {
+        "tools": ["end_call"],
+        "provider": {"kind": "livekit"},
+        "call": {"idle_timeout_s": 20.0},
+        "wake_word": {"enabled": False},
+    }
+    saved = await browser.post(f"/console/devices/{device.device_id}/settings", form)
+    assert saved.status_code == 303, saved.text
+    assert dict((await server.core.get_device(device.device_id)).settings) == kept
+    saved = await browser.post("/console/groups", {**form, "group": "lobby"})
+    assert saved.status_code == 303, saved.text
+    assert await server.core.list_groups() == {"lobby": kept}
+
+
 async def test_sign_out_and_token_revocation_end_the_session(
     browser: Browser, admin_tokens: AdminTokens, write_token: str
 ) -> None:
