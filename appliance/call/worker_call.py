@@ -38,7 +38,7 @@ from appliance.call.workers import CallWorker, CallWorkers
 from appliance.clock import Clock
 from appliance.errors import CallError, TokenRefusedError
 from appliance.provisioning_client import CallGrant
-from appliance.state import EndReason, StateChange
+from appliance.state import EndReason, State, StateChange
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class WorkerCall:
         self._joined: asyncio.Future[None] = loop.create_future()
         self._left: asyncio.Future[None] = loop.create_future()
         self._heard_agent = False
+        self._ringing = False  # a phone's ringback (early media) is not the agent's voice
         self._closing = False
 
     async def connect(self) -> None:
@@ -138,6 +139,7 @@ class WorkerCall:
 
     def on_state_change(self, change: StateChange) -> None:
         """Observer: queue a call-status message for this change, sent in order."""
+        self._ringing = change.state is State.RINGING
         if change.muted is not self._muted:
             self._set_muted(change.muted)
         self._status_seq += 1
@@ -256,7 +258,7 @@ class WorkerCall:
         samples = np.frombuffer(frame, dtype=np.int16)
         await self._speaker.write(samples)
         level = _rms(samples)
-        if not self._heard_agent and level > AUDIBLE_RMS:
+        if not self._heard_agent and not self._ringing and level > AUDIBLE_RMS:
             self._heard_agent = True
             self._on_event(AgentAudioStarted())
         if self._agent_speech.push(level, self._clock.monotonic()):

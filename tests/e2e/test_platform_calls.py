@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from livekit import api
 
+from appliance.audio.base import SAMPLE_RATE
 from appliance.call.events import AgentActivity
+from appliance.call.ringing import ring_cadence
 from appliance.control import follow_lines
 from appliance.provisioning_client.enrollment import enroll_device
 from appliance.settings import load_settings
@@ -324,8 +326,11 @@ async def test_click2call_rings_the_phone_until_it_answers(tmp_path: Path) -> No
         await asyncio.sleep(1.0)
         # The phone's leg is in the room, ringing: not yet a call.
         assert rig.device.daemon.supervisor.state is State.RINGING
+        await leg.speak(ring_cadence()[: SAMPLE_RATE // 2])  # its ringback, as early media
         await leg.answer()  # sip.callStatus becomes active (003 l. 58-60)
         await rig.device.watcher.wait_for(State.IN_CALL, 10)
+        # The person's voice; heard well before its last half second of silence has played.
+        await leg.speak(ring_cadence()[: SAMPLE_RATE * 3 // 2])
         answered = [c for c in rig.device.watcher.changes if c.state is State.IN_CALL]
         assert answered[0].reason == "answered"
         await _until(lambda: len(_steps(rig.fake)) >= 2)  # the answer, relayed upstream
@@ -341,7 +346,9 @@ async def test_click2call_rings_the_phone_until_it_answers(tmp_path: Path) -> No
             ("hangup", {}),
         ]
         assert (record.upstream_call_id, record.outcome) == (rig.fake.control[0][1], "ANSWERED")
-        assert "agent_joined" in rig.device.timelines[-1].stages_ms  # the answer
+        stages = rig.device.timelines[-1].stages_ms
+        # The answer; the first far-end audio after it (the ringback was not the voice).
+        assert stages["first_agent_audio"] >= stages["agent_joined"]
 
 
 async def test_click2call_a_phone_that_is_not_answered_ends_no_answer(tmp_path: Path) -> None:
