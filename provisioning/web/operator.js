@@ -51,7 +51,6 @@ async function credentials(params) {
   });
   const body = await response.json();
   if (!response.ok) throw new Error(body.message || `refused (${response.status})`);
-  history.replaceState(null, "", location.pathname); // the link is not for copying on
   return { url: body.server_url, token: body.token };
 }
 
@@ -89,6 +88,9 @@ async function main() {
     });
   });
   const { url, token } = await credentials(params);
+  // Out of the address bar and the history, whichever form came: a token is a secret and a
+  // join link is not for copying on.
+  history.replaceState(null, "", location.pathname);
   await room.connect(url, token);
   for (const participant of room.remoteParticipants.values()) fromAttributes(participant);
   await room.localParticipant.setMicrophoneEnabled(true);
