@@ -195,7 +195,10 @@ class Sweeper(AsyncResource):
     async def sweep(self) -> list[CallRecord]:
         """One pass: close every open call that is over; returns the calls this pass closed."""
         if self._rings_due is not None:
-            await self._rings_due()
+            try:
+                await self._rings_due()
+            except ProvisioningError as exc:  # the rings' table failing: the calls still go
+                logger.warning("rings not resolved: %s", exc.message)
         now = self._clock()
         calls = await self._ledger.open_calls(now)
         if not calls:

@@ -22,6 +22,7 @@ from livekit.protocol.models import DisconnectReason, ParticipantInfo, Room
 
 from appliance.vocabulary import EndReason
 from provisioning.config import Config
+from provisioning.errors import StorageUnavailableError
 from provisioning.http import BackendServer
 from provisioning.models import CallRecord
 from provisioning.rooms import RecordingRoomService
@@ -454,6 +455,48 @@ async def test_two_sweepers_at_once_close_each_call_once(
     assert not {c.call_id for c in ours} & {c.call_id for c in theirs}
     assert {c.call_id for c in ours} | {c.call_id for c in theirs} <= {c.call_id for c in calls}
     assert all(c.ended_at is not None for c in await server.core.list_calls())
+
+
+async def test_a_pass_whose_rings_fail_still_closes_the_calls(
+    server: BackendServer,
+    api: Api,
+    enrolled: TestDevice,
+    rooms: RecordingRoomService,
+    config: Config,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rooms.live = set()
+    call = await start_call(api, enrolled)
+    clock.now = (await record(server, call.call_id)).token_expires_at
+    closed: list[CallRecord] = []
+
+    async def announce(ended: CallRecord) -> None:
+        closed.append(ended)
+
+    async def rings_due() -> int:  # the rings' table, as RingStore.due meets a database down
+        raise StorageUnavailableError("database is down")
+
+    async with asyncio.timeout(TIMEOUT_S):
+        storage = await open_storage(config.database)
+    try:
+        sweeper = Sweeper(
+            storage,
+            SqlCallLedger(storage.db),
+            rooms,
+            call_ended=announce,
+            clock=clock,
+            rings_due=rings_due,
+        )
+        async with asyncio.timeout(TIMEOUT_S):
+            swept = await sweeper.sweep()
+    finally:
+        await storage.aclose()
+    assert [c.call_id for c in swept] == [c.call_id for c in closed] == [call.call_id]
+    assert (await record(server, call.call_id)).end_reason == "connect_failed"
+    assert "rings not resolved: database is down" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    ]
 
 
 FAULTS = ("drop", "twice", "reverse", "late", "report")
