@@ -818,7 +818,7 @@ class ProvisioningCore:
         assert ended is not None
         if changed:
             await self.call_ended(ended)
-            ended = await self._hang_up_bridge(device, ended)
+            ended = await self._storage.get_call(call_id) or ended  # its outcome, if any
         return ended
 
     async def call_progress(self, device: Device, call_id: str, event: str) -> CallRecord:
@@ -857,12 +857,16 @@ class ProvisioningCore:
             return None
         return platform if isinstance(platform, Click2Call) else None
 
-    async def _hang_up_bridge(self, device: Device, call: CallRecord) -> CallRecord:
-        """A Click2Call call that ended on our side is hung up on the bridge (idempotent,
-        003 l. 86) and its outcome kept; a failure is logged, never the device's."""
-        bridge = self._bridge(device)
-        if bridge is None or call.upstream_call_id is None:
-            return call
+    async def _hang_up_bridge(self, call: CallRecord) -> None:
+        """A Click2Call call that ended, however its end was recorded, is hung up on the
+        bridge (idempotent, 003 l. 86) and its outcome kept; a failure is logged, never
+        the device's nor the closer's."""
+        if call.upstream_call_id is None:
+            return
+        device = await self._storage.get_device(call.device_id)
+        bridge = None if device is None else self._bridge(device)
+        if bridge is None:
+            return
         if call.outcome is None:
             failed = call.end_reason in (EndReason.CONNECT_FAILED, EndReason.TOKEN_REFUSED)
             outcome = FAILED if failed else NOT_ANSWERED
@@ -871,7 +875,6 @@ class ProvisioningCore:
             await bridge.control(call.upstream_call_id, "hangup", _call_context(call))
         except UpstreamError as exc:
             logger.warning("could not hang up upstream: %s", exc.message, extra=_call_context(call))
-        return await self._storage.get_call(call.call_id) or call
 
     async def _call_started(self, call: CallRecord, device: Device, *, rings: bool = True) -> None:
         """Announce a call that began; start its ring, if its grant rang (`rings` False: known
@@ -898,7 +901,7 @@ class ProvisioningCore:
 
     async def call_ended(self, call: CallRecord) -> None:
         """Log and announce a call's end, once, whoever recorded it (the device's report,
-        LiveKit's webhooks or the sweeper)."""
+        LiveKit's webhooks or the sweeper), and hang up its Click2Call bridge."""
         audit.info(
             "call ended",
             extra={
@@ -923,6 +926,7 @@ class ProvisioningCore:
             )
         )
         await self._ringing.ended(call.call_id)
+        await self._hang_up_bridge(call)
 
     async def _close_unanswered(
         self, call_id: str, reason: EndReason, at: float

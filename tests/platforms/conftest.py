@@ -64,6 +64,7 @@ class Rig:
     server: BackendServer
     api: Api
     device: TestDevice
+    rooms: RecordingRoomService  # our LiveKit's room list (a platform's room is not on it)
 
 
 def platform_config(
@@ -119,7 +120,8 @@ async def rig(
         config = platform_config(
             tmp_path, platform_name, fake.url, database_url, platform_timeout_s
         )
-        server = BackendServer(config, port=0, clock=clock, rooms=RecordingRoomService())
+        rooms = RecordingRoomService()
+        server = BackendServer(config, port=0, clock=clock, rooms=rooms)
         async with asyncio.timeout(TIMEOUT_S):
             await server.start()
         try:
@@ -132,7 +134,7 @@ async def rig(
                 await server.core.set_device_settings(
                     device.device_id, {"provider": SETTINGS[platform_name]}, actor="test"
                 )
-                yield Rig(platform_name, fake, server, api, device)
+                yield Rig(platform_name, fake, server, api, device, rooms)
         finally:
             async with asyncio.timeout(TIMEOUT_S):
                 await server.aclose()

@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from provisioning.core import PLATFORM_CALL_HORIZON_S
 from provisioning.providers import unverified_claims
+from provisioning.sweeper import SETTLE_GRACE_S
 from tests.platforms.conftest import PLATFORM_KEY, SETTINGS, Rig
 from tests.platforms.fake_base import Failure
 from tests.platforms.fake_click2call import FakeClick2Call
-from tests.provisioning.conftest import assert_refused
+from tests.provisioning.conftest import FakeClock, assert_refused
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +221,27 @@ async def test_click2call_unanswered_or_failed_is_hung_up_with_its_outcome(rig: 
         )
     assert outcomes == ["NOT_ANSWERED", "FAILED"]
     assert [step for step, _c, _b in rig.fake.control] == ["hangup", "hangup"]
+
+
+@pytest.mark.parametrize("platform_name", ["click2call"])
+async def test_click2call_closed_by_the_sweeper_is_hung_up_with_its_outcome(
+    rig: Rig, clock: FakeClock
+) -> None:
+    """Every close, not only the device's report, hangs up the bridge (003 l. 86)."""
+    assert isinstance(rig.fake, FakeClick2Call)
+    call_id = (await rig.api.start_call(rig.device)).json()["call_id"]
+    joined = {"event": "joined"}
+    response = await rig.api.send("POST", f"/v1/calls/{call_id}/progress", rig.device, joined)
+    assert response.status_code == 200
+    rig.rooms.live = set()  # the platform's room is not on our LiveKit
+    clock.advance(PLATFORM_CALL_HORIZON_S + SETTLE_GRACE_S + 60)  # its device never reported
+    async with asyncio.timeout(30):
+        [closed] = await rig.server.sweeper.sweep()
+    assert closed.call_id == call_id
+    (call,) = await rig.server.core.list_calls(rig.device.device_id)
+    assert (call.end_reason, call.outcome) == ("connect_failed", "FAILED")
+    upstream = call.upstream_call_id
+    assert [(step, c) for step, c, _b in rig.fake.control] == [
+        ("connect", upstream),
+        ("hangup", upstream),
+    ]
