@@ -64,11 +64,9 @@ from provisioning.providers import (
     ProviderMisconfiguredError,
     resolve,
 )
+from provisioning.providers.base import CallOutcome, call_outcome
 from provisioning.providers.errors import UpstreamError
 from provisioning.providers.platforms import (
-    ANSWERED,
-    FAILED,
-    NOT_ANSWERED,
     CallStep,
     Click2Call,
 )
@@ -839,7 +837,7 @@ class ProvisioningCore:
         step: CallStep = "connect" if event == "joined" else "answered"
         await bridge.control(call.upstream_call_id, step, _call_context(call))
         if event == "answered":
-            await self._storage.set_call_outcome(call_id, ANSWERED)
+            await self._set_outcome(call_id, CallOutcome.ANSWERED)
         audit.info(
             "call progress upstream",
             extra={
@@ -857,6 +855,10 @@ class ProvisioningCore:
             return None
         return platform if isinstance(platform, Click2Call) else None
 
+    async def _set_outcome(self, call_id: str, outcome: CallOutcome) -> None:
+        """Keep a call's outcome: only a value of the closed vocabulary is ever stored."""
+        await self._storage.set_call_outcome(call_id, call_outcome(outcome).value)
+
     async def _hang_up_bridge(self, call: CallRecord) -> None:
         """A Click2Call call that ended, however its end was recorded, is hung up on the
         bridge (idempotent, 003 l. 86) and its outcome kept; a failure is logged, never
@@ -869,8 +871,8 @@ class ProvisioningCore:
             return
         if call.outcome is None:
             failed = call.end_reason in (EndReason.CONNECT_FAILED, EndReason.TOKEN_REFUSED)
-            outcome = FAILED if failed else NOT_ANSWERED
-            await self._storage.set_call_outcome(call.call_id, outcome)
+            outcome = CallOutcome.FAILED if failed else CallOutcome.NOT_ANSWERED
+            await self._set_outcome(call.call_id, outcome)
         try:
             await bridge.control(call.upstream_call_id, "hangup", _call_context(call))
         except UpstreamError as exc:

@@ -30,6 +30,22 @@ class ProviderKind(StrEnum):
     HMSVOICEDOCK = "hmsvoicedock"
 
 
+class CallOutcome(StrEnum):
+    """How a call with call control ended, as the platform's CRM is told (Click2Call's
+    `call_status`, seed 003 l. 99): a closed vocabulary, the only values of calls.outcome."""
+
+    ANSWERED = "ANSWERED"
+    NOT_ANSWERED = "NOT_ANSWERED"
+    FAILED = "FAILED"
+
+
+def call_outcome(value: object) -> CallOutcome:
+    """`value` as a CallOutcome, checked before it is stored; ValueError for anything else."""
+    if not isinstance(value, str) or value not in set(CallOutcome):
+        raise ValueError(f"outcome must be one of {', '.join(CallOutcome)}, not {value!r}")
+    return CallOutcome(value)
+
+
 @dataclass(frozen=True)
 class CallRequest:
     """One call (or rejoin) to open for a device; `options` are its provider settings."""

@@ -174,8 +174,6 @@ _STEPS: dict[str, tuple[str, dict[str, Any]]] = {
     "answered": ("status", {"status": "ANSWERED"}),
     "hangup": ("hangup", {}),
 }
-# The outcomes the bridge reports to its CRM (003 l. 99), kept on our record.
-ANSWERED, NOT_ANSWERED, FAILED = "ANSWERED", "NOT_ANSWERED", "FAILED"
 
 
 @dataclass(frozen=True)

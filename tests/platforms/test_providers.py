@@ -11,6 +11,7 @@ import pytest
 
 from provisioning.core import PLATFORM_CALL_HORIZON_S
 from provisioning.providers import unverified_claims
+from provisioning.providers.base import CallOutcome, call_outcome
 from provisioning.sweeper import SETTLE_GRACE_S
 from tests.platforms.conftest import PLATFORM_KEY, SETTINGS, Rig
 from tests.platforms.fake_base import Failure
@@ -245,3 +246,12 @@ async def test_click2call_closed_by_the_sweeper_is_hung_up_with_its_outcome(
         ("connect", upstream),
         ("hangup", upstream),
     ]
+
+
+def test_the_outcome_is_a_closed_vocabulary_checked_before_it_is_stored() -> None:
+    # 003 l. 99: "call_status": "ANSWERED", // ANSWERED | NOT_ANSWERED | FAILED
+    assert [o.value for o in CallOutcome] == ["ANSWERED", "NOT_ANSWERED", "FAILED"]
+    assert call_outcome("NOT_ANSWERED") is CallOutcome.NOT_ANSWERED
+    for free in ("answered", "BUSY", "", None, 1):
+        with pytest.raises(ValueError, match="outcome must be one of"):
+            call_outcome(free)
