@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ import numpy as np
 from appliance.control import send_command
 from appliance.daemon import Daemon
 from appliance.settings import LoggingSettings, LogLevel
-from appliance.state import CallTimeline, State, StateChange
+from appliance.state import CallTimeline, StateChange
 from appliance.status.journal import setup_logging
 from demo import platform_job
+from demo.one_call import press_and_wait, state_line
 from demo.platform_job import PLATFORMS
 from demo.stack import USER_SENTENCE, LocalStack
 from demo.tts import synthesize
@@ -74,20 +76,12 @@ async def _run(workdir: Path | None, max_call_s: float) -> int:
         async with Daemon(settings, on_timeline=timelines.append) as daemon:
             states: asyncio.Queue[StateChange] = asyncio.Queue()
             daemon.supervisor.add_observer(states.put_nowait)
-            daemon.supervisor.add_observer(_print_state)
+            daemon.supervisor.add_observer(lambda change: say(state_line(change)))
             stop = asyncio.Event()
             runner = asyncio.create_task(daemon.run(stop), name="demo-daemon")
+            press = functools.partial(send_command, Path(daemon.control_socket), "press")
             try:
-                await _wait_state(states, State.READY, 20)
-                say("pressing the call button (appliance press)")
-                await send_command(Path(daemon.control_socket), "press")
-                await _wait_state(states, State.IN_CALL, 30)
-                try:
-                    await _wait_state(states, State.READY, max_call_s)
-                except TimeoutError:
-                    say("pressing the call button again to hang up")
-                    await send_command(Path(daemon.control_socket), "press")
-                    await _wait_state(states, State.READY, 20)
+                await press_and_wait(states, press, say, answer_within_s=30, max_call_s=max_call_s)
             finally:
                 stop.set()
                 await runner
@@ -99,17 +93,6 @@ async def _run(workdir: Path | None, max_call_s: float) -> int:
     print()
     print(timelines[-1].format())
     return 0
-
-
-async def _wait_state(states: asyncio.Queue[StateChange], state: State, within_s: float) -> None:
-    async with asyncio.timeout(within_s):
-        while (await states.get()).state is not state:
-            pass
-
-
-def _print_state(change: StateChange) -> None:
-    reason = f" ({change.reason})" if change.reason else ""
-    say(f"  device: {change.previous.value} -> {change.state.value}{reason}")
 
 
 def say(line: str) -> None:

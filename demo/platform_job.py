@@ -12,6 +12,7 @@ from the checkout only: the fakes are test doubles under `tests/`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import tempfile
 from collections.abc import Callable
@@ -24,8 +25,9 @@ from appliance.control import send_command
 from appliance.daemon import Daemon
 from appliance.provisioning_client.enrollment import enroll_device
 from appliance.settings import load_settings
-from appliance.state import CallTimeline, State, StateChange
+from appliance.state import CallTimeline, StateChange
 from demo.livekit_server import LiveKitServer
+from demo.one_call import press_and_wait, state_line
 from demo.stack import write_wav
 from demo.tts import synthesize
 from provisioning.http import BackendServer
@@ -98,21 +100,13 @@ async def run(name: str, workdir: Path | None, max_call_s: float, say: Say) -> i
         async with Daemon(settings, on_timeline=timelines.append) as daemon:
             states: asyncio.Queue[StateChange] = asyncio.Queue()
             daemon.supervisor.add_observer(states.put_nowait)
-            daemon.supervisor.add_observer(lambda c: say(_state_line(c)))
+            daemon.supervisor.add_observer(lambda c: say(state_line(c)))
             stop = asyncio.Event()
             runner = asyncio.create_task(daemon.run(stop), name="demo-daemon")
             follower = asyncio.create_task(_show_transcript(daemon, say), name="demo-transcript")
+            press = functools.partial(send_command, Path(daemon.control_socket), "press")
             try:
-                await _wait_state(states, State.READY, 20)
-                say("pressing the call button (appliance press)")
-                await send_command(Path(daemon.control_socket), "press")
-                await _wait_state(states, State.IN_CALL, 40)
-                try:
-                    await _wait_state(states, State.READY, max_call_s)
-                except TimeoutError:
-                    say("pressing the call button again to hang up")
-                    await send_command(Path(daemon.control_socket), "press")
-                    await _wait_state(states, State.READY, 20)
+                await press_and_wait(states, press, say, answer_within_s=40, max_call_s=max_call_s)
                 calls = await _ended_calls(backend)
                 for call in calls:
                     detail = f", {call.end_detail}" if call.end_detail else ""
@@ -153,17 +147,6 @@ async def _ended_calls(backend: BackendServer) -> list[CallRecord]:
             break
         await asyncio.sleep(0.1)
     return calls
-
-
-def _state_line(change: StateChange) -> str:
-    reason = f" ({change.reason})" if change.reason else ""
-    return f"  device: {change.previous.value} -> {change.state.value}{reason}"
-
-
-async def _wait_state(states: asyncio.Queue[StateChange], state: State, within_s: float) -> None:
-    async with asyncio.timeout(within_s):
-        while (await states.get()).state is not state:
-            pass
 
 
 def _write_device(base: Path, backend_url: str) -> Path:
