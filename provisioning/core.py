@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -10,6 +11,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from appliance.vocabulary import EndReason, Trigger
@@ -65,7 +67,7 @@ from provisioning.providers import (
     resolve,
 )
 from provisioning.providers.base import CallOutcome, call_outcome
-from provisioning.providers.errors import UpstreamError
+from provisioning.providers.errors import UpstreamBadRequestError, UpstreamError
 from provisioning.providers.platforms import (
     CallStep,
     Click2Call,
@@ -95,6 +97,24 @@ MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 MAX_END_DETAIL_CHARS = 200
 # What a device may report of a call in progress (`POST /v1/calls/{id}/progress`).
 CALL_PROGRESS = ("joined", "answered")
+# Click2Call's dial asked again after a 409 (`_dial`): 1.4 s in all, inside the device's
+# own wait for the backend.
+DIAL_RETRY_S = (0.2, 0.4, 0.8)
+
+
+async def _dial(bridge: Click2Call, upstream_call_id: str, context: Mapping[str, str]) -> None:
+    """Have the bridge dial, the device being in the room with its microphone published.
+    LiveKit lists a track only once its first media has arrived, a little after the
+    device's publish has returned (25 ms here when quiet, more under load), so a bridge
+    that looks for it may answer 409 at first: asked again, a few times, shortly."""
+    for delay in (*DIAL_RETRY_S, None):
+        try:
+            await bridge.control(upstream_call_id, "connect", context)
+            return
+        except UpstreamBadRequestError as exc:
+            if exc.upstream_status != HTTPStatus.CONFLICT or delay is None:
+                raise
+            await asyncio.sleep(delay)
 
 
 def _call_context(call: CallRecord) -> dict[str, str]:
@@ -835,7 +855,10 @@ class ProvisioningCore:
         if bridge is None or call.upstream_call_id is None:
             return call
         step: CallStep = "connect" if event == "joined" else "answered"
-        await bridge.control(call.upstream_call_id, step, _call_context(call))
+        if step == "connect":
+            await _dial(bridge, call.upstream_call_id, _call_context(call))
+        else:
+            await bridge.control(call.upstream_call_id, step, _call_context(call))
         if event == "answered":
             await self._set_outcome(call_id, CallOutcome.ANSWERED)
         audit.info(

@@ -209,6 +209,35 @@ async def test_click2call_is_dialed_after_the_join_answered_and_hung_up(rig: Rig
 
 
 @pytest.mark.parametrize("platform_name", ["click2call"])
+async def test_click2call_is_asked_to_dial_again_while_it_cannot_see_the_microphone(
+    rig: Rig,
+) -> None:
+    # LiveKit lists the kiosk's track a little after its publish returned: a bridge that
+    # looks for it refuses the first /connect or two.
+    assert isinstance(rig.fake, FakeClick2Call)
+    looks = iter([False, False, True])
+
+    async def published(room: str) -> bool:
+        return next(looks, False)
+
+    rig.fake.published = published
+    call_id = (await rig.api.start_call(rig.device)).json()["call_id"]
+    path = f"/v1/calls/{call_id}/progress"
+    response = await rig.api.send("POST", path, rig.device, {"event": "joined"})
+    assert response.status_code == 200, response.text
+    assert [step for step, _c, _b in rig.fake.control] == ["connect"] * 3
+    assert len(rig.fake.refused) == 2
+
+    # Never seen: refused after the last try, and the device is told.
+    rig.fake.control.clear()
+    call_id = (await rig.api.start_call(rig.device)).json()["call_id"]
+    path = f"/v1/calls/{call_id}/progress"
+    response = await rig.api.send("POST", path, rig.device, {"event": "joined"})
+    assert_refused(response, 502, "upstream_bad_request")
+    assert [step for step, _c, _b in rig.fake.control] == ["connect"] * 4
+
+
+@pytest.mark.parametrize("platform_name", ["click2call"])
 async def test_click2call_unanswered_or_failed_is_hung_up_with_its_outcome(rig: Rig) -> None:
     assert isinstance(rig.fake, FakeClick2Call)
     outcomes = []
