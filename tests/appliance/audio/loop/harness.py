@@ -111,6 +111,7 @@ class LoopRun:
     # the capture frame its delay locked at, and the one the output handed over to the cascade.
     linear_cpu_ms: float = float("nan")
     linear_locked_at: int | None = None
+    linear_locks: int = 0
     handed_over_at: int | None = None
 
     def _w(self, x: npt.NDArray[np.generic], a: float, b: float) -> npt.NDArray[np.generic]:
@@ -281,6 +282,7 @@ async def run_loop(
         run.linear_cpu_ms = linear.linear.cpu_s / max(1, linear.linear.frames) * 1000
         locked = linear.linear.locked_at
         run.linear_locked_at = locked[0] if locked else None
+        run.linear_locks = linear.linear.locks
         run.handed_over_at = linear.handed_over_at
     return run
 

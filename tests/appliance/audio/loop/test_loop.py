@@ -74,7 +74,11 @@ async def test_the_person_is_heard_over_the_agent_and_the_echo_is_not(
 ) -> None:
     run = await _run(loop, tmp_path, profile, room, ser_db=ser_db)
     steady, first, loss = run.erle_steady_db(), run.erle_first_db(), run.double_talk_loss_db()
-    figures = f"steady {steady:.1f} dB, first 2 s {first:.1f} dB, double-talk loss {loss:.2f} dB"
+    figures = (
+        f"steady {steady:.1f} dB, first 2 s {first:.1f} dB, double-talk loss {loss:.2f} dB; "
+        f"linear stage locked at frame {run.linear_locked_at} ({run.linear_locks} locks), "
+        f"handed over at {run.handed_over_at}; kiosk {run.glitches}"
+    )
 
     assert steady >= STEADY_DB, f"steady-state echo reduction: {figures}"
     assert first >= FIRST_2S_DB, f"echo reduction in the first 2 s: {figures}"
