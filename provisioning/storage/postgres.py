@@ -154,16 +154,19 @@ class _PostgresUnitConnection:
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self._connection = connection
+        # One cursor for every statement: the thread runs one at a time, and a new cursor
+        # each (what Connection.execute makes) costs a fifth of a statement's client CPU.
+        self._cursor = connection.cursor()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._connection.execute(_placeholders(sql), tuple(params)).rowcount
+        return self._cursor.execute(_placeholders(sql), tuple(params)).rowcount
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        row = self._connection.execute(_placeholders(sql), tuple(params)).fetchone()
+        row = self._cursor.execute(_placeholders(sql), tuple(params)).fetchone()
         return None if row is None else tuple(row)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        rows = self._connection.execute(_placeholders(sql), tuple(params)).fetchall()
+        rows = self._cursor.execute(_placeholders(sql), tuple(params)).fetchall()
         return [tuple(row) for row in rows]
 
     def close(self) -> None:
