@@ -133,10 +133,15 @@ class SqlStorage:
 
     async def get_device(self, device_id: str) -> Device | None:
         """The device with this id, if any."""
-        async with self.db.session() as s:
-            row = await s.fetchone(
-                f"SELECT {_DEVICE_ROW} FROM {_DEVICE_FROM} WHERE d.device_id = ?", (device_id,)
-            )
+        sql = f"SELECT {_DEVICE_ROW} FROM {_DEVICE_FROM} WHERE d.device_id = ?"
+        if self.db.dialect == "postgresql":
+            # Every signed request needs it (a device's own calls are too rare for the
+            # core's cache to hold it): a unit on the database's thread costs a third of
+            # the CPU that async psycopg on the event loop does (23 against 80 us here).
+            row = await self.db.run(lambda s: s.fetchone(sql, (device_id,)))
+        else:
+            async with self.db.session() as session:
+                row = await session.fetchone(sql, (device_id,))
         return None if row is None else _device(row)
 
     async def get_device_by_public_key(self, public_key: bytes) -> Device | None:
