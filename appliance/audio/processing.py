@@ -30,7 +30,7 @@ class ProcessingOptions:
     high_pass_filter: bool = True
     auto_gain_control: bool = True
     # speexdsp's linear echo canceller ahead of AEC3: its filter length (0: not run), its rate,
-    # and the share of its echo estimate subtracted (linear_aec.py says why not all of it).
+    # and the share of its echo estimate subtracted (`DEPTH`: linear_aec.py says why).
     linear_filter_ms: int = 0
     linear_rate: int = 24000
     linear_depth: float = DEPTH
