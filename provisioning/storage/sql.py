@@ -343,6 +343,11 @@ class SqlStorage:
             _add_grant(s, grant, keep_since=keep_since)
             return admission, True
 
+        if self.db.dialect == "postgresql":
+            # The same in one statement: a round trip to PostgreSQL costs more than SQL.
+            return await self.db.run(
+                lambda s: _admit_grant_in_one(s, nonce, grant, keep_since, since, limit)
+            )
         return await self.db.run(unit)
 
     async def purge_nonces(self, now: float) -> int:
@@ -663,6 +668,49 @@ def _admit_call_in_one(
             call.device_id,
             since,
             limit,
+        ),
+    )
+    assert row is not None
+    fresh, status, added = row
+    if not fresh:
+        return Admission(fresh=False, status=None), False
+    admission = Admission(fresh=True, status=None if status is None else DeviceStatus(status))
+    return admission, bool(added)
+
+
+def _admit_grant_in_one(
+    s: SyncSession, nonce: Nonce, grant: HeldGrant, keep_since: float, since: float, limit: int
+) -> tuple[Admission, bool]:
+    """`admit_grant`'s unit as one statement (PostgreSQL: DML in WITH). Every part sees the
+    grants as they were before it, as the unit's count did before its delete and insert."""
+    row = s.fetchone(
+        "WITH n AS ("
+        "  INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
+        "  ON CONFLICT (device_id, nonce) DO NOTHING RETURNING device_id),"
+        " d AS (SELECT status FROM devices WHERE device_id = ?),"
+        " ok AS (SELECT 1 FROM n WHERE (SELECT status FROM d) = ?"
+        "  AND (SELECT COUNT(*) FROM grants WHERE device_id = ? AND created_at > ?) < ?),"
+        " gone AS (DELETE FROM grants WHERE device_id = ? AND expires_at < ?"
+        "  AND EXISTS (SELECT 1 FROM ok)),"
+        f" g AS (INSERT INTO grants ({_GRANT_COLUMNS}) SELECT ?, ?, ?, ?, ? FROM ok"
+        "  RETURNING call_id)"
+        " SELECT (SELECT COUNT(*) FROM n), (SELECT status FROM d), (SELECT COUNT(*) FROM g)",
+        (
+            nonce.device_id,
+            nonce.value,
+            nonce.expires_at,
+            nonce.device_id,
+            DeviceStatus.APPROVED.value,
+            grant.device_id,
+            since,
+            limit,
+            grant.device_id,
+            keep_since,
+            grant.call_id,
+            grant.device_id,
+            grant.room,
+            grant.created_at,
+            grant.expires_at,
         ),
     )
     assert row is not None

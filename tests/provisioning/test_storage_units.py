@@ -184,3 +184,40 @@ async def test_the_rate_limits_hold_inside_the_unit(storage: SqlStorage) -> None
     ]
     assert grants == [True, True, False]
     assert (await storage.count_grants_since("d-l", 5.0))[0] == 2
+
+
+async def test_a_grant_is_admitted_once_for_its_nonce_and_clears_its_expired_ones(
+    storage: SqlStorage,
+) -> None:
+    await _enrolled(storage, _device("d-g"))
+    await _enrolled(storage, _device("d-p", DeviceStatus.PENDING))
+
+    async def admit(device_id: str, nonce: int, call_id: str, at: float) -> tuple[bool, bool]:
+        admission, added = await storage.admit_grant(
+            Nonce(device_id, f"{nonce:032x}", 1e4),
+            HeldGrant(call_id, device_id, f"call-{call_id}", at, at + 100.0),
+            keep_since=at - 50.0,
+            since=at - 60.0,
+            limit=3,
+        )
+        return admission.fresh, added
+
+    assert await admit("d-g", 1, "g1", 10.0) == (True, True)
+    assert await admit("d-g", 2, "g2", 20.0) == (True, True)
+    assert await admit("d-g", 2, "g3", 30.0) == (False, False)  # the same nonce again
+    assert await storage.count_grants_since("d-g", 0.0) == (2, 10.0)
+    # At 200 both have expired (110, 120 < 150): cleared as the new one is added.
+    assert await admit("d-g", 3, "g4", 200.0) == (True, True)
+    assert await storage.count_grants_since("d-g", 0.0) == (1, 200.0)
+    # Not approved: the nonce is spent, nothing else is written.
+    assert await admit("d-p", 1, "p1", 10.0) == (True, False)
+    assert await storage.count_grants_since("d-p", 0.0) == (0, None)
+    for n, call_id in ((4, "g5"), (5, "g6")):
+        assert await admit("d-g", n, call_id, 201.0) == (True, True)
+    assert await admit("d-g", 6, "g7", 400.0) == (True, True)  # 200-201 expired: cleared
+    assert await storage.count_grants_since("d-g", 0.0) == (1, 400.0)
+    for n, call_id in ((7, "g8"), (8, "g9")):
+        assert await admit("d-g", n, call_id, 401.0) == (True, True)
+    # Over the limit: the nonce is spent, no grant added.
+    assert await admit("d-g", 9, "g10", 402.0) == (True, False)
+    assert await storage.count_grants_since("d-g", 0.0) == (3, 400.0)
