@@ -113,6 +113,9 @@ class LoopRun:
     linear_locked_at: int | None = None
     linear_locks: int = 0
     handed_over_at: int | None = None
+    # Why earlier attempts of this run were thrown away (an xrun logged in a test's output may
+    # be one of theirs, not the measured run's).
+    retried: list[str] = field(default_factory=list)
 
     def _w(self, x: npt.NDArray[np.generic], a: float, b: float) -> npt.NDArray[np.generic]:
         return x[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]
@@ -207,12 +210,17 @@ async def run_steady(
     attempts: int = 3,
 ) -> LoopRun:
     """`run_loop`, again when the loop itself glitched (a busy machine), up to `attempts` runs."""
+    retried: list[str] = []
     for attempt in range(1, attempts + 1):
         try:
-            return await run_loop(loop, workdir / f"try{attempt}", audio, room, script)
-        except LoopGlitchError:
+            run = await run_loop(loop, workdir / f"try{attempt}", audio, room, script)
+        except LoopGlitchError as exc:
             if attempt == attempts:
                 raise
+            retried.append(str(exc))
+            continue
+        run.retried = retried
+        return run
     raise AssertionError("unreachable")
 
 

@@ -77,7 +77,8 @@ async def test_the_person_is_heard_over_the_agent_and_the_echo_is_not(
     figures = (
         f"steady {steady:.1f} dB, first 2 s {first:.1f} dB, double-talk loss {loss:.2f} dB; "
         f"linear stage locked at frame {run.linear_locked_at} ({run.linear_locks} locks), "
-        f"handed over at {run.handed_over_at}; kiosk {run.glitches}"
+        f"handed over at {run.handed_over_at}; kiosk {run.glitches}; "
+        f"attempts thrown away: {run.retried}"
     )
 
     assert steady >= STEADY_DB, f"steady-state echo reduction: {figures}"
