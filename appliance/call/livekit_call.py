@@ -55,6 +55,8 @@ CONNECT_MARGIN_S = 5.0
 MIC_QUEUE_FRAMES = 10
 # How the SDK words a join the server refused for the token ("client error: 401 Unauthorized").
 _REFUSED = re.compile(r"\b(401|403)\b")
+# A remote party gone for one of these: the room itself is closing.
+_ROOM_GONE = frozenset({rtc.DisconnectReason.ROOM_DELETED, rtc.DisconnectReason.ROOM_CLOSED})
 # The control messages this device accepts from the agent: {"v": 1, "type": "end_call"}.
 CONTROL_VERSION = 1
 # The participant attribute (set in its token by the backend, which a participant cannot
@@ -139,6 +141,7 @@ class LiveKitRoom:
         self._mixer = Mixer()
         self._closing = False
         self._reconnecting = False
+        self._room_gone = False
         # Tool calls waiting for the daemon's answer: RPC ones by call id, and the caller of
         # each made by data message (answered by data message).
         self._rpc_waiting: dict[str, asyncio.Future[tuple[bool, str]]] = {}
@@ -502,6 +505,14 @@ class LiveKitRoom:
         # While the SDK reconnects it drops every participant: that is nobody leaving.
         if self._reconnecting:
             return
+        if participant.disconnect_reason in _ROOM_GONE:
+            # The room is being closed (a revocation, a ring nobody answered): everyone
+            # goes, this device too. That is the call's end, not its party's leaving, and
+            # LiveKit may tell of the party before it tells this device.
+            self._room_gone = True
+            name = rtc.DisconnectReason.Name(participant.disconnect_reason)
+            self._on_event(Disconnected(room_closed=True, detail=name))
+            return
         kind = self._parties.pop(participant.identity, None)
         if kind is None:
             return
@@ -545,7 +556,7 @@ class LiveKitRoom:
             self._spawn(self._receive_track(track, publication.sid), "call-remote-audio")
 
     def _on_disconnected(self, reason: int) -> None:
-        if self._closing:
+        if self._closing or self._room_gone:
             return
         removed = reason == rtc.DisconnectReason.PARTICIPANT_REMOVED
         room_closed = reason in (
