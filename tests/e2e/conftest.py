@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from appliance.daemon import Daemon
 from appliance.settings import Settings
 from appliance.state import CallTimeline, State, StateChange
-from demo.stack import LocalStack
+from demo.stack import USER_SENTENCE, LocalStack
+from demo.tts import synthesize
 from provisioning.models import CallRecord
 
 
@@ -68,6 +70,24 @@ async def run_device(
 async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
     async with asyncio.timeout(60), LocalStack(workdir=tmp_path / "stack") as s:
         yield s
+
+
+@pytest.fixture
+async def user_pcm() -> np.ndarray:
+    """The kiosk user's sentence, then a pause so the agent hears the end of the turn."""
+    speech = await asyncio.wait_for(synthesize(USER_SENTENCE), 30)
+    return np.concatenate([speech, np.zeros(48000 * 3 // 2, dtype=np.int16)])
+
+
+@pytest.fixture
+async def device(stack: LocalStack, user_pcm: np.ndarray) -> AsyncIterator[RunningDevice]:
+    """A kiosk whose microphone says `user_pcm`, enrolled and READY. No cool-down: tests call
+    again straight after a call. Modules with other needs define their own `device`."""
+    files = stack.write_device("kiosk-1", user_pcm, agent_join_timeout_s=20, cooldown_s=0)
+    settings = await asyncio.wait_for(stack.enroll(files), 10)
+    async with run_device(settings) as running:
+        await running.watcher.wait_for(State.READY, 15)
+        yield running
 
 
 async def ended_record(stack: LocalStack, call_id: str, timeout: float = 15.0) -> CallRecord:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -13,31 +12,14 @@ from appliance.audio.simulated import read_wav_mono
 from appliance.state import State
 from demo.agent_session import AgentSession
 from demo.signal import slip_tolerant_xcorr
-from demo.stack import USER_SENTENCE, LocalStack
+from demo.stack import LocalStack
 from demo.tts import synthesize
-from tests.e2e.conftest import RunningDevice, ended_record, run_device
+from tests.e2e.conftest import RunningDevice, ended_record
 
 pytestmark = pytest.mark.e2e
 
 RATE = 48000
 OTHER_SENTENCE = "The weather on the coast will be windy with some rain in the afternoon."
-
-
-@pytest.fixture
-async def user_pcm() -> np.ndarray:
-    speech = await asyncio.wait_for(synthesize(USER_SENTENCE), 30)
-    # A pause after the sentence so the agent hears the end of the turn before it repeats.
-    return np.concatenate([speech, np.zeros(RATE * 3 // 2, dtype=np.int16)])
-
-
-@pytest.fixture
-async def device(stack: LocalStack, user_pcm: np.ndarray) -> AsyncIterator[RunningDevice]:
-    # No cool-down: the test calls again straight after a call.
-    files = stack.write_device("kiosk-1", user_pcm, agent_join_timeout_s=20, cooldown_s=0)
-    settings = await asyncio.wait_for(stack.enroll(files), 10)
-    async with run_device(settings) as running:
-        await running.watcher.wait_for(State.READY, 15)
-        yield running
 
 
 async def _wait_for_audio(session: AgentSession, seconds: float, timeout: float) -> None:

@@ -18,13 +18,13 @@ from livekit import api
 from appliance.audio.simulated import read_wav_mono
 from appliance.state import State
 from demo.signal import slip_tolerant_xcorr
-from demo.stack import USER_SENTENCE, LocalStack, write_wav
+from demo.stack import LocalStack, write_wav
 from demo.tts import synthesize
 from provisioning.admin.tokens import AdminScope, AdminTokens
 from provisioning.config import load_config
 from provisioning.operators import CLIENT_FILE
 from provisioning.storage import open_storage
-from tests.e2e.conftest import RunningDevice, ended_record, run_device
+from tests.e2e.conftest import RunningDevice, ended_record
 from tests.provisioning.chromium import Cdp, Chromium, Page, chromium_path
 
 pytestmark = [
@@ -99,21 +99,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory, person_wav: Path) -> Itera
 async def cdp(browser: Chromium) -> AsyncIterator[Cdp]:
     async with Cdp.connect(browser.endpoint) as connection:
         yield connection
-
-
-@pytest.fixture
-async def user_pcm() -> np.ndarray:
-    speech = await asyncio.wait_for(synthesize(USER_SENTENCE), 30)
-    return np.concatenate([speech, np.zeros(RATE * 3 // 2, dtype=np.int16)])
-
-
-@pytest.fixture
-async def device(stack: LocalStack, user_pcm: np.ndarray) -> AsyncIterator[RunningDevice]:
-    files = stack.write_device("kiosk-1", user_pcm, agent_join_timeout_s=20, cooldown_s=0)
-    settings = await asyncio.wait_for(stack.enroll(files), 10)
-    async with run_device(settings) as running:
-        await running.watcher.wait_for(State.READY, 15)
-        yield running
 
 
 @pytest.fixture
