@@ -20,7 +20,15 @@ from tests.platforms.fake_click2call import FakeClick2Call
 from tests.platforms.fake_hmsvoicedock import FakeHmsVoiceDock
 from tests.platforms.fake_thinnestai import FakeThinnestAI
 from tests.platforms.fake_vatel import FakeVatel
-from tests.provisioning.conftest import TIMEOUT_S, Api, FakeClock, TestDevice, write_config
+from tests.provisioning.conftest import (
+    TIMEOUT_S,
+    Api,
+    FakeClock,
+    TestDevice,
+    clock,
+    database_url,
+    write_config,
+)
 
 # The fleet's key for every platform: it must never reach a device or a log line.
 PLATFORM_KEY = "sk-live-FLEET-KEY-9f8e7d6c5b4a"
@@ -80,18 +88,8 @@ def platform_config(
     return load_config(write_config(tmp_path, extra, database_url=database_url))
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    """Each test using it runs on SQLite (None) and on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    return dsn
+# The backend tests' own fixtures, shared: each runs on SQLite and on PostgreSQL.
+__all__ = ["clock", "database_url"]
 
 
 @pytest.fixture
