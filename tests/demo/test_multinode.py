@@ -17,11 +17,10 @@ from demo.redis_server import RedisServer, RedisServerNotFoundError
 from demo.signal import slip_tolerant_xcorr
 from demo.stack import LocalStack
 from tests.e2e import test_call
-from tests.e2e.conftest import RunningDevice
+from tests.e2e.conftest import RunningDevice, device, user_pcm
 
 # The device fixture (enrolled, running, READY) and its microphone WAV, on this module's stack.
-device = test_call.device
-user_pcm = test_call.user_pcm
+__all__ = ["device", "user_pcm"]
 RATE = test_call.RATE
 
 # livekit-server pkg/routing/redisrouter.go: the Redis hash from room name to hosting node ID.
