@@ -248,6 +248,9 @@ class LiveKitServer(AsyncResource):
                 async with asyncio.timeout(self._startup_timeout):
                     while True:
                         if self._proc.returncode is not None:
+                            # The exit can be seen before the log copy has read the last
+                            # lines, and those lines say why.
+                            await self._drain_log()
                             raise LiveKitServerError(
                                 f"LiveKit server exited with status {self._proc.returncode} "
                                 f"during start-up; log tail:\n{self.log_tail()}"
