@@ -2,10 +2,12 @@
 
 AEC3 adapts to the echo it is given. The linear stage changes that echo when it locks onto the
 echo's delay (a few hundred ms into the call's first speech), and an AEC3 that had already
-converged on the full echo then over-cancels for most of a second (the closed loop measured
-15-20 dB of echo reduction there, against 35-40 before and after). So the call starts on a
-plain APM fed the unprocessed capture; the cascade's own APM starts when the linear stage
-locks, and the output crosses over to it once both have settled.
+converged on the full echo then over-cancels for most of a second when the change is abrupt
+(the closed loop measured 15-20 dB of echo reduction there, against 35-40 before and after).
+So the call starts on a plain APM fed the unprocessed capture, the cascade's APM sees the full
+echo until the lock, the linear stage's share of its estimate then grows from none to all over
+`RAMP_FRAMES`, and the output crosses over to the cascade once that has settled (about 1.3 s
+into the agent's first speech): a person who talks over the agent from then on is kept.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ from livekit import rtc
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
 from appliance.audio.linear_aec import LinearEchoCanceller
 
-# After the linear stage locks: frames before the crossover starts, and its length.
-SETTLE_FRAMES = 300
+# After the linear stage locks: frames over which its share of the echo estimate grows to all
+# of it, frames before the output's crossover to the cascade starts, and the crossover's length.
+# In the closed loop (docs/audio.md) a ramp of 0.3 s and a crossover 0.8 s after the lock kept
+# the echo reduction of a 3 s wait; a crossover 0.4 s after the lock cost 2-5 dB of it in the
+# first 2 s, and a ramp of 0.5 s cut a person interrupting at 1.5 s by 0.5-1 dB more.
+RAMP_FRAMES = 30
+SETTLE_FRAMES = 80
 FADE_FRAMES = 10
 
 
@@ -50,6 +57,7 @@ class Cascade:
         self, new_apm: Callable[[], rtc.AudioProcessingModule], linear: LinearEchoCanceller
     ) -> None:
         self.linear = linear
+        self._depth = linear.depth  # the share of the estimate subtracted once ramped up
         self._main = _Apm(new_apm())
         self._plain: _Apm | None = _Apm(new_apm())
         # What the playback thread feeds the reverse stream to: one tuple, swapped whole.
@@ -76,6 +84,8 @@ class Cascade:
     def capture(self, frame: Frame, delay_ms: int) -> Frame:
         """The processed copy of one captured frame (capture thread)."""
         linear = self.linear
+        ramp = (linear.captured - linear.locked_at[0]) / RAMP_FRAMES if linear.locked_at else 0.0
+        linear.depth = self._depth * min(1.0, ramp)
         cleaned, plain_in = linear.capture(frame)
         main_out = self._main.process(cleaned, delay_ms)
         plain = self._plain

@@ -6,6 +6,7 @@ echo is a known impulse response behind a delay the stage is not told.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from unittest import mock
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 from appliance.audio import linear_aec
-from appliance.audio.linear_aec import LinearEchoCanceller, gcc_phat_delay
+from appliance.audio.cascade import FADE_FRAMES, RAMP_FRAMES, SETTLE_FRAMES
+from appliance.audio.linear_aec import DEPTH, LinearEchoCanceller, gcc_phat_delay
 from appliance.audio.measure import ratio_db
 from appliance.audio.processing import AudioProcessor, ProcessingOptions
 from appliance.errors import SettingsError
@@ -106,11 +108,21 @@ def test_a_processor_with_the_linear_stage_hands_over_to_the_cascade() -> None:
     cascade = processor.cascade
     assert cascade is not None and len(cascade.apms) == 2, "the call starts on the plain APM"
     processor.set_stream_delay_ms(60)
-    out = []
+    out, depths = [], []
     for played, heard in zip(frames(far), frames(mic), strict=True):
         processor.process_render(played)
         out.append(processor.process_capture(heard))
+        depths.append(cascade.linear.depth)
     assert cascade.handed_over_at is not None and len(cascade.apms) == 1
+    # The linear stage's share of its estimate grows from none at the lock to all of it, and
+    # the output is the cascade's soon after: a person interrupting the agent's first words
+    # is kept (docs/audio.md, "the handover").
+    locked = cascade.linear.locked_at[0]
+    ramp = depths[locked : locked + RAMP_FRAMES + 1]
+    assert ramp[0] == 0.0 and ramp[-1] == DEPTH
+    assert all(b > a for a, b in itertools.pairwise(ramp))
+    assert cascade.handed_over_at == locked + SETTLE_FRAMES + FADE_FRAMES - 1
+    assert cascade.handed_over_at * 0.01 < 1.5
     tail = slice(4 * RATE, 5 * RATE - 96)
     assert ratio_db(mic[tail], np.concatenate(out)[96:][tail]) > 25
     processor.set_active(False)
