@@ -139,6 +139,13 @@ class RingLinkError(ProvisioningError):
     code = "ring_link_invalid"
 
 
+class HostedCallError(ProvisioningError):
+    """The call is in a hosted platform's room, not on the fleet's LiveKit server (HTTP 409)."""
+
+    status = 409
+    code = "hosted_call"
+
+
 class GrantsNotHeldError(ProvisioningError):
     """The device's calls go to a platform that opens a session per call: fetch on the press
     (HTTP 409)."""

@@ -18,7 +18,7 @@ from provisioning.admin.errors import AdminAuthError, ReadOnlyTokenError
 from provisioning.admin.tokens import AdminTokens
 from provisioning.config import LiveKitConfig
 from provisioning.core import ProvisioningCore
-from provisioning.errors import CallEndedError, UnknownCallError
+from provisioning.errors import CallEndedError, HostedCallError, UnknownCallError
 from provisioning.token_response import token_response
 from provisioning.tokens import (
     OPERATOR_PAGE_PATH,
@@ -48,6 +48,11 @@ class Operators:
             raise UnknownCallError(f"no call {call_id}")
         if call.ended_at is not None:
             raise CallEndedError(f"call {call_id} has ended")
+        if not await self._core.on_own_livekit(call):
+            raise HostedCallError(
+                f"call {call_id} is in a hosted platform's room: only calls on the fleet's "
+                "own LiveKit server can be joined"
+            )
         return mint_operator_grant(
             server_url=self._livekit.url,
             api_key=self._livekit.api_key,

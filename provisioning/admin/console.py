@@ -351,6 +351,11 @@ class Console:
         except BadRequestError as exc:
             calls, error = [], exc.message
         newest = list(reversed(calls))[:CALLS_SHOWN]
+        joinable = set()
+        if self._operators is not None:
+            for call in newest:
+                if call.ended_at is None and await self._core.on_own_livekit(call):
+                    joinable.add(call.call_id)
         body = pages.calls_page(
             newest,
             devices,
@@ -358,6 +363,7 @@ class Console:
             total=len(calls),
             error=error,
             csrf=self._csrf(session) if self._operators is not None else None,
+            joinable=joinable,
         )
         return self._show("Calls", body, session, 400 if error else 200)
 

@@ -7,7 +7,7 @@ write form is rendered at all (the server refuses them anyway).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,10 +234,11 @@ class CallFilters:
     until: str = ""
 
 
-def _join_form(call: CallRecord, csrf: str | None) -> Markup | str:
-    """A live call's "open" cell: with a read-write session, a button that mints an operator
-    token for the admin and opens the operator page in a new tab."""
-    if csrf is None:
+def _join_form(call: CallRecord, csrf: str | None, joinable: Set[str]) -> Markup | str:
+    """A live call's "open" cell: with a read-write session, for a call on the fleet's own
+    LiveKit server, a button that mints an operator token for the admin and opens the
+    operator page in a new tab."""
+    if csrf is None or call.call_id not in joinable:
         return "open"
     return html(
         'open <form method=post action="/console/calls/{}/join" target=_blank>'
@@ -255,9 +256,11 @@ def calls_page(
     total: int,
     error: str | None,
     csrf: str | None = None,
+    joinable: Set[str] = frozenset(),
 ) -> Markup:
     """The filter form (a GET: bookmarkable, no CSRF needed) and the calls, newest first;
-    (read-write) a live call's "Join call" button, which opens the operator page."""
+    (read-write) a "Join call" button, which opens the operator page, on each live call in
+    `joinable` (those on the fleet's own LiveKit server)."""
     names = {d.device_id: d.name for d in devices}
     device_options = join(
         html(
@@ -295,7 +298,7 @@ def calls_page(
             when(c.created_at),
             html("{}<br><small>{}</small>", names.get(c.device_id, "?"), c.device_id),
             c.trigger,
-            when(c.ended_at) if c.ended_at is not None else _join_form(c, csrf),
+            when(c.ended_at) if c.ended_at is not None else _join_form(c, csrf, joinable),
             c.end_reason or "-",
             duration(c.duration_ms),
             c.call_id,

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from provisioning.core import PLATFORM_CALL_HORIZON_S
+from provisioning.errors import HostedCallError
+from provisioning.operators import Operators
 from provisioning.providers import unverified_claims
 from provisioning.providers.base import CallOutcome, call_outcome
 from provisioning.sweeper import SETTLE_GRACE_S
@@ -48,6 +50,24 @@ async def test_a_call_gets_the_platforms_room_in_our_shape(
     assert [(c.call_id, c.ended_at) for c in calls] == [(grant["call_id"], None)]
     assert PLATFORM_KEY not in response.text
     assert PLATFORM_KEY not in caplog.text
+
+
+async def test_no_one_is_let_into_a_platforms_room_from_the_fleet(rig: Rig) -> None:
+    # An operator token is for the fleet's own LiveKit server; the platform's room is not on
+    # it, so the backend refuses one rather than mint a token for a room that is not there.
+    response = await rig.api.start_call(rig.device)
+    assert response.status_code == 201, response.text
+    call = await rig.server.core.get_call(response.json()["call_id"])
+    assert call is not None and call.ended_at is None
+    assert not await rig.server.core.on_own_livekit(call)
+    operators = Operators(rig.server.core, rig.server.config.livekit)
+    with pytest.raises(HostedCallError, match="hosted platform's room"):
+        await operators.grant(call.call_id, actor="ops")
+    # The same device back on the fleet's own server: its calls can be joined again.
+    await rig.server.core.set_device_settings(rig.device.device_id, {}, actor="test")
+    assert await rig.server.core.on_own_livekit(call)
+    grant = await operators.grant(call.call_id, actor="ops")
+    assert grant.call_id == call.call_id
 
 
 async def test_the_request_carries_the_fleets_options_and_correlation(rig: Rig) -> None:

@@ -99,3 +99,19 @@ async def test_a_groups_calls_ring_people_first_from_the_console_form(
         "/console/groups", {"csrf": csrf, "group": "desk", "ring_timeout_s": "2"}
     )
     assert refused.status_code == 400 and "ring_operators.timeout_s" in refused.text
+
+
+async def test_a_call_in_a_hosted_platforms_room_has_no_button_and_is_refused(
+    browser: Browser, server: BackendServer, api: Api, enrolled: TestDevice, write_token: str
+) -> None:
+    live = (await api.start_call(enrolled)).json()["call_id"]
+    # The device is moved to a hosted platform mid-call: its room is the platform's now as far
+    # as the backend can tell, and no token for the fleet's server would let anyone into it.
+    await server.core.set_device_settings(
+        enrolled.device_id, {"provider": {"kind": "vatel", "agent_id": "a-1"}}, actor="test"
+    )
+    await browser.sign_in(write_token)
+    page = await browser.get("/console/calls")
+    assert live in page.text and _join_forms(page.text) == []
+    refused = await browser.post(f"/console/calls/{live}/join", {"csrf": await browser.csrf()})
+    assert refused.status_code == 409 and "hosted platform" in refused.text
