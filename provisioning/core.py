@@ -396,18 +396,14 @@ class ProvisioningCore:
             )
         return choice
 
-    async def on_own_livekit(self, call: CallRecord) -> bool:
-        """Whether `call` is in a room of the fleet's own LiveKit server, where people can be
-        let in; a hosted platform's room is not. Judged by its device's provider now: a call
+    def on_own_livekit(self, device: Device) -> bool:
+        """Whether the device's calls are in rooms of the fleet's own LiveKit server, where
+        people can be let in; a hosted platform's room is not. Its provider now decides: a call
         whose device was moved to another platform mid-call counts as the new one's."""
-        device = await self._storage.get_device(call.device_id)
-        if device is None:
-            return False
         try:
-            kind = resolve(device.group_settings, device.settings).kind
+            return self.provider_of(device).kind is ProviderKind.LIVEKIT
         except ProviderMisconfiguredError:
             return False  # its provider cannot be told, so neither can its room
-        return kind is ProviderKind.LIVEKIT
 
     def call_provider_of(self, device: Device) -> dict[str, Any]:
         """What the device is told at check-in: the provider's kind, and whether it may hold

@@ -48,7 +48,7 @@ class Operators:
             raise UnknownCallError(f"no call {call_id}")
         if call.ended_at is not None:
             raise CallEndedError(f"call {call_id} has ended")
-        if not await self._core.on_own_livekit(call):
+        if not self._core.on_own_livekit(await self._core.get_device(call.device_id)):
             raise HostedCallError(
                 f"call {call_id} is in a hosted platform's room: only calls on the fleet's "
                 "own LiveKit server can be joined"

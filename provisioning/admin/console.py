@@ -351,11 +351,15 @@ class Console:
         except BadRequestError as exc:
             calls, error = [], exc.message
         newest = list(reversed(calls))[:CALLS_SHOWN]
-        joinable = set()
-        if self._operators is not None:
-            for call in newest:
-                if call.ended_at is None and await self._core.on_own_livekit(call):
-                    joinable.add(call.call_id)
+        by_id = {d.device_id: d for d in devices}
+        joinable = {
+            c.call_id
+            for c in newest
+            if self._operators is not None
+            and c.ended_at is None
+            and c.device_id in by_id
+            and self._core.on_own_livekit(by_id[c.device_id])
+        }
         body = pages.calls_page(
             newest,
             devices,

@@ -59,13 +59,15 @@ async def test_no_one_is_let_into_a_platforms_room_from_the_fleet(rig: Rig) -> N
     assert response.status_code == 201, response.text
     call = await rig.server.core.get_call(response.json()["call_id"])
     assert call is not None and call.ended_at is None
-    assert not await rig.server.core.on_own_livekit(call)
+    device = await rig.server.core.get_device(rig.device.device_id)
+    assert not rig.server.core.on_own_livekit(device)
     operators = Operators(rig.server.core, rig.server.config.livekit)
     with pytest.raises(HostedCallError, match="hosted platform's room"):
         await operators.grant(call.call_id, actor="ops")
     # The same device back on the fleet's own server: its calls can be joined again.
     await rig.server.core.set_device_settings(rig.device.device_id, {}, actor="test")
-    assert await rig.server.core.on_own_livekit(call)
+    device = await rig.server.core.get_device(rig.device.device_id)
+    assert rig.server.core.on_own_livekit(device)
     grant = await operators.grant(call.call_id, actor="ops")
     assert grant.call_id == call.call_id
 
