@@ -21,7 +21,7 @@ import pytest
 from appliance.audio.base import SAMPLE_RATE
 from appliance.audio.room import ReverbRoom
 from appliance.audio.simulated import resample
-from appliance.settings import BoardSelection, load_board_profile
+from appliance.settings import BoardAudio, BoardSelection, load_board_profile
 from appliance.triggers.wake.base import ENGINE_RATE, WakeDetector
 from appliance.triggers.wake.micro import MicroWakeWordEngine
 from tests.appliance.audio.loop.harness import HALL, ROOMS, LoopRun, Script, run_loop, run_steady
@@ -80,9 +80,25 @@ async def _script(room: ReverbRoom, ser_db: float, near_at: tuple[float, ...] = 
     return await asyncio.wait_for(barge_in(SECONDS, near_at, room, ser_db=ser_db), 60)
 
 
+async def _variant(
+    loop: PulseLoop,
+    where: Path,
+    audio: BoardAudio,
+    name: str,
+    room: ReverbRoom,
+    ser: float,
+    script: Script,
+) -> LoopRun:
+    """One run of the profile's variant `name` in `room`; its figures printed."""
+    changed = dataclasses.replace(audio, **VARIANTS[name])  # type: ignore[arg-type]
+    run = await asyncio.wait_for(run_steady(loop, where, changed, room, script), 120)
+    print(f"  {room.name:<12} {name:<24} {ser:+4.0f} {_figures(run)}", flush=True)
+    return run
+
+
 async def _rooms(loop: PulseLoop, workdir: Path) -> dict[tuple[str, str, float], LoopRun]:
     board = load_board_profile(BoardSelection(PROFILE), settings_path=Path("bench.toml"))
-    runs = {}
+    runs: dict[tuple[str, str, float], LoopRun] = {}
     print(
         f"\nclosed loop, {PROFILE}: PulseAudio + pulse ALSA plugin, real-time room, espeak-ng"
         "\n  room         variant                  SER    first  steady  dt-loss   told-ms"
@@ -91,23 +107,17 @@ async def _rooms(loop: PulseLoop, workdir: Path) -> dict[tuple[str, str, float],
     for room in (*ROOMS, HALL):
         for ser in (0.0, -6.0):
             script = await _script(room, ser)
-            for name, change in VARIANTS.items():
-                if ser != 0.0 and name not in AT_MINUS_6:
-                    continue
-                audio = dataclasses.replace(board.audio, **change)  # type: ignore[arg-type]
+            for name in VARIANTS if ser == 0.0 else AT_MINUS_6:
                 where = workdir / f"{room.name}-{ser}-{len(runs)}"
-                run = await asyncio.wait_for(run_steady(loop, where, audio, room, script), 120)
+                run = await _variant(loop, where, board.audio, name, room, ser, script)
                 runs[(room.name, name, ser)] = run
-                print(f"  {room.name:<12} {name:<24} {ser:+4.0f} {_figures(run)}", flush=True)
     print(f"  early barge-in, the person at {EARLY_NEAR_AT[0]} s (first: up to then)")
     for room in (*ROOMS, HALL):
         script = await _script(room, -6.0, EARLY_NEAR_AT)
         for name in AT_MINUS_6:
-            audio = dataclasses.replace(board.audio, **VARIANTS[name])  # type: ignore[arg-type]
             where = workdir / f"{room.name}-early-{len(runs)}"
-            run = await asyncio.wait_for(run_steady(loop, where, audio, room, script), 120)
+            run = await _variant(loop, where, board.audio, name, room, -6.0, script)
             runs[(room.name, f"{name}, early", -6.0)] = run
-            print(f"  {room.name:<12} {name:<24} {-6:+4.0f} {_figures(run)}", flush=True)
     return runs
 
 
