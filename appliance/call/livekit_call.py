@@ -136,6 +136,10 @@ class LiveKitRoom:
         # (payload, destination identities; empty for everyone), sent in order.
         self._status_queue: asyncio.Queue[tuple[bytes, list[str]]] = asyncio.Queue()
         self._last_status: bytes | None = None
+        # Set once the last text stream opened so far has been handed on (or given up): each
+        # stream is read at once but handed on after the one before it, so an interim
+        # transcript and its final arrive in the order they were sent.
+        self._text_turn: asyncio.Event | None = None
         self._attributes_refused = False
         self._parties: dict[str, PartyKind] = {}
         self._mixer = Mixer()
@@ -294,15 +298,30 @@ class LiveKitRoom:
             self._emit(self._conventions.on_attributes(participant_view(participant), changed))
 
     def _on_text_stream(self, reader: rtc.TextStreamReader, identity: str) -> None:
-        self._spawn(self._read_text(reader, identity), "call-text-stream")
+        before, self._text_turn = self._text_turn, asyncio.Event()
+        self._spawn(self._read_text(reader, identity, before, self._text_turn), "call-text-stream")
 
-    async def _read_text(self, reader: rtc.TextStreamReader, identity: str) -> None:
+    async def _read_text(
+        self,
+        reader: rtc.TextStreamReader,
+        identity: str,
+        before: asyncio.Event | None,
+        turn: asyncio.Event,
+    ) -> None:
         try:
-            async with asyncio.timeout(TEXT_STREAM_S):
-                text = await reader.read_all()
-        except (TimeoutError, rtc.StreamError) as exc:
-            logger.debug("a text stream broke off: %s", exc, extra=self._log_fields())
-            return
+            try:
+                async with asyncio.timeout(TEXT_STREAM_S):
+                    text = await reader.read_all()
+            except (TimeoutError, rtc.StreamError) as exc:
+                logger.debug("a text stream broke off: %s", exc, extra=self._log_fields())
+                return
+            if before is not None:
+                await before.wait()
+            self._hand_on_text(reader, identity, text)
+        finally:
+            turn.set()
+
+    def _hand_on_text(self, reader: rtc.TextStreamReader, identity: str, text: str) -> None:
         room = self._room
         local = room.local_participant
         sender: rtc.Participant | None = (
