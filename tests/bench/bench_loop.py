@@ -24,7 +24,14 @@ from appliance.audio.simulated import resample
 from appliance.settings import BoardAudio, BoardSelection, load_board_profile
 from appliance.triggers.wake.base import ENGINE_RATE, WakeDetector
 from appliance.triggers.wake.micro import MicroWakeWordEngine
-from tests.appliance.audio.loop.harness import HALL, ROOMS, LoopRun, Script, run_loop, run_steady
+from tests.appliance.audio.loop.harness import (
+    REPORTED_ROOMS,
+    ROOMS,
+    LoopRun,
+    Script,
+    run_loop,
+    run_steady,
+)
 from tests.appliance.audio.loop.pulse import PulseLoop, pulse_loop
 from tests.appliance.audio.loop.talk import barge_in
 from tests.appliance.triggers.speech import speak
@@ -104,7 +111,7 @@ async def _rooms(loop: PulseLoop, workdir: Path) -> dict[tuple[str, str, float],
         "\n  room         variant                  SER    first  steady  dt-loss   told-ms"
         " real-ms  linear-cpu/frame handover-frame"
     )
-    for room in (*ROOMS, HALL):
+    for room in (*ROOMS, *REPORTED_ROOMS):
         for ser in (0.0, -6.0):
             script = await _script(room, ser)
             for name in VARIANTS if ser == 0.0 else AT_MINUS_6:
@@ -112,7 +119,7 @@ async def _rooms(loop: PulseLoop, workdir: Path) -> dict[tuple[str, str, float],
                 run = await _variant(loop, where, board.audio, name, room, ser, script)
                 runs[(room.name, name, ser)] = run
     print(f"  early barge-in, the person at {EARLY_NEAR_AT[0]} s (first: up to then)")
-    for room in (*ROOMS, HALL):
+    for room in (*ROOMS, *REPORTED_ROOMS):
         script = await _script(room, -6.0, EARLY_NEAR_AT)
         for name in AT_MINUS_6:
             where = workdir / f"{room.name}-early-{len(runs)}"
