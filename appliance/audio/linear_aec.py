@@ -21,12 +21,13 @@ import ctypes.util
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from appliance.audio.base import FRAME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
+from appliance.audio.kalman import KalmanEchoFilter
 from appliance.errors import AudioDeviceError
 
 _ECHO_SET_SAMPLING_RATE = 24
@@ -65,6 +66,8 @@ _TAPS = 97
 _CUTOFF = 0.45  # of the stage's rate
 _KAISER_BETA = 7.0
 RATES = (16000, 24000, 48000)
+# The adaptive filter: speexdsp's MDF (shipped) or the Kalman filter being measured against it.
+Adaptive = Literal["speexdsp", "kalman"]
 
 
 class LinearEchoUnavailableError(AudioDeviceError):
@@ -158,7 +161,9 @@ class LinearEchoCanceller:
     wake-up jitter never moves the echo path under the filter.
     """
 
-    def __init__(self, *, filter_ms: int, rate: int = 16000) -> None:
+    def __init__(
+        self, *, filter_ms: int, rate: int = 16000, adaptive: Adaptive = "speexdsp"
+    ) -> None:
         if rate not in RATES:
             raise ValueError(f"the linear echo filter runs at one of {RATES} Hz")
         self._lib = _load()
@@ -166,6 +171,10 @@ class LinearEchoCanceller:
         self.filter_ms = filter_ms
         self._n = rate * FRAME_MS // 1000
         self._state: int = self._lib.speex_echo_state_init(self._n, filter_ms * rate // 1000)
+        # The Kalman filter (kalman.py) in place of speexdsp's MDF, for measuring it in the loop.
+        self._kalman = (
+            KalmanEchoFilter(self._n, filter_ms * rate // 1000) if adaptive == "kalman" else None
+        )
         value = ctypes.c_int(rate)
         self._lib.speex_echo_ctl(self._state, _ECHO_SET_SAMPLING_RATE, ctypes.byref(value))
         # Freed when the last thread lets go of the stage, never under a thread still using it.
@@ -276,6 +285,8 @@ class LinearEchoCanceller:
         self.align = max(0, delay - round(MARGIN_MS * self.rate / 1000))
         self._candidates.clear()
         self._lib.speex_echo_state_reset(self._state)
+        if self._kalman is not None:
+            self._kalman.reset()
         self.locks += 1
         self.locked_at.append(self._captured)
 
@@ -305,12 +316,16 @@ class LinearEchoCanceller:
         if self.align is not None:
             with self._lock:
                 ref = self._read(start - self.align, self._n)
-            self._lib.speex_echo_cancellation(
-                self._state,
-                self._rec.ctypes.data_as(_Int16p),
-                ref.ctypes.data_as(_Int16p),
-                self._err.ctypes.data_as(_Int16p),
-            )
+            if self._kalman is not None:
+                error = self._kalman.process(ref, self._rec)
+                np.copyto(self._err, np.clip(np.rint(error), -32768, 32767), casting="unsafe")
+            else:
+                self._lib.speex_echo_cancellation(
+                    self._state,
+                    self._rec.ctypes.data_as(_Int16p),
+                    ref.ctypes.data_as(_Int16p),
+                    self._err.ctypes.data_as(_Int16p),
+                )
             estimate = (self._rec.astype(np.float32) - self._err) * self.depth
         if self._step > 1:
             # The echo estimate back at 48 kHz, and the capture delayed to match it.

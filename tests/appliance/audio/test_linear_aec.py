@@ -15,7 +15,7 @@ import pytest
 
 from appliance.audio import linear_aec
 from appliance.audio.cascade import FADE_FRAMES, RAMP_FRAMES, SETTLE_FRAMES
-from appliance.audio.linear_aec import DEPTH, LinearEchoCanceller, gcc_phat_delay
+from appliance.audio.linear_aec import DEPTH, Adaptive, LinearEchoCanceller, gcc_phat_delay
 from appliance.audio.measure import ratio_db
 from appliance.audio.processing import AudioProcessor, ProcessingOptions
 from appliance.errors import SettingsError
@@ -69,13 +69,14 @@ def test_gcc_phat_finds_the_delay_of_an_echo() -> None:
     assert gcc_phat_delay(far[: len(noise) + max_lag], noise, RATE, max_lag) is None
 
 
-def test_the_stage_finds_the_echo_removes_it_and_keeps_the_person() -> None:
+@pytest.mark.parametrize("adaptive", ["speexdsp", "kalman"])
+def test_the_stage_finds_the_echo_removes_it_and_keeps_the_person(adaptive: Adaptive) -> None:
     far = talker(6.0, seed=3)
     echo = room_echo(far)
     person = np.zeros(len(far))
     person[4 * RATE : 5 * RATE] = talker(1.0, seed=4).astype(np.float64) * 0.5
     mic = np.clip(echo + person, -32768, 32767).astype(np.int16)
-    stage = LinearEchoCanceller(filter_ms=100, rate=24000)
+    stage = LinearEchoCanceller(filter_ms=100, rate=24000, adaptive=adaptive)
     out, plain = [], []
     for played, heard in zip(frames(far), frames(mic), strict=True):
         stage.render(played)
