@@ -68,6 +68,7 @@ _KAISER_BETA = 7.0
 RATES = (16000, 24000, 48000)
 # The adaptive filter: speexdsp's MDF (shipped) or the Kalman filter being measured against it.
 Adaptive = Literal["speexdsp", "kalman"]
+Int16s = npt.NDArray[np.int16]
 
 
 class LinearEchoUnavailableError(AudioDeviceError):
@@ -151,6 +152,46 @@ def gcc_phat_delay(reference: Float, captured: Float, rate: int, max_lag: int) -
     return peak
 
 
+class _SpeexFilter:
+    """speexdsp's MDF adaptive filter (the shipped one)."""
+
+    def __init__(self, block: int, taps: int, rate: int) -> None:
+        self._lib = _load()
+        self._state: int = self._lib.speex_echo_state_init(block, taps)
+        value = ctypes.c_int(rate)
+        self._lib.speex_echo_ctl(self._state, _ECHO_SET_SAMPLING_RATE, ctypes.byref(value))
+        # Freed when the last thread lets go of the stage, never under a thread still using it.
+        weakref.finalize(self, self._lib.speex_echo_state_destroy, self._state)
+
+    def cancel(self, captured: Int16s, reference: Int16s, out: Int16s) -> None:
+        """`out` = the captured block less the filter's echo estimate; the filter adapts."""
+        self._lib.speex_echo_cancellation(
+            self._state,
+            captured.ctypes.data_as(_Int16p),
+            reference.ctypes.data_as(_Int16p),
+            out.ctypes.data_as(_Int16p),
+        )
+
+    def reset(self) -> None:
+        self._lib.speex_echo_state_reset(self._state)
+
+
+class _KalmanFilter:
+    """The frequency-domain Kalman filter (kalman.py), measured against speexdsp's."""
+
+    def __init__(self, block: int, taps: int) -> None:
+        _load()  # the stage's availability does not depend on the filter chosen
+        self._kalman = KalmanEchoFilter(block, taps)
+
+    def cancel(self, captured: Int16s, reference: Int16s, out: Int16s) -> None:
+        """`out` = the captured block less the filter's echo estimate; the filter adapts."""
+        error = self._kalman.process(reference, captured)
+        np.copyto(out, np.clip(np.rint(error), -32768, 32767), casting="unsafe")
+
+    def reset(self) -> None:
+        self._kalman.reset()
+
+
 class LinearEchoCanceller:
     """One call's linear stage: `render` on the playback thread, `capture` on the capture thread.
 
@@ -166,19 +207,15 @@ class LinearEchoCanceller:
     ) -> None:
         if rate not in RATES:
             raise ValueError(f"the linear echo filter runs at one of {RATES} Hz")
-        self._lib = _load()
         self.rate = rate
         self.filter_ms = filter_ms
         self._n = rate * FRAME_MS // 1000
-        self._state: int = self._lib.speex_echo_state_init(self._n, filter_ms * rate // 1000)
-        # The Kalman filter (kalman.py) in place of speexdsp's MDF, for measuring it in the loop.
-        self._kalman = (
-            KalmanEchoFilter(self._n, filter_ms * rate // 1000) if adaptive == "kalman" else None
+        taps = filter_ms * rate // 1000
+        self._filter: _SpeexFilter | _KalmanFilter = (
+            _KalmanFilter(self._n, taps)
+            if adaptive == "kalman"
+            else _SpeexFilter(self._n, taps, rate)
         )
-        value = ctypes.c_int(rate)
-        self._lib.speex_echo_ctl(self._state, _ECHO_SET_SAMPLING_RATE, ctypes.byref(value))
-        # Freed when the last thread lets go of the stage, never under a thread still using it.
-        weakref.finalize(self, self._lib.speex_echo_state_destroy, self._state)
         self._step = SAMPLE_RATE // rate
         if self._step > 1:
             h = _lowpass(rate)
@@ -284,9 +321,7 @@ class LinearEchoCanceller:
     def _lock_at(self, delay: int) -> None:
         self.align = max(0, delay - round(MARGIN_MS * self.rate / 1000))
         self._candidates.clear()
-        self._lib.speex_echo_state_reset(self._state)
-        if self._kalman is not None:
-            self._kalman.reset()
+        self._filter.reset()
         self.locks += 1
         self.locked_at.append(self._captured)
 
@@ -316,16 +351,7 @@ class LinearEchoCanceller:
         if self.align is not None:
             with self._lock:
                 ref = self._read(start - self.align, self._n)
-            if self._kalman is not None:
-                error = self._kalman.process(ref, self._rec)
-                np.copyto(self._err, np.clip(np.rint(error), -32768, 32767), casting="unsafe")
-            else:
-                self._lib.speex_echo_cancellation(
-                    self._state,
-                    self._rec.ctypes.data_as(_Int16p),
-                    ref.ctypes.data_as(_Int16p),
-                    self._err.ctypes.data_as(_Int16p),
-                )
+            self._filter.cancel(self._rec, ref, self._err)
             estimate = (self._rec.astype(np.float32) - self._err) * self.depth
         if self._step > 1:
             # The echo estimate back at 48 kHz, and the capture delayed to match it.
