@@ -31,10 +31,14 @@ class StateWatcher:
         self._changed.set()
 
     async def wait_for(self, state: State, timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.changes or self.changes[-1].state is not state:
-                self._changed.clear()
-                await self._changed.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.changes or self.changes[-1].state is not state:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            seen = ", ".join(f"{c.state.value}({c.reason or ''})" for c in self.changes)
+            raise AssertionError(f"no {state.value} within {timeout} s; states: {seen}") from None
 
 
 class RunningDevice:
