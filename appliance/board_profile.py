@@ -21,6 +21,8 @@ AudioBackend = Literal["simulated", "alsa"]
 AudioPacing = Literal["device", "clock"]
 # "software" (WebRTC AEC in the firmware), "board" (XMOS array, speakerphone DSP) or "off".
 EchoCancellation = Literal["software", "board", "off"]
+# The linear stage's adaptive filter: a frequency-domain Kalman filter (numpy) or speexdsp's MDF.
+LinearEchoAlgorithm = Literal["kalman", "speexdsp"]
 ButtonBackend = Literal["simulated", "gpio"]
 # A "switch" (closed = muted) or a "button" (each press toggles).
 MuteKind = Literal["switch", "button"]
@@ -57,9 +59,12 @@ class BoardAudio:
     # Off by default: after software echo cancellation it lifts the residual echo (the
     # closed loop measured 13.7-38.4 dB of echo removed with it on, 41-52 dB off).
     auto_gain_control: bool = False
-    # speexdsp's linear echo filter ahead of AEC3 (ms of echo it models; 0: not run): keeps a
-    # person talking over the agent at full level (docs/audio.md, "Linear pre-stage").
+    # A linear echo filter ahead of AEC3 (ms of echo it models; 0: not run): keeps a person
+    # talking over the agent at full level (docs/audio.md, "Linear pre-stage"). Its algorithm:
+    # the Kalman filter met the targets in a 0.5 s room where speexdsp's MDF did not
+    # (docs/audio.md, "The lounge").
     linear_echo_filter_ms: int = 0
+    linear_echo_algorithm: LinearEchoAlgorithm = "kalman"
     # Acoustic and converter delay beyond what ALSA reports, added to the AEC's stream delay.
     echo_delay_ms: float = 0.0
     volume: float = 1.0

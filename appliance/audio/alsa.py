@@ -528,6 +528,7 @@ def processing_options(audio: BoardAudio) -> ProcessingOptions:
         high_pass_filter=audio.high_pass_filter,
         auto_gain_control=audio.auto_gain_control,
         linear_filter_ms=audio.linear_echo_filter_ms,
+        linear_algorithm=audio.linear_echo_algorithm,
     )
 
 

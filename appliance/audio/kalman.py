@@ -32,7 +32,11 @@ Samples = npt.NDArray[np.floating] | npt.NDArray[np.integer]
 
 
 class KalmanEchoFilter:
-    """Echo canceller for blocks of `block` samples, modelling `taps` samples of echo path."""
+    """Echo canceller for blocks of `block` samples, modelling `taps` samples of echo path.
+
+    Its state and the per-partition working arrays are allocated once; a block allocates
+    only the FFTs' outputs and a few arrays of one spectrum's length.
+    """
 
     def __init__(self, block: int, taps: int) -> None:
         if block <= 0 or taps <= 0:
@@ -43,40 +47,61 @@ class KalmanEchoFilter:
         shape = (self.partitions, bins)
         self._weights = np.zeros(shape, dtype=np.complex128)
         self._spectra = np.zeros(shape, dtype=np.complex128)  # the reference's, newest first
+        self._power = np.zeros(shape)  # |spectra|^2
         self._uncertainty = np.full(shape, INITIAL_UNCERTAINTY)
         self._error_power = np.ones(bins)
-        self._previous = np.zeros(block)
+        self._frame = np.zeros(2 * block)  # the reference's last two blocks
         self._padded = np.zeros(2 * block)
+        self._work = np.zeros(shape, dtype=np.complex128)
+        self._gain = np.zeros(shape)
+        self._scratch = np.zeros(shape)
 
     def reset(self) -> None:
         """Forget the echo path (the delay in front of the filter moved)."""
         self._weights[:] = 0
         self._spectra[:] = 0
+        self._power[:] = 0
         self._uncertainty[:] = INITIAL_UNCERTAINTY
         self._error_power[:] = 1.0
-        self._previous[:] = 0
+        self._frame[:] = 0
 
     def process(self, reference: Samples, captured: Samples) -> npt.NDArray[np.float64]:
         """The captured block less the echo estimate; the filter then adapts."""
         n = self.block
-        x = np.array(reference, dtype=np.float64)  # a copy: kept as the next block's past
-        self._spectra[1:] = self._spectra[:-1]
-        self._spectra[0] = np.fft.rfft(np.concatenate([self._previous, x]))
-        self._previous = x
-        estimate = np.fft.irfft(np.einsum("pk,pk->k", self._spectra, self._weights), 2 * n)[n:]
+        frame, spectra, power, work = self._frame, self._spectra, self._power, self._work
+        frame[:n] = frame[n:]
+        frame[n:] = reference
+        spectra[1:] = spectra[:-1]
+        spectra[0] = np.fft.rfft(frame)
+        power[1:] = power[:-1]
+        np.square(spectra[0].real, out=power[0])
+        power[0] += np.square(spectra[0].imag)
+        np.multiply(spectra, self._weights, out=work)
+        estimate = np.fft.irfft(work.sum(axis=0), 2 * n)[n:]
         error = np.asarray(captured, dtype=np.float64) - estimate
         self._padded[n:] = error
         spectrum = np.fft.rfft(self._padded)
-        power = self._spectra.real**2 + self._spectra.imag**2
         self._error_power *= ERROR_SMOOTHING
         self._error_power += (1 - ERROR_SMOOTHING) * (spectrum.real**2 + spectrum.imag**2)
-        expected = np.einsum("pk,pk->k", power, self._uncertainty) + self._error_power + 1e-6
-        gain = self._uncertainty / expected
+        np.multiply(power, self._uncertainty, out=self._scratch)
+        expected = self._scratch.sum(axis=0) + self._error_power + 1e-6
+        gain = np.divide(self._uncertainty, expected, out=self._gain)
         # The update, constrained to the first half of each partition (a linear convolution).
-        step = np.fft.irfft(gain * np.conj(self._spectra) * spectrum, 2 * n, axis=1)
+        np.conjugate(spectra, out=work)
+        work *= gain
+        work *= spectrum
+        step = np.fft.irfft(work, 2 * n, axis=1)
         step[:, n:] = 0
         self._weights += np.fft.rfft(step, axis=1)
-        magnitude = self._weights.real**2 + self._weights.imag**2
-        self._uncertainty *= TRANSITION**2 * (1 - 0.5 * gain * power)
-        self._uncertainty += (1 - TRANSITION**2) * magnitude
+        # The uncertainty: A^2 (1 - gain |X|^2 / 2) phi + (1 - A^2) |W|^2.
+        scratch = self._scratch
+        np.multiply(gain, power, out=scratch)
+        scratch *= -0.5
+        scratch += 1
+        scratch *= TRANSITION**2
+        self._uncertainty *= scratch
+        np.square(self._weights.real, out=scratch)
+        self._uncertainty += (1 - TRANSITION**2) * scratch
+        np.square(self._weights.imag, out=scratch)
+        self._uncertainty += (1 - TRANSITION**2) * scratch
         return error

@@ -1,9 +1,11 @@
-"""speexdsp's linear echo canceller (MDF) as a stage ahead of WebRTC's AEC3, through ctypes.
+"""A linear echo canceller as a stage ahead of WebRTC's AEC3.
 
-Only the adaptive filter runs (no residual-echo suppressor, no preprocessor): it subtracts its
-estimate of the echo and nothing else, so a person talking over the agent passes at full level,
-and AEC3 after it sees a much weaker echo, which its suppressor (what cuts the person in double
-talk) then has far less of to act on. See docs/audio.md, "Linear pre-stage".
+Its adaptive filter is the frequency-domain Kalman filter of `kalman.py` (the default) or
+speexdsp's MDF through ctypes. Only the adaptive filter runs (no residual-echo suppressor, no
+preprocessor): it subtracts its estimate of the echo and nothing else, so a person talking
+over the agent passes at full level, and AEC3 after it sees a much weaker echo, which its
+suppressor (what cuts the person in double talk) then has far less of to act on. See
+docs/audio.md, "Linear pre-stage".
 
 The filter is only as good as its alignment: it must start just before the echo's direct
 sound. The stage finds that delay itself (GCC-PHAT between what was played and what was
@@ -21,13 +23,14 @@ import ctypes.util
 import threading
 import time
 import weakref
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from appliance.audio.base import FRAME_MS, SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
 from appliance.audio.kalman import KalmanEchoFilter
+from appliance.board_profile import LinearEchoAlgorithm
 from appliance.errors import AudioDeviceError
 
 _ECHO_SET_SAMPLING_RATE = 24
@@ -66,13 +69,11 @@ _TAPS = 97
 _CUTOFF = 0.45  # of the stage's rate
 _KAISER_BETA = 7.0
 RATES = (16000, 24000, 48000)
-# The adaptive filter: speexdsp's MDF (shipped) or the Kalman filter being measured against it.
-Adaptive = Literal["speexdsp", "kalman"]
 Int16s = npt.NDArray[np.int16]
 
 
 class LinearEchoUnavailableError(AudioDeviceError):
-    """libspeexdsp (Debian's libspeexdsp1) could not be loaded."""
+    """libspeexdsp (Debian's libspeexdsp1), which the "speexdsp" filter needs, could not load."""
 
 
 _lib_cache: Any = None
@@ -99,8 +100,10 @@ def _load() -> Any:
     return lib
 
 
-def available() -> bool:
-    """Whether libspeexdsp can be loaded here."""
+def available(adaptive: LinearEchoAlgorithm = "speexdsp") -> bool:
+    """Whether the stage can run here with this filter (speexdsp's needs libspeexdsp)."""
+    if adaptive == "kalman":
+        return True
     try:
         _load()
     except LinearEchoUnavailableError:
@@ -153,7 +156,7 @@ def gcc_phat_delay(reference: Float, captured: Float, rate: int, max_lag: int) -
 
 
 class _SpeexFilter:
-    """speexdsp's MDF adaptive filter (the shipped one)."""
+    """speexdsp's MDF adaptive filter."""
 
     def __init__(self, block: int, taps: int, rate: int) -> None:
         self._lib = _load()
@@ -177,10 +180,9 @@ class _SpeexFilter:
 
 
 class _KalmanFilter:
-    """The frequency-domain Kalman filter (kalman.py), measured against speexdsp's."""
+    """The frequency-domain Kalman filter (kalman.py): numpy only."""
 
     def __init__(self, block: int, taps: int) -> None:
-        _load()  # the stage's availability does not depend on the filter chosen
         self._kalman = KalmanEchoFilter(block, taps)
 
     def cancel(self, captured: Int16s, reference: Int16s, out: Int16s) -> None:
@@ -203,7 +205,7 @@ class LinearEchoCanceller:
     """
 
     def __init__(
-        self, *, filter_ms: int, rate: int = 16000, adaptive: Adaptive = "speexdsp"
+        self, *, filter_ms: int, rate: int = 16000, adaptive: LinearEchoAlgorithm = "kalman"
     ) -> None:
         if rate not in RATES:
             raise ValueError(f"the linear echo filter runs at one of {RATES} Hz")

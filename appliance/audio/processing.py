@@ -1,7 +1,7 @@
 """WebRTC audio processing (echo cancellation, noise suppression, high-pass, AGC), 10 ms frames.
 
-With `linear_filter_ms` set, speexdsp's linear echo canceller runs ahead of the APM
-(`linear_aec.py`, `cascade.py`), fed the same reverse stream.
+With `linear_filter_ms` set, a linear echo canceller (the Kalman filter or speexdsp's MDF)
+runs ahead of the APM (`linear_aec.py`, `cascade.py`), fed the same reverse stream.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from livekit import rtc
 from appliance.audio.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Frame
 from appliance.audio.cascade import Cascade
 from appliance.audio.linear_aec import DEPTH, LinearEchoCanceller, available
+from appliance.board_profile import LinearEchoAlgorithm
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +30,11 @@ class ProcessingOptions:
     noise_suppression: bool = True
     high_pass_filter: bool = True
     auto_gain_control: bool = True
-    # speexdsp's linear echo canceller ahead of AEC3: its filter length (0: not run), its rate,
-    # and the share of its echo estimate subtracted (`DEPTH`: linear_aec.py says why).
+    # The linear echo canceller ahead of AEC3: its filter length (0: not run), its adaptive
+    # filter, its rate, and the share of its echo estimate subtracted (`DEPTH`: linear_aec.py
+    # says why).
     linear_filter_ms: int = 0
+    linear_algorithm: LinearEchoAlgorithm = "kalman"
     linear_rate: int = 24000
     linear_depth: float = DEPTH
 
@@ -72,7 +75,7 @@ class AudioProcessor:
     """
 
     def __init__(self, options: ProcessingOptions) -> None:
-        if options.linear and not available():
+        if options.linear and not available(options.linear_algorithm):
             # The package depends on libspeexdsp1; a device without it still cancels echo.
             logger.error("libspeexdsp1 is missing: echo cancellation runs without its linear stage")
             options = dataclasses.replace(options, linear_filter_ms=0)
@@ -107,7 +110,9 @@ class AudioProcessor:
         if not self.options.linear:
             return None
         linear = LinearEchoCanceller(
-            filter_ms=self.options.linear_filter_ms, rate=self.options.linear_rate
+            filter_ms=self.options.linear_filter_ms,
+            rate=self.options.linear_rate,
+            adaptive=self.options.linear_algorithm,
         )
         linear.depth = self.options.linear_depth
         return Cascade(self._new_apm_or_fail, linear)

@@ -164,6 +164,7 @@ def test_every_string_choice_is_a_literal() -> None:
         "audio.backend",
         "audio.pacing",
         "audio.echo_cancellation",
+        "audio.linear_echo_algorithm",
         "buttons.backend",
         "buttons.mute_kind",
         "leds.backend",

@@ -1,9 +1,10 @@
 """Closed-loop audio benchmark: echo reduction and barge-in through a sound server, per room.
 
 The kiosk's real ALSA pipeline, a throwaway PulseAudio daemon and a real-time room process
-(tests/appliance/audio/loop). Each room runs the shipped software-AEC profile (speexdsp's linear
-stage ahead of AEC3), AEC3 alone (the profile without the linear stage), and the same loop with
-the canceller off (the baseline), with the person as loud as the echo and 6 dB quieter.
+(tests/appliance/audio/loop). Each room runs the shipped software-AEC profile (the Kalman
+filter's linear stage ahead of AEC3), the profile with speexdsp's MDF as the linear stage's
+filter, AEC3 alone (the profile without the linear stage), and the same loop with the canceller
+off (the baseline), with the person as loud as the echo and 6 dB quieter.
 Then a soak: over 5 minutes of agent speech through the loop, the hang-up word must not fire.
 Run with `scripts/bench tests/bench/bench_loop.py`.
 """
@@ -45,10 +46,11 @@ SECONDS, NEAR_AT = 12.0, (5.0,)
 EARLY_NEAR_AT = (1.5,)
 VARIANTS: dict[str, dict[str, object]] = {
     "profile": {},
+    "speexdsp's MDF": {"linear_echo_algorithm": "speexdsp"},
     "AEC3 alone": {"linear_echo_filter_ms": 0},
     "canceller off (baseline)": {"echo_cancellation": "off"},
 }
-AT_MINUS_6 = ("profile", "AEC3 alone")
+AT_MINUS_6 = ("profile", "speexdsp's MDF", "AEC3 alone")
 SOAK_S = 310.0
 # The agent's sentences, and between them the hang-up words said on their own (as an agent
 # explaining how to hang up would): the clean speech triggers the engines, so the raw

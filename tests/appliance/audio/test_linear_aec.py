@@ -1,4 +1,4 @@
-"""The linear pre-stage (speexdsp's MDF through ctypes) and the cascade's handover, offline.
+"""The linear pre-stage (the Kalman filter or speexdsp's MDF) and the cascade's handover, offline.
 
 Render and capture alternate in one thread here, as the two audio threads do in a call; the
 echo is a known impulse response behind a delay the stage is not told.
@@ -15,16 +15,23 @@ import pytest
 
 from appliance.audio import linear_aec
 from appliance.audio.cascade import FADE_FRAMES, RAMP_FRAMES, SETTLE_FRAMES
-from appliance.audio.linear_aec import DEPTH, Adaptive, LinearEchoCanceller, gcc_phat_delay
+from appliance.audio.linear_aec import (
+    DEPTH,
+    LinearEchoCanceller,
+    LinearEchoUnavailableError,
+    gcc_phat_delay,
+)
 from appliance.audio.measure import ratio_db
 from appliance.audio.processing import AudioProcessor, ProcessingOptions
+from appliance.board_profile import LinearEchoAlgorithm
 from appliance.errors import SettingsError
 from appliance.settings import BoardSelection, load_board_profile
 
-pytestmark = [
-    pytest.mark.unit,
-    pytest.mark.skipif(not linear_aec.available(), reason="libspeexdsp1 is not installed"),
-]
+pytestmark = pytest.mark.unit
+SPEEXDSP = pytest.param(
+    "speexdsp",
+    marks=pytest.mark.skipif(not linear_aec.available(), reason="libspeexdsp1 is not installed"),
+)
 
 RATE = 48000
 DELAY_MS = 130  # render to capture: the stage is never told this
@@ -69,8 +76,10 @@ def test_gcc_phat_finds_the_delay_of_an_echo() -> None:
     assert gcc_phat_delay(far[: len(noise) + max_lag], noise, RATE, max_lag) is None
 
 
-@pytest.mark.parametrize("adaptive", ["speexdsp", "kalman"])
-def test_the_stage_finds_the_echo_removes_it_and_keeps_the_person(adaptive: Adaptive) -> None:
+@pytest.mark.parametrize("adaptive", [SPEEXDSP, "kalman"])
+def test_the_stage_finds_the_echo_removes_it_and_keeps_the_person(
+    adaptive: LinearEchoAlgorithm,
+) -> None:
     far = talker(6.0, seed=3)
     echo = room_echo(far)
     person = np.zeros(len(far))
@@ -132,11 +141,25 @@ def test_a_processor_with_the_linear_stage_hands_over_to_the_cascade() -> None:
     assert processor.cascade is not None and processor.cascade is not cascade
 
 
-def test_without_libspeexdsp_the_apm_runs_alone() -> None:
-    with mock.patch("appliance.audio.processing.available", return_value=False):
-        processor = AudioProcessor(ProcessingOptions(linear_filter_ms=250))
-    assert processor.options.linear_filter_ms == 0 and processor.cascade is None
-    assert processor.active
+def test_without_libspeexdsp_only_speexdsps_filter_gives_way() -> None:
+    missing = LinearEchoUnavailableError("the linear echo filter needs libspeexdsp1")
+    with mock.patch.object(linear_aec, "_load", side_effect=missing):
+        speex = AudioProcessor(ProcessingOptions(linear_filter_ms=250, linear_algorithm="speexdsp"))
+        kalman = AudioProcessor(ProcessingOptions(linear_filter_ms=250))
+        assert kalman.options.linear_algorithm == "kalman"
+        kalman.set_active(True)
+        speex.set_active(True)
+    # speexdsp's filter asked for and missing: the APM runs alone, and still cancels echo.
+    assert speex.options.linear_filter_ms == 0 and speex.cascade is None
+    assert speex.active
+    # The Kalman filter (the default) is numpy only: its stage runs all the same.
+    assert kalman.cascade is not None
+
+
+def test_the_shipped_software_aec_board_runs_the_kalman_filter() -> None:
+    path = Path(__file__).parents[3] / "board" / "respeaker-2mic.toml"
+    audio = load_board_profile(BoardSelection(str(path)), settings_path=path).audio
+    assert audio.linear_echo_filter_ms == 250 and audio.linear_echo_algorithm == "kalman"
 
 
 def test_the_filter_length_is_checked(tmp_path: Path) -> None:
