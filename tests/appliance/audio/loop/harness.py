@@ -36,9 +36,10 @@ from tests.appliance.audio.loop.pulse import PulseLoop
 ROOT = Path(__file__).resolve().parents[4]
 TAIL_S = 0.6  # captured after the agent's last frame, so its echo's tail is in the record
 
-# The rooms every software-AEC profile must pass: a small dry one, and a reverberant one whose
-# speaker saturates on the agent's peaks. Echo path gain -6 dB, the kiosk's speaker a few
-# centimetres from its microphone.
+# The rooms every software-AEC profile must pass: a small dry one, a reverberant one whose
+# speaker saturates on the agent's peaks, and a longer one that no setting was tuned on (added
+# as a stand-in for a room nobody here has seen; speexdsp's filter missed its steady state).
+# Echo path gain -6 dB, the kiosk's speaker a few centimetres from its microphone.
 ROOMS = (
     ReverbRoom("dry", delay_ms=15.0, gain_db=-6.0, rt60_s=0.15, direct_to_reverb_db=8.0),
     ReverbRoom(
@@ -49,16 +50,21 @@ ROOMS = (
         direct_to_reverb_db=2.0,
         speaker_clip=0.5,
     ),
+    ReverbRoom(
+        "lounge",
+        delay_ms=50.0,
+        gain_db=-6.0,
+        rt60_s=0.5,
+        direct_to_reverb_db=1.0,
+        speaker_clip=0.5,
+    ),
 )
-# Rooms for the benchmark only, reported beside the suite's: one between the reverberant room
-# and the hall that no setting was tuned on, and a hall (longer still, louder, later).
-LOUNGE = ReverbRoom(
-    "lounge", delay_ms=50.0, gain_db=-6.0, rt60_s=0.5, direct_to_reverb_db=1.0, speaker_clip=0.5
-)
+# A room for the benchmark only, reported beside the others: a hall (longer still, louder,
+# later), where the first 2 s miss the target with AEC3 alone as well.
 HALL = ReverbRoom(
     "hall", delay_ms=40.0, gain_db=-3.0, rt60_s=0.6, direct_to_reverb_db=0.0, speaker_clip=0.4
 )
-REPORTED_ROOMS = (LOUNGE, HALL)
+REPORTED_ROOMS = (HALL,)
 
 # What a PulseAudio or PipeWire deployment needs beyond a board's hw: settings: the loop's
 # device names and a buffer the sound server can keep fed on a busy machine.
