@@ -1,4 +1,4 @@
-"""One call's echo cancellation with the linear pre-stage: speexdsp's filter, then WebRTC's APM.
+"""One call's echo cancellation with the linear pre-stage: a linear filter, then WebRTC's APM.
 
 AEC3 adapts to the echo it is given. The linear stage changes that echo when it locks onto the
 echo's delay (a few hundred ms into the call's first speech), and an AEC3 that had already

@@ -1,8 +1,8 @@
 """A partitioned-block frequency-domain Kalman filter: a linear echo canceller in numpy.
 
-The candidate to replace speexdsp's MDF in the linear stage (docs/audio.md, "The lounge"):
-in the closed loop it left AEC3 behind it a residual that changes smoothly, and the lounge's
-steady state and early barge-in then met the targets. Not yet the shipped stage.
+The linear stage's default filter, in place of speexdsp's MDF (docs/audio.md, "The lounge"):
+in the closed loop it leaves AEC3 behind it a residual that changes smoothly, and the lounge's
+steady state then met the target, which it missed with speexdsp's filter.
 
 Each block of `n` samples: the reference's last `2n` samples are transformed, the echo
 estimate is the sum over partitions of reference spectrum times weights (overlap-save), and

@@ -76,7 +76,8 @@ class AudioProcessor:
 
     def __init__(self, options: ProcessingOptions) -> None:
         if options.linear and not available(options.linear_algorithm):
-            # The package depends on libspeexdsp1; a device without it still cancels echo.
+            # speexdsp's filter asked for (the package depends on libspeexdsp1) and missing:
+            # the device still cancels echo.
             logger.error("libspeexdsp1 is missing: echo cancellation runs without its linear stage")
             options = dataclasses.replace(options, linear_filter_ms=0)
         self.options = options
