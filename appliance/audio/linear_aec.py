@@ -100,7 +100,7 @@ def _load() -> Any:
     return lib
 
 
-def available(adaptive: LinearEchoAlgorithm = "speexdsp") -> bool:
+def available(adaptive: LinearEchoAlgorithm) -> bool:
     """Whether the stage can run here with this filter (speexdsp's needs libspeexdsp)."""
     if adaptive == "kalman":
         return True

@@ -1,4 +1,5 @@
-"""Two espeak-ng talkers for the echo tests: a far-end agent and a near-end person."""
+"""Talkers for the echo tests: two espeak-ng ones (a far-end agent and a near-end person) and
+speech-like noise for the offline filter tests."""
 
 from __future__ import annotations
 
@@ -28,3 +29,18 @@ async def far_and_near(
     length = max(0, min(len(person), int((near_to_s - near_from_s) * SAMPLE_RATE), n - a))
     near[a : a + length] = (person[:length] * 0.6).astype(np.int16)
     return far, near
+
+
+def talker(seconds: float, seed: int) -> Signal:
+    """Speech-like noise at 48 kHz: coloured, in bursts of 0.2-0.6 s with pauses between."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    x = np.convolve(rng.normal(0, 1, n), np.hanning(12), "same")
+    envelope = np.zeros(n)
+    at = 0
+    while at < n:
+        length = int(rng.uniform(0.2, 0.6) * SAMPLE_RATE)
+        envelope[at : at + length] = 1.0
+        at += length + int(rng.uniform(0.05, 0.2) * SAMPLE_RATE)
+    x *= np.convolve(envelope, np.hanning(480) / 240, "same")
+    return (x / np.max(np.abs(x)) * 12000).astype(np.int16)

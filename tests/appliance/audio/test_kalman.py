@@ -8,7 +8,7 @@ import pytest
 
 from appliance.audio.kalman import KalmanEchoFilter
 from appliance.audio.measure import ratio_db
-from tests.appliance.audio.test_linear_aec import talker
+from tests.appliance.audio.speech import talker
 
 pytestmark = pytest.mark.unit
 

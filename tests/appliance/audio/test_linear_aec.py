@@ -26,30 +26,18 @@ from appliance.audio.processing import AudioProcessor, ProcessingOptions
 from appliance.board_profile import LinearEchoAlgorithm
 from appliance.errors import SettingsError
 from appliance.settings import BoardSelection, load_board_profile
+from tests.appliance.audio.speech import talker
 
 pytestmark = pytest.mark.unit
 SPEEXDSP = pytest.param(
     "speexdsp",
-    marks=pytest.mark.skipif(not linear_aec.available(), reason="libspeexdsp1 is not installed"),
+    marks=pytest.mark.skipif(
+        not linear_aec.available("speexdsp"), reason="libspeexdsp1 is not installed"
+    ),
 )
 
 RATE = 48000
 DELAY_MS = 130  # render to capture: the stage is never told this
-
-
-def talker(seconds: float, seed: int) -> np.ndarray:
-    """Speech-like noise: coloured, in bursts of 0.2-0.6 s with pauses between."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * RATE)
-    x = np.convolve(rng.normal(0, 1, n), np.hanning(12), "same")
-    envelope = np.zeros(n)
-    at = 0
-    while at < n:
-        length = int(rng.uniform(0.2, 0.6) * RATE)
-        envelope[at : at + length] = 1.0
-        at += length + int(rng.uniform(0.05, 0.2) * RATE)
-    x *= np.convolve(envelope, np.hanning(480) / 240, "same")
-    return (x / np.max(np.abs(x)) * 12000).astype(np.int16)
 
 
 def room_echo(far: np.ndarray) -> np.ndarray:
@@ -157,8 +145,8 @@ def test_without_libspeexdsp_only_speexdsps_filter_gives_way() -> None:
 
 
 def test_the_shipped_software_aec_board_runs_the_kalman_filter() -> None:
-    path = Path(__file__).parents[3] / "board" / "respeaker-2mic.toml"
-    audio = load_board_profile(BoardSelection(str(path)), settings_path=path).audio
+    board = load_board_profile(BoardSelection("respeaker-2mic"), settings_path=Path("b.toml"))
+    audio = board.audio
     assert audio.linear_echo_filter_ms == 250 and audio.linear_echo_algorithm == "kalman"
 
 

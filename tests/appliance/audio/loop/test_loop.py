@@ -29,10 +29,9 @@ SECONDS, NEAR_AT = 10.0, 2.0
 # The issue's targets are steady >= 30 dB, first 2 s >= 25 dB, double talk <= 3 dB; the
 # cascade meets them in these rooms with 1-2 dB to spare (the lounge's first 2 s: 26-27.5 dB),
 # less than a 10 s run's spread (double talk 1.3-3.2 dB at 0 dB SER in the dry room on a
-# quiet machine). The
-# benchmark (tests/bench/bench_loop.py) reports the figures against the targets; this
-# suite guards the behaviour with that spread as margin, and still fails what the issue
-# found: AEC3 alone with gain control (5.9-7.0 dB lost, 14-29 dB of echo removed).
+# quiet machine). The benchmark (tests/bench/bench_loop.py) holds the figures against the
+# targets; this suite guards the behaviour with that spread as margin, and still fails what
+# the issue found: AEC3 alone with gain control (5.9-7.0 dB lost, 14-29 dB of echo removed).
 STEADY_DB, FIRST_2S_DB, DOUBLE_TALK_DB = 27.0, 22.0, 4.0
 
 
